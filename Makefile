@@ -1,0 +1,44 @@
+# make test : fresh virtual environment in .venv (if missing), build + install, run the tests
+# make demo : the main job (see README)
+# make lint : ruff check and format check
+# make bench: the microbenchmarks (JSON under bench/results/)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.contnet-installed
+SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu csrc/include/contnet/*)
+
+export PATH := $(BIN):$(PATH)
+export MAX_JOBS ?= 2
+
+.PHONY: all test demo lint format bench clean
+
+all: test
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python $(SOURCES)
+	$(BIN)/python -m pip install -q torch numpy ninja setuptools wheel
+	$(BIN)/python -m pip install -q --no-build-isolation -e '.[test,dev]'
+	touch $@
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+demo: $(STAMP)
+	$(BIN)/python -m contnet demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check contnet tests bench setup.py
+	$(BIN)/ruff format --check contnet tests bench setup.py
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix contnet tests bench setup.py
+	$(BIN)/ruff format contnet tests bench setup.py
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf build *.egg-info contnet/_C*.so

@@ -1,0 +1,241 @@
+// CUDA kernels of the stage-accumulation ops: 16-byte vector loads when every operand is
+// contiguous and aligned, a strided path for any other layout; current stream, device
+// guard, early return on empty tensors, launch checks.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/TensorIterator.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "contnet/checks.h"
+#include "contnet/cuda_utils.cuh"
+#include "contnet/rk_combine.h"
+
+namespace contnet {
+namespace {
+
+using cuda::kThreads;
+using cuda::Pack;
+using cuda::StridedIndex;
+
+// Operand 0..n_out-1 written, the rest read; layout as a TensorIterator orders them.
+template <typename scalar_t, typename acc_t>
+struct CombineArgs {
+  char* ptr[cuda::kMaxOperands];
+  Coefs<acc_t> c;
+  int64_t numel;
+};
+
+// Forward: operands (out, x, k_0..k_{n-1}).
+template <typename scalar_t, typename acc_t, int VEC>
+__global__ void combine_contiguous_kernel(CombineArgs<scalar_t, acc_t> a) {
+  using P = Pack<scalar_t, VEC>;
+  const int64_t nvec = a.numel / VEC;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  for (int64_t v = first; v < nvec; v += stride) {
+    const P xv = reinterpret_cast<const P*>(a.ptr[1])[v];
+    acc_t acc[VEC];
+CONTNET_UNROLL
+    for (int e = 0; e < VEC; ++e) acc[e] = static_cast<acc_t>(xv.val[e]);
+CONTNET_UNROLL
+    for (int j = 0; j < kMaxTerms; ++j) {
+      if (j < a.c.n) {
+        const P kv = reinterpret_cast<const P*>(a.ptr[2 + j])[v];
+CONTNET_UNROLL
+        for (int e = 0; e < VEC; ++e) acc[e] = madd(acc[e], a.c.v[j], static_cast<acc_t>(kv.val[e]));
+      }
+    }
+    P o;
+CONTNET_UNROLL
+    for (int e = 0; e < VEC; ++e) o.val[e] = static_cast<scalar_t>(acc[e]);
+    reinterpret_cast<P*>(a.ptr[0])[v] = o;
+  }
+  for (int64_t i = nvec * VEC + first; i < a.numel; i += stride) {
+    acc_t kv[kMaxTerms];
+CONTNET_UNROLL
+    for (int j = 0; j < kMaxTerms; ++j)
+      if (j < a.c.n) kv[j] = static_cast<acc_t>(reinterpret_cast<const scalar_t*>(a.ptr[2 + j])[i]);
+    const acc_t xv = static_cast<acc_t>(reinterpret_cast<const scalar_t*>(a.ptr[1])[i]);
+    reinterpret_cast<scalar_t*>(a.ptr[0])[i] = static_cast<scalar_t>(combine(xv, kv, a.c));
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void combine_strided_kernel(CombineArgs<scalar_t, acc_t> a, StridedIndex idx) {
+  const int nops = 2 + a.c.n;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < a.numel; i += stride) {
+    int64_t off[cuda::kMaxOperands];
+    idx.offsets(i, nops, off);
+    acc_t kv[kMaxTerms];
+CONTNET_UNROLL
+    for (int j = 0; j < kMaxTerms; ++j)
+      if (j < a.c.n) kv[j] = static_cast<acc_t>(reinterpret_cast<const scalar_t*>(a.ptr[2 + j])[off[2 + j]]);
+    const acc_t xv = static_cast<acc_t>(reinterpret_cast<const scalar_t*>(a.ptr[1])[off[1]]);
+    reinterpret_cast<scalar_t*>(a.ptr[0])[off[0]] = static_cast<scalar_t>(combine(xv, kv, a.c));
+  }
+}
+
+// Backward: operands (out_0..out_{n-1}, g).
+template <typename scalar_t, typename acc_t, int VEC>
+__global__ void scale_contiguous_kernel(CombineArgs<scalar_t, acc_t> a) {
+  using P = Pack<scalar_t, VEC>;
+  const int n = a.c.n;
+  const int64_t nvec = a.numel / VEC;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  for (int64_t v = first; v < nvec; v += stride) {
+    const P gv = reinterpret_cast<const P*>(a.ptr[n])[v];
+CONTNET_UNROLL
+    for (int j = 0; j < kMaxTerms; ++j) {
+      if (j < n) {
+        P o;
+CONTNET_UNROLL
+        for (int e = 0; e < VEC; ++e) o.val[e] = static_cast<scalar_t>(a.c.v[j] * static_cast<acc_t>(gv.val[e]));
+        reinterpret_cast<P*>(a.ptr[j])[v] = o;
+      }
+    }
+  }
+  for (int64_t i = nvec * VEC + first; i < a.numel; i += stride) {
+    const acc_t g = static_cast<acc_t>(reinterpret_cast<const scalar_t*>(a.ptr[n])[i]);
+    for (int j = 0; j < n; ++j) reinterpret_cast<scalar_t*>(a.ptr[j])[i] = static_cast<scalar_t>(a.c.v[j] * g);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void scale_strided_kernel(CombineArgs<scalar_t, acc_t> a, StridedIndex idx) {
+  const int n = a.c.n;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < a.numel; i += stride) {
+    int64_t off[cuda::kMaxOperands];
+    idx.offsets(i, n + 1, off);
+    const acc_t g = static_cast<acc_t>(reinterpret_cast<const scalar_t*>(a.ptr[n])[off[n]]);
+    for (int j = 0; j < n; ++j)
+      reinterpret_cast<scalar_t*>(a.ptr[j])[off[j]] = static_cast<scalar_t>(a.c.v[j] * g);
+  }
+}
+
+// Launch `Contig` on aligned contiguous operands, else `Strided`. Callers pass operands of
+// at most cuda::kMaxDims dimensions (see dense_if_deep), so the strided index holds them.
+template <typename scalar_t, typename acc_t, typename Contig, typename Strided>
+void launch(at::TensorIterator& iter, const Coefs<acc_t>& c, Contig contig, Strided strided) {
+  CombineArgs<scalar_t, acc_t> a{};
+  a.c = c;
+  a.numel = iter.numel();
+  bool aligned = true;
+  for (int op = 0; op < iter.ntensors(); ++op) {
+    a.ptr[op] = static_cast<char*>(iter.data_ptr(op));
+    aligned = aligned && cuda::aligned16(a.ptr[op]);
+  }
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  constexpr int VEC = 16 / sizeof(scalar_t);
+  if (iter.is_contiguous()) {
+    if (aligned) {
+      contig(std::integral_constant<int, VEC>{}, cuda::grid_for(a.numel / VEC + 1), stream, a);
+    } else {
+      contig(std::integral_constant<int, 1>{}, cuda::grid_for(a.numel), stream, a);
+    }
+  } else {
+    strided(cuda::grid_for(a.numel), stream, a, cuda::make_strided_index(iter));
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void combine_pass(const at::Tensor& out, const at::Tensor& base, at::TensorList terms,
+                  size_t start, int n, double h, at::ArrayRef<double> coeffs) {
+  at::TensorIteratorConfig cfg;
+  cfg.add_output(out).add_const_input(base).resize_outputs(false).check_all_same_dtype(true);
+  for (int j = 0; j < n; ++j) cfg.add_const_input(terms[start + j]);
+  auto iter = cfg.build();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "rk_combine_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    launch<scalar_t, acc_t>(
+        iter, make_coefs<acc_t>(h, coeffs, start, n),
+        [](auto vec, int grid, cudaStream_t s, const CombineArgs<scalar_t, acc_t>& a) {
+          combine_contiguous_kernel<scalar_t, acc_t, decltype(vec)::value><<<grid, kThreads, 0, s>>>(a);
+        },
+        [](int grid, cudaStream_t s, const CombineArgs<scalar_t, acc_t>& a, const StridedIndex& idx) {
+          combine_strided_kernel<scalar_t, acc_t><<<grid, kThreads, 0, s>>>(a, idx);
+        });
+  });
+}
+
+// Flat 1-d views of dense tensors (for operands deeper than the strided index).
+std::vector<at::Tensor> dense_views(std::vector<at::Tensor>& dense) {
+  for (auto& t : dense) t = t.view({-1});
+  return dense;
+}
+
+at::Tensor rk_combine_cuda(const at::Tensor& x, at::TensorList terms, double h,
+                           at::ArrayRef<double> coeffs) {
+  check_terms(x, "x", terms, "terms", coeffs.size(), "coeffs");
+  TORCH_CHECK(x.is_cuda(), "x must be a CUDA tensor for the CUDA kernel, got ", x.device());
+  const c10::cuda::CUDAGuard guard(x.device());
+  if (cuda::too_deep(x)) {
+    std::vector<at::Tensor> dense;
+    for (const auto& t : terms) dense.push_back(t.contiguous());
+    return rk_combine_cuda(x.contiguous().view({-1}), dense_views(dense), h, coeffs).view(x.sizes());
+  }
+  at::Tensor out = at::empty_like(x);
+  if (x.numel() == 0) return out;
+  const size_t m = terms.size();
+  size_t start = 0;
+  do {
+    const int n = static_cast<int>(std::min<size_t>(kMaxTerms, m - start));
+    combine_pass(out, start == 0 ? x : out, terms, start, n, h, coeffs);
+    start += n;
+  } while (start < m);
+  return out;
+}
+
+std::vector<at::Tensor> rk_combine_backward_cuda(const at::Tensor& grad, double h,
+                                                 at::ArrayRef<double> coeffs) {
+  TORCH_CHECK(grad.defined(), "grad is undefined");
+  check_float_dtype(grad, "grad");
+  TORCH_CHECK(grad.is_cuda(), "grad must be a CUDA tensor for the CUDA kernel, got ", grad.device());
+  const c10::cuda::CUDAGuard guard(grad.device());
+  if (cuda::too_deep(grad)) {
+    auto outs = rk_combine_backward_cuda(grad.contiguous().view({-1}), h, coeffs);
+    for (auto& o : outs) o = o.view(grad.sizes());
+    return outs;
+  }
+  std::vector<at::Tensor> outs;
+  for (size_t j = 0; j < coeffs.size(); ++j) outs.push_back(at::empty_like(grad));
+  if (grad.numel() == 0) return outs;
+  for (size_t start = 0; start < coeffs.size(); start += kMaxTerms) {
+    const int n = static_cast<int>(std::min<size_t>(kMaxTerms, coeffs.size() - start));
+    at::TensorIteratorConfig cfg;
+    for (int j = 0; j < n; ++j) cfg.add_output(outs[start + j]);
+    cfg.add_const_input(grad).resize_outputs(false).check_all_same_dtype(true);
+    auto iter = cfg.build();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "rk_combine_backward_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      launch<scalar_t, acc_t>(
+          iter, make_coefs<acc_t>(h, coeffs, start, n),
+          [](auto vec, int grid, cudaStream_t s, const CombineArgs<scalar_t, acc_t>& a) {
+            scale_contiguous_kernel<scalar_t, acc_t, decltype(vec)::value><<<grid, kThreads, 0, s>>>(a);
+          },
+          [](int grid, cudaStream_t s, const CombineArgs<scalar_t, acc_t>& a, const StridedIndex& idx) {
+            scale_strided_kernel<scalar_t, acc_t><<<grid, kThreads, 0, s>>>(a, idx);
+          });
+    });
+  }
+  return outs;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(contnet, CUDA, m) {
+  m.impl("rk_combine", &rk_combine_cuda);
+  m.impl("rk_combine_backward", &rk_combine_backward_cuda);
+}
+
+}  // namespace contnet

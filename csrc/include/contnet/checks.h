@@ -1,0 +1,41 @@
+// Input checks shared by every backend: each names the argument and what was expected.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <string>
+
+namespace contnet {
+
+inline void check_float_dtype(const at::Tensor& t, const char* name) {
+  const auto dt = t.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
+              name, " must be float32, float64, float16 or bfloat16, got ", dt);
+}
+
+// `t` has the shape, dtype and device of `ref`.
+inline void check_like(const at::Tensor& t, const at::Tensor& ref, const std::string& name,
+                       const char* ref_name) {
+  TORCH_CHECK(t.defined(), name, " is undefined");
+  TORCH_CHECK(t.sizes() == ref.sizes(), name, " must have the shape of ", ref_name, " ",
+              ref.sizes(), ", got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, " must have the dtype of ", ref_name,
+              " (", ref.scalar_type(), "), got ", t.scalar_type());
+  TORCH_CHECK(t.device() == ref.device(), name, " must be on the device of ", ref_name, " (",
+              ref.device(), "), got ", t.device());
+}
+
+// Every tensor of `ts` is like `ref`; `n` coefficients are given for them.
+inline void check_terms(const at::Tensor& ref, const char* ref_name, at::TensorList ts,
+                        const char* name, size_t n, const char* coef_name) {
+  TORCH_CHECK(ref.defined(), ref_name, " is undefined");
+  check_float_dtype(ref, ref_name);
+  TORCH_CHECK(ts.size() == n, name, " and ", coef_name, " must have the same length, got ",
+              ts.size(), " and ", n);
+  for (size_t j = 0; j < ts.size(); ++j) {
+    check_like(ts[j], ref, std::string(name) + "[" + std::to_string(j) + "]", ref_name);
+  }
+}
+
+}  // namespace contnet

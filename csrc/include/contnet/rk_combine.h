@@ -1,0 +1,52 @@
+// Per-element arithmetic of the stage-accumulation ops, shared by the CPU loops and the
+// CUDA kernels so that both run the same formulas.
+//
+//   rk_combine:           out   = x + sum_j coef_j * k_j        (coef_j = h * c_j)
+//   rk_combine backward:  dk_j  = coef_j * g,  dx = g
+//
+// `acc_t` is the accumulation type (float for float16/bfloat16, else the scalar type).
+#pragma once
+
+#include <c10/macros/Macros.h>
+#include <c10/util/ArrayRef.h>
+
+#include "contnet/macros.h"
+
+namespace contnet {
+
+// Most terms (or outputs) one pass over memory takes; longer sums run in several passes.
+constexpr int kMaxTerms = 8;
+
+// Coefficients travelling by value to a kernel (already multiplied by the step h).
+template <typename acc_t>
+struct Coefs {
+  acc_t v[kMaxTerms];
+  int n;
+};
+
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t madd(acc_t acc, acc_t coef, acc_t k) {
+  return acc + coef * k;
+}
+
+// x + sum_{j < n} coef_j * k_j, accumulated left to right.
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t combine(acc_t x, const acc_t* k, const Coefs<acc_t>& c) {
+  acc_t acc = x;
+CONTNET_UNROLL
+  for (int j = 0; j < kMaxTerms; ++j) {
+    if (j < c.n) acc = madd(acc, c.v[j], k[j]);
+  }
+  return acc;
+}
+
+// Host side: coefficients `h * coeffs[start + j]` for j < n, in the accumulation type.
+template <typename acc_t>
+inline Coefs<acc_t> make_coefs(double h, c10::ArrayRef<double> coeffs, size_t start, int n) {
+  Coefs<acc_t> c{};
+  c.n = n;
+  for (int j = 0; j < n; ++j) c.v[j] = static_cast<acc_t>(h * coeffs[start + j]);
+  return c;
+}
+
+}  // namespace contnet

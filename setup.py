@@ -1,0 +1,100 @@
+"""Build of contnet and its extension contnet._C.
+
+The CPU kernels are always built. The CUDA kernels are built whenever torch is a CUDA
+build and a CUDA toolkit is found; no GPU is needed to compile them. Environment:
+
+- ``CUDA_HOME``: the toolkit root (found from ``nvcc`` and the usual places otherwise).
+- ``CONTNET_CUDA=0`` skips the CUDA kernels; ``CONTNET_CUDA=1`` makes a missing toolkit an
+  error instead of a CPU-only build.
+- ``TORCH_CUDA_ARCH_LIST``: target architectures; defaults to the visible GPUs' or, with
+  none visible, ``9.0`` (Hopper).
+"""
+
+import glob
+import os
+import shutil
+import subprocess
+
+from setuptools import setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _is_toolkit(root):
+    return (
+        bool(root)
+        and os.path.isfile(os.path.join(root, "bin", "nvcc"))
+        and os.path.isfile(os.path.join(root, "include", "cuda_runtime.h"))
+    )
+
+
+def _find_cuda_home():
+    """The CUDA toolkit root. ``nvcc`` on PATH may be a wrapper script outside the toolkit,
+    so its parent folder is checked, then asked, then the usual install places tried."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+        try:
+            out = subprocess.run(
+                [nvcc, "-v", "--dryrun", "-x", "cu", os.devnull],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            for line in (out.stdout + out.stderr).splitlines():
+                if "TOP=" in line:
+                    candidates.append(line.split("TOP=", 1)[1].strip())
+        except (OSError, subprocess.SubprocessError):
+            pass
+    candidates.append("/usr/local/cuda")
+    candidates += sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    for root in candidates:
+        if _is_toolkit(root):
+            return os.path.realpath(root)
+    return None
+
+
+import torch  # noqa: E402
+
+want_cuda = os.environ.get("CONTNET_CUDA", "auto")
+cuda_home = _find_cuda_home() if torch.version.cuda and want_cuda != "0" else None
+if want_cuda == "1" and cuda_home is None:
+    raise RuntimeError(
+        "CONTNET_CUDA=1 but no CUDA build of torch with a CUDA toolkit was found "
+        f"(torch.version.cuda={torch.version.cuda}); set CUDA_HOME to the toolkit root"
+    )
+if cuda_home:
+    # torch.utils.cpp_extension reads CUDA_HOME when it is imported.
+    os.environ["CUDA_HOME"] = cuda_home
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
+
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+
+def _sources(pattern):
+    return sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
+
+
+sources = _sources("csrc/ops.cpp") + _sources("csrc/cpu/*.cpp")
+extra = {"cxx": ["-O3"]}
+include_dirs = [os.path.join(HERE, "csrc", "include")]
+if cuda_home:
+    extension = CUDAExtension
+    sources += _sources("csrc/cuda/*.cu")
+    extra["nvcc"] = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+else:
+    extension = CppExtension
+
+setup(
+    ext_modules=[
+        extension(
+            "contnet._C",
+            sources,
+            include_dirs=include_dirs,
+            extra_compile_args=extra,
+        )
+    ],
+    cmdclass={"build_ext": BuildExtension},
+)

@@ -1,0 +1,30 @@
+"""contnet: continuous-in-depth neural networks (ContinuousNet) for PyTorch.
+
+A residual stage becomes the flow of ``dx/dt = R(theta(t), x)`` on ``t in [0, 1]`` with
+weights ``theta(t)`` expanded in a basis in depth, integrated by a Runge-Kutta or linear
+multistep scheme. See the README for the public API.
+"""
+
+from . import basis, ops, schemes
+from .block import ContinuousBlock
+from .integrate import odeint
+from .layers import ConvUnit, TimeBatchNorm2d, TimeConv2d
+from .models import ContinuousNet, Stitch, from_resnet, project, refine
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "basis",
+    "ops",
+    "schemes",
+    "odeint",
+    "TimeConv2d",
+    "TimeBatchNorm2d",
+    "ConvUnit",
+    "ContinuousBlock",
+    "ContinuousNet",
+    "Stitch",
+    "refine",
+    "project",
+    "from_resnet",
+]

@@ -1,0 +1,127 @@
+"""``odeint``: fixed-step integration of ``dx/dt = f(t, x)`` with the schemes of
+:mod:`contnet.schemes`.
+
+The loop sees only a rate function ``f(t, x)`` (as in torchdiffeq) and tensors; stage
+arithmetic goes through the fused :func:`contnet.ops.rk_combine`. Stage times follow the
+open-interval rule of :func:`contnet.schemes.stage_times`. Every step time is a Python
+float known before the loop starts, so the loop has no host-device synchronisation and
+unrolls into one graph under ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+from . import ops, schemes
+
+__all__ = ["odeint", "BACKPROP_MODES"]
+
+BACKPROP_MODES = ("direct",)
+
+
+def _check_rate(k, x: torch.Tensor, t: float) -> torch.Tensor:
+    if not isinstance(k, torch.Tensor):
+        raise TypeError(f"f(t, x) must return a tensor, got {type(k).__name__} at t={t}")
+    if k.shape != x.shape:
+        raise ValueError(
+            f"f(t, x) must return a tensor of x's shape {tuple(x.shape)}, got {tuple(k.shape)} at t={t}"
+        )
+    return k
+
+
+def rk_step(f, x: torch.Tensor, times: list[float], h: float, tab: schemes.ButcherTableau):
+    """One explicit Runge-Kutta step from ``x`` with stage times ``times`` and step ``h``."""
+    ks: list[torch.Tensor] = []
+    for i in range(tab.stages):
+        xi = x if i == 0 else ops.rk_combine(x, ks, h, tab.a[i][:i])
+        ks.append(_check_rate(f(times[i], xi), x, times[i]))
+    return ops.rk_combine(x, ks, h, tab.b)
+
+
+def _integrate_rk(f, x0, tab, n_steps, t0, t1, trajectory):
+    h = (t1 - t0) / n_steps
+    x = x0
+    path = [x0] if trajectory else None
+    for times in schemes.stage_times(tab, n_steps, t0, t1):
+        x = rk_step(f, x, times, h, tab)
+        if trajectory:
+            path.append(x)
+    return x, path
+
+
+def _integrate_ab2(f, x0, n_steps, t0, t1, trajectory):
+    """Adams-Bashforth 2; the first step is a Heun step (keeps order 2)."""
+    h = (t1 - t0) / n_steps
+    heun = schemes.get("heun")
+    all_times = schemes.stage_times(heun, n_steps, t0, t1)
+    x = x0
+    path = [x0] if trajectory else None
+    f_prev = None
+    for n, times in enumerate(all_times):
+        fn = _check_rate(f(times[0], x), x, times[0])
+        if n == 0:
+            k2 = _check_rate(f(times[1], ops.rk_combine(x, [fn], h, [1.0])), x, times[1])
+            x_next = ops.rk_combine(x, [fn, k2], h, heun.b)
+        else:
+            x_next = ops.rk_combine(x, [fn, f_prev], h, [1.5, -0.5])
+        f_prev, x = fn, x_next
+        if trajectory:
+            path.append(x)
+    return x, path
+
+
+def odeint(
+    f,
+    x0: torch.Tensor,
+    *,
+    scheme="rk4",
+    n_steps: int = 1,
+    t0: float = 0.0,
+    t1: float = 1.0,
+    backprop: str = "direct",
+    trajectory: bool = False,
+) -> torch.Tensor:
+    """Integrate ``dx/dt = f(t, x)`` from ``x(t0) = x0`` to ``t1`` in ``n_steps`` equal steps.
+
+    Args:
+        f: the rate, called as ``f(t, x)`` with a Python float ``t`` and a tensor ``x`` of
+            ``x0``'s shape; returns a tensor of the same shape.
+        x0: initial state (float32, float64, float16 or bfloat16; any shape and layout).
+        scheme: a name from :func:`contnet.schemes.names` or a ``ButcherTableau``.
+        n_steps: number of equal steps, ``h = (t1 - t0) / n_steps``.
+        t0, t1: integration interval (``t1 < t0`` integrates backwards).
+        backprop: how gradients flow; ``"direct"`` differentiates through every stage.
+        trajectory: if true, return the states at the ``n_steps + 1`` step boundaries
+            stacked along a new first dimension instead of the final state.
+
+    A stage at a step's right end (``c_i = 1``) receives the float just inside the step
+    (the open-interval rule; see :func:`contnet.schemes.stage_times`).
+    """
+    if not callable(f):
+        raise TypeError(f"f must be callable as f(t, x), got {type(f).__name__}")
+    if not isinstance(x0, torch.Tensor):
+        raise TypeError(f"x0 must be a torch.Tensor, got {type(x0).__name__}")
+    if not x0.is_floating_point():
+        raise TypeError(f"x0 must be a floating-point tensor, got {x0.dtype}")
+    for name, v in (("t0", t0), ("t1", t1)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+    if t0 == t1:
+        raise ValueError(f"t0 and t1 must differ, got t0 = t1 = {t0}")
+    if backprop not in BACKPROP_MODES:
+        raise ValueError(f"unknown backprop {backprop!r}; expected one of {list(BACKPROP_MODES)}")
+    sch = schemes.get(scheme)
+    n_steps = schemes.check_n_steps(n_steps)
+    t0, t1 = float(t0), float(t1)
+    if isinstance(sch, schemes.ButcherTableau):
+        x, path = _integrate_rk(f, x0, sch, n_steps, t0, t1, trajectory)
+    elif sch.name == "ab2":
+        x, path = _integrate_ab2(f, x0, n_steps, t0, t1, trajectory)
+    else:
+        raise ValueError(
+            f"scheme {sch.name!r} has a learnable coefficient k(t) and runs inside a "
+            "ContinuousBlock (which owns k), not through odeint alone"
+        )
+    return torch.stack(path) if trajectory else x

@@ -1,0 +1,347 @@
+"""Time-dependent layers and the residual unit ``R(t, x)``.
+
+Every layer here is called as ``layer(t, x)`` with a Python float ``t in [0, 1]``. Their
+parameters are basis expansions in depth: a tensor with a leading dimension of ``K`` nodes,
+``theta(t) = sum_k phi_k(t) theta_k`` (see :mod:`contnet.basis`). A ``piecewise_constant``
+lookup is a view of one node (no copy).
+
+- :class:`TimeConv2d`: a 2-d convolution whose weight and bias depend on ``t``.
+- :class:`TimeBatchNorm2d`: batch normalisation piecewise constant in depth (statistics
+  and affine parameters per cell), as in ContinuousNet.
+- :class:`ConvUnit`: the residual unit ``conv-act-conv`` (optional norm, pre-activation
+  variant), the rate function of a :class:`contnet.ContinuousBlock`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import basis as basis_lib
+
+__all__ = ["TimeDependent", "TimeConv2d", "TimeBatchNorm2d", "ConvUnit", "ACTIVATIONS"]
+
+ACTIVATIONS = {
+    "relu": F.relu,
+    "tanh": torch.tanh,
+    "gelu": F.gelu,
+    "silu": F.silu,
+    "softplus": F.softplus,
+    "identity": lambda x: x,
+}
+NORMS = (None, "batch")
+
+
+def _positive_int(v, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if v < 1:
+        raise ValueError(f"{name} must be >= 1, got {v}")
+    return v
+
+
+def _check_time(t) -> float:
+    if isinstance(t, torch.Tensor) or isinstance(t, bool) or not isinstance(t, (int, float)):
+        raise TypeError(f"t must be a Python float, got {type(t).__name__}")
+    return float(t)
+
+
+def interpolate(theta: torch.Tensor, coefficients) -> torch.Tensor:
+    """``sum_k phi_k theta[k]`` from ``(k, phi_k)`` pairs; a single unit coefficient is a
+    view of the node (no copy)."""
+    (k0, w0), *rest = coefficients
+    if not rest and w0 == 1.0:
+        return theta[k0]
+    out = theta[k0] * w0
+    for k, w in rest:
+        if w != 0.0:
+            out = out + theta[k] * w
+    return out
+
+
+class TimeDependent(nn.Module):
+    """Base of modules whose parameters and buffers named in ``_basis_tensors`` carry a
+    leading dimension of basis nodes. Gives them exact :meth:`refine` and L2
+    :meth:`project`, which keep parameter identities (optimisers stay attached) and return
+    the linear map applied, so callers can map optimiser state the same way."""
+
+    _basis_tensors: tuple[str, ...] = ()
+
+    def __init__(self, basis: basis_lib.Basis):
+        super().__init__()
+        self.basis = basis
+
+    @property
+    def n_basis(self) -> int:
+        return self.basis.n_basis
+
+    def coefficients(self, t: float):
+        """Non-zero ``(k, phi_k(t))`` of this layer's basis at time ``t``."""
+        return self.basis.coefficients(t)
+
+    def _tensors(self):
+        for name in self._basis_tensors:
+            v = getattr(self, name)
+            if v is not None:
+                yield name, v
+
+    def _apply_basis_map(self, new_basis: basis_lib.Basis, M: torch.Tensor) -> dict:
+        """Replace every basis tensor ``theta`` by ``M @ theta`` (along dim 0)."""
+        maps = {}
+        with torch.no_grad():
+            for _, v in self._tensors():
+                v.data = basis_lib.apply_matrix(M, v.data)
+                maps[v] = M
+        self.basis = new_basis
+        return maps
+
+    def refine(self) -> dict:
+        """Move to the next finer basis of the family without changing ``theta(t)``.
+        Returns ``{tensor: R}`` for every tensor changed (``new = R @ old`` along dim 0)."""
+        return self._apply_basis_map(self.basis.refined(), self.basis.refine_matrix())
+
+    def project(self, n_basis: int, basis: str | None = None) -> dict:
+        """L2-project onto ``n_basis`` nodes of ``basis`` (default: the current family).
+        Returns ``{tensor: P}`` for every tensor changed."""
+        target = basis_lib.get(basis or self.basis.family, n_basis)
+        return self._apply_basis_map(target, self.basis.projection_matrix(target))
+
+    def extra_repr(self) -> str:
+        return f"basis={self.basis.family}, n_basis={self.n_basis}"
+
+
+class TimeConv2d(TimeDependent):
+    """2-d convolution with weight ``W(t)`` and bias ``b(t)`` expanded in a basis in depth.
+
+    ``weight``: ``(K, out_channels, in_channels // groups, kh, kw)``; ``bias``:
+    ``(K, out_channels)``. Called as ``conv(t, x)`` with ``x`` of shape ``(N, C_in, H, W)``.
+    ``padding`` defaults to ``kernel_size // 2`` ("same" for odd kernels at stride 1).
+    Every node is initialised independently as ``nn.Conv2d`` initialises its weight.
+    """
+
+    _basis_tensors = ("weight", "bias")
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        *,
+        n_basis: int = 1,
+        basis: str = "piecewise_constant",
+        stride=1,
+        padding=None,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(basis_lib.get(basis, n_basis))
+        self.in_channels = _positive_int(in_channels, "in_channels")
+        self.out_channels = _positive_int(out_channels, "out_channels")
+        self.groups = _positive_int(groups, "groups")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by groups ({groups})"
+            )
+        ks = nn.modules.utils._pair(kernel_size)
+        for v in ks:
+            _positive_int(v, "kernel_size")
+        self.kernel_size = ks
+        self.stride = nn.modules.utils._pair(stride)
+        self.dilation = nn.modules.utils._pair(dilation)
+        self.padding = (
+            tuple(d * (k - 1) // 2 for k, d in zip(ks, self.dilation))
+            if padding is None
+            else nn.modules.utils._pair(padding)
+        )
+        K = self.basis.n_basis
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(
+            torch.empty(K, out_channels, in_channels // groups, *ks, **factory)
+        )
+        self.bias = nn.Parameter(torch.empty(K, out_channels, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        fan_in = self.weight[0, 0].numel()
+        bound = 1.0 / math.sqrt(fan_in)
+        with torch.no_grad():
+            values = torch.empty_like(self.weight)
+            for k in range(self.n_basis):
+                nn.init.kaiming_uniform_(values[k], a=math.sqrt(5))
+            self.weight.copy_(self.basis.from_values(values))
+            if self.bias is not None:
+                self.bias.copy_(
+                    self.basis.from_values(torch.empty_like(self.bias).uniform_(-bound, bound))
+                )
+
+    def weight_at(self, t: float):
+        """``(W(t), b(t))``; ``b`` is None without bias."""
+        c = self.coefficients(_check_time(t))
+        b = interpolate(self.bias, c) if self.bias is not None else None
+        return interpolate(self.weight, c), b
+
+    def forward(self, t: float, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"x must have shape (N, {self.in_channels}, H, W) for in_channels={self.in_channels}, got {tuple(x.shape)}"
+            )
+        w, b = self.weight_at(t)
+        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}, "
+            + super().extra_repr()
+        )
+
+
+class TimeBatchNorm2d(TimeDependent):
+    """Batch normalisation, piecewise constant in depth: ``n_cells`` sets of running
+    statistics and affine parameters; ``bn(t, x)`` uses the cell of ``t``.
+
+    ``weight``, ``bias``, ``running_mean``, ``running_var``: ``(n_cells, channels)``.
+    Refinement splits cells (exact). Projection averages cells (the L2 projection of the
+    affine parameters and the statistics).
+    """
+
+    _basis_tensors = ("weight", "bias", "running_mean", "running_var")
+
+    def __init__(
+        self,
+        channels: int,
+        n_cells: int = 1,
+        *,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        affine: bool = True,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(basis_lib.get("piecewise_constant", _positive_int(n_cells, "n_cells")))
+        self.channels = _positive_int(channels, "channels")
+        self.eps = float(eps)
+        self.momentum = float(momentum)
+        factory = {"device": device, "dtype": dtype}
+        shape = (n_cells, channels)
+        self.weight = nn.Parameter(torch.ones(shape, **factory)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(shape, **factory)) if affine else None
+        self.register_buffer("running_mean", torch.zeros(shape, **factory))
+        self.register_buffer("running_var", torch.ones(shape, **factory))
+
+    def project(self, n_basis: int, basis: str | None = None) -> dict:
+        """Statistics stay piecewise constant: projects onto ``n_basis`` cells whatever
+        ``basis`` is asked for."""
+        return super().project(n_basis, "piecewise_constant")
+
+    def forward(self, t: float, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(
+                f"x must have shape (N, {self.channels}, H, W) for channels={self.channels}, got {tuple(x.shape)}"
+            )
+        ((k, _),) = self.coefficients(_check_time(t))
+        w = self.weight[k] if self.weight is not None else None
+        b = self.bias[k] if self.bias is not None else None
+        return F.batch_norm(
+            x,
+            self.running_mean[k],
+            self.running_var[k],
+            w,
+            b,
+            self.training,
+            self.momentum,
+            self.eps,
+        )
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, n_cells={self.n_basis}, eps={self.eps}, momentum={self.momentum}"
+
+
+class ConvUnit(nn.Module):
+    """The residual unit ``R(t, x)``: two 3x3 time-dependent convolutions.
+
+    - ``preact=False``: ``R = scale * act(norm2(conv2(act(norm1(conv1(x))))))``
+    - ``preact=True``:  ``R = scale * conv2(act(norm2(conv1(act(norm1(x))))))``
+      (the pre-activation residual branch; see :func:`contnet.from_resnet`)
+
+    ``channels`` in and out, ``hidden`` (default ``channels``) between the convolutions.
+    ``norm``: ``None`` or ``"batch"`` (piecewise-constant :class:`TimeBatchNorm2d` with one
+    cell per cell of the weight basis); convolutions carry a bias only without norm.
+    ``scale`` is a fixed factor on the rate.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        hidden: int | None = None,
+        n_basis: int = 1,
+        basis: str = "piecewise_constant",
+        act: str = "relu",
+        norm: str | None = None,
+        preact: bool = False,
+        kernel_size: int = 3,
+        scale: float = 1.0,
+        bias: bool | None = None,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        channels = _positive_int(channels, "channels")
+        hidden = channels if hidden is None else _positive_int(hidden, "hidden")
+        if act not in ACTIVATIONS:
+            raise ValueError(f"unknown act {act!r}; expected one of {list(ACTIVATIONS)}")
+        if norm not in NORMS:
+            raise ValueError(f"unknown norm {norm!r}; expected one of {list(NORMS)}")
+        basis_lib.check_family(basis)
+        self.channels, self.hidden = channels, hidden
+        self.act_name, self.norm_name, self.preact = act, norm, bool(preact)
+        self.scale = float(scale)
+        self.act = ACTIVATIONS[act]
+        factory = {"device": device, "dtype": dtype}
+        bias = norm is None if bias is None else bool(bias)
+        conv = {"n_basis": n_basis, "basis": basis, "bias": bias, **factory}
+        self.conv1 = TimeConv2d(channels, hidden, kernel_size, **conv)
+        self.conv2 = TimeConv2d(hidden, channels, kernel_size, **conv)
+        if norm == "batch":
+            cells = self.conv1.basis.n_cells
+            self.norm1 = TimeBatchNorm2d(channels if preact else hidden, cells, **factory)
+            self.norm2 = TimeBatchNorm2d(hidden if preact else channels, cells, **factory)
+        else:
+            self.norm1 = self.norm2 = None
+
+    @property
+    def basis(self) -> basis_lib.Basis:
+        return self.conv1.basis
+
+    @property
+    def n_basis(self) -> int:
+        return self.conv1.n_basis
+
+    def _norm(self, norm, t, x):
+        return x if norm is None else norm(t, x)
+
+    def forward(self, t: float, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(
+                f"x must have shape (N, {self.channels}, H, W) for channels={self.channels}, got {tuple(x.shape)}"
+            )
+        if self.preact:
+            y = self.conv1(t, self.act(self._norm(self.norm1, t, x)))
+            y = self.conv2(t, self.act(self._norm(self.norm2, t, y)))
+        else:
+            y = self.act(self._norm(self.norm1, t, self.conv1(t, x)))
+            y = self.act(self._norm(self.norm2, t, self.conv2(t, y)))
+        return y if self.scale == 1.0 else y * self.scale
+
+    def extra_repr(self) -> str:
+        return (
+            f"channels={self.channels}, hidden={self.hidden}, act={self.act_name}, "
+            f"norm={self.norm_name}, preact={self.preact}, scale={self.scale}"
+        )

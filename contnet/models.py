@@ -1,0 +1,316 @@
+"""Networks built from continuous blocks, and transformations of any module tree:
+refinement in depth, projection onto another basis, conversion of a residual stage."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import basis as basis_lib
+from .block import ContinuousBlock
+from .layers import ACTIVATIONS, NORMS, ConvUnit, TimeBatchNorm2d, TimeDependent, _positive_int
+
+__all__ = ["ContinuousNet", "Stitch", "refine", "project", "from_resnet"]
+
+
+class Stitch(nn.Module):
+    """Downsampling residual block between stages (pre-activation):
+    ``y = act(norm1(x)); out = shortcut(y) + conv2(act(norm2(conv1(y))))`` with a stride-2
+    3x3 ``conv1`` and a stride-2 1x1 ``shortcut``. Not time dependent."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, act="relu", norm="batch", stride=2):
+        super().__init__()
+        bias = norm is None
+        self.act = ACTIVATIONS[act]
+        self.norm1 = nn.BatchNorm2d(in_channels) if norm else nn.Identity()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=bias)
+        self.norm2 = nn.BatchNorm2d(out_channels) if norm else nn.Identity()
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=bias)
+        self.shortcut = nn.Conv2d(in_channels, out_channels, 1, stride, 0, bias=bias)
+
+    def forward(self, x):
+        y = self.act(self.norm1(x))
+        return self.shortcut(y) + self.conv2(self.act(self.norm2(self.conv1(y))))
+
+
+class ContinuousNet(nn.Module):
+    """ContinuousNet for image classification (CIFAR-style).
+
+    ``stem`` (3x3 conv) -> for each width: a :class:`ContinuousBlock` of a
+    :class:`ConvUnit` (``preact`` residual unit, ``norm``, ``act``, weights in ``basis``
+    with ``n_basis`` nodes), joined by downsampling :class:`Stitch` blocks -> norm, act,
+    global average pooling -> linear head. Input ``(N, in_channels, H, W)``; output logits
+    ``(N, num_classes)``. Every block's ``scheme``/``n_steps`` can be changed afterwards
+    (see :meth:`set_manifestation`). ``config`` holds the constructor arguments.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 10,
+        widths=(16, 32, 64),
+        n_basis: int = 1,
+        *,
+        basis: str = "piecewise_constant",
+        scheme="rk4",
+        n_steps: int | None = None,
+        act: str = "relu",
+        norm: str | None = "batch",
+        preact: bool = True,
+        backprop: str = "direct",
+    ):
+        super().__init__()
+        widths = tuple(widths)
+        if not widths:
+            raise ValueError("widths must name at least one stage width")
+        for w in widths:
+            _positive_int(w, "widths[i]")
+        if norm not in NORMS:
+            raise ValueError(f"unknown norm {norm!r}; expected one of {list(NORMS)}")
+        self.config = {
+            "in_channels": _positive_int(in_channels, "in_channels"),
+            "num_classes": _positive_int(num_classes, "num_classes"),
+            "widths": list(widths),
+            "n_basis": n_basis,
+            "basis": basis,
+            "scheme": scheme if isinstance(scheme, str) else scheme.name,
+            "n_steps": n_steps,
+            "act": act,
+            "norm": norm,
+            "preact": preact,
+            "backprop": backprop,
+        }
+        self.act = ACTIVATIONS.get(act)
+        self.stem = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=norm is None)
+        unit = {"n_basis": n_basis, "basis": basis, "act": act, "norm": norm, "preact": preact}
+        self.stages = nn.ModuleList(
+            ContinuousBlock(ConvUnit(w, **unit), scheme=scheme, n_steps=n_steps, backprop=backprop)
+            for w in widths
+        )
+        self.stitches = nn.ModuleList(
+            Stitch(a, b, act=act, norm=norm) for a, b in zip(widths[:-1], widths[1:])
+        )
+        self.norm = nn.BatchNorm2d(widths[-1]) if norm else nn.Identity()
+        self.head = nn.Linear(widths[-1], num_classes)
+
+    def set_manifestation(self, scheme=None, n_steps: int | None = None) -> None:
+        """Set ``scheme`` and/or ``n_steps`` of every block."""
+        for block in self.blocks():
+            if scheme is not None:
+                block.scheme = scheme
+            if n_steps is not None:
+                block.n_steps = n_steps
+
+    def blocks(self) -> list[ContinuousBlock]:
+        return list(self.stages)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for i, block in enumerate(self.stages):
+            if i:
+                x = self.stitches[i - 1](x)
+            x = block(x)
+        return self.act(self.norm(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.config["in_channels"]
+        if x.dim() != 4 or x.shape[1] != c:
+            raise ValueError(
+                f"x must have shape (N, {c}, H, W) for in_channels={c}, got {tuple(x.shape)}"
+            )
+        return self.head(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
+
+
+# ----------------------------------------------------------------------------- tree maps
+def _map_optimizer_state(optimizer, maps: dict, old_shapes: dict) -> None:
+    """Map every state tensor of the optimizer that has its parameter's old shape by the
+    parameter's matrix (momentum buffers, Adam moments); scalars (``step``) stay."""
+    for p, M in maps.items():
+        state = optimizer.state.get(p)
+        if not state:
+            continue
+        for key, v in list(state.items()):
+            if isinstance(v, torch.Tensor) and tuple(v.shape) == old_shapes[p]:
+                state[key] = basis_lib.apply_matrix(M, v)
+
+
+def _apply_tree(module: nn.Module, fn, optimizer) -> dict:
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
+    layers = [m for m in module.modules() if isinstance(m, TimeDependent)]
+    old_shapes = {t: tuple(t.shape) for m in layers for _, t in m._tensors()}
+    maps = {}
+    for m in layers:
+        maps.update(fn(m))
+    if optimizer is not None:
+        _map_optimizer_state(optimizer, maps, old_shapes)
+    return maps
+
+
+def refine(module: nn.Module, *, steps: bool = True, optimizer=None) -> dict:
+    """Refine every time-dependent layer of ``module`` to the next finer basis (exact:
+    ``theta(t)`` is unchanged) and, with ``steps``, double every block's ``n_steps``.
+
+    With an ``optimizer``, its per-parameter state (momentum, moments) is mapped by the
+    same linear map as the parameters, which keep their identity. Returns
+    ``{tensor: R}`` with ``new = R @ old`` along the node dimension.
+    """
+    maps = _apply_tree(module, lambda m: m.refine(), optimizer)
+    if steps:
+        for m in module.modules():
+            if isinstance(m, ContinuousBlock):
+                m.n_steps = 2 * m.n_steps
+    return maps
+
+
+def project(module: nn.Module, n_basis: int, basis: str | None = None, *, optimizer=None) -> dict:
+    """L2-project every time-dependent layer of ``module`` onto ``n_basis`` nodes of
+    ``basis`` (default: each layer's own family). Batch-norm statistics of a
+    :class:`ConvUnit` go onto as many cells as its new weight basis has. ``n_steps`` is
+    left as it is. Returns ``{tensor: P}`` with ``new = P @ old`` along the node dimension.
+    """
+    if basis is not None:
+        basis_lib.check_family(basis)
+    cells = {}
+    for unit in module.modules() if isinstance(module, nn.Module) else ():
+        if isinstance(unit, ConvUnit):
+            n = basis_lib.get(basis or unit.basis.family, n_basis).n_cells
+            cells.update({norm: n for norm in (unit.norm1, unit.norm2) if norm is not None})
+
+    def fn(m):
+        if isinstance(m, TimeBatchNorm2d):
+            return m.project(cells.get(m, n_basis))
+        return m.project(n_basis, basis)
+
+    return _apply_tree(module, fn, optimizer)
+
+
+# ----------------------------------------------------------------------------- from_resnet
+def _find(block, names, what):
+    for n in names:
+        m = getattr(block, n, None)
+        if m is not None:
+            return m
+    raise ValueError(
+        f"residual block {type(block).__name__} has no {what} (looked for {list(names)})"
+    )
+
+
+def _parts(block, i):
+    """``(norm1, conv1, norm2, conv2)`` of a pre-activation block, checked."""
+    if type(block).__module__.startswith("torchvision"):
+        raise ValueError(
+            f"stage[{i}] is a torchvision {type(block).__name__}, a post-activation block; "
+            "from_resnet takes pre-activation blocks x + conv2(relu(bn2(conv1(relu(bn1(x))))))"
+        )
+    parts = (
+        _find(block, ("bn1", "norm1"), "bn1/norm1"),
+        _find(block, ("conv1",), "conv1"),
+        _find(block, ("bn2", "norm2"), "bn2/norm2"),
+        _find(block, ("conv2",), "conv2"),
+    )
+    for n in ("shortcut", "downsample"):
+        sc = getattr(block, n, None)
+        if (
+            sc is not None
+            and not (isinstance(sc, nn.Sequential) and len(sc) == 0)
+            and not isinstance(sc, nn.Identity)
+        ):
+            raise ValueError(
+                f"stage[{i}].{n} is not an identity shortcut; from_resnet needs identity shortcuts"
+            )
+    for name, bn in zip(("norm1", "norm2"), parts[0::2]):
+        if not isinstance(bn, nn.BatchNorm2d) or not bn.track_running_stats:
+            raise ValueError(f"stage[{i}].{name} must be an nn.BatchNorm2d with running statistics")
+        act = getattr(bn, "act", None)  # timm's BatchNormAct2d applies its activation itself
+        if act is not None and not isinstance(act, (nn.ReLU, nn.Identity)):
+            raise ValueError(
+                f"stage[{i}].{name} applies {type(act).__name__}; only ReLU is supported"
+            )
+    for name, conv in zip(("conv1", "conv2"), parts[1::2]):
+        if type(conv) is not nn.Conv2d:
+            raise ValueError(
+                f"stage[{i}].{name} must be a plain nn.Conv2d, got {type(conv).__name__}"
+            )
+        k = conv.kernel_size
+        if (
+            conv.stride != (1, 1)
+            or conv.groups != 1
+            or conv.dilation != (1, 1)
+            or conv.padding != (k[0] // 2, k[1] // 2)
+            or conv.padding_mode != "zeros"
+            or k[0] % 2 == 0
+            or k != parts[1].kernel_size
+        ):
+            raise ValueError(
+                f"stage[{i}].{name} must be an odd same-size convolution (stride 1, padding k//2, "
+                "no groups or dilation) with the kernel size of conv1"
+            )
+    return parts
+
+
+def from_resnet(stage) -> ContinuousBlock:
+    """Convert a pre-activation residual stage into an equivalent ``ContinuousBlock``.
+
+    ``stage``: an iterable (e.g. ``nn.Sequential``) of ``N`` residual blocks computing
+    ``x + conv2(relu(bn2(conv1(relu(bn1(x))))))`` with identity shortcuts (attributes
+    ``bn1, conv1, bn2, conv2``, or timm's ``norm1, conv1, norm2, conv2``). Returns a
+    ``piecewise_constant`` block with ``K = N`` cells, ``euler``, ``n_steps = N`` and the
+    rate scaled by ``N``: block ``i`` becomes cell ``i``, so the output equals the stage's
+    (batch norm in eval mode; in training mode the statistics are those of each cell).
+    """
+    blocks = list(stage)
+    if not blocks:
+        raise ValueError("stage must hold at least one residual block")
+    parts = [_parts(b, i) for i, b in enumerate(blocks)]
+    n1, c1, n2, c2 = parts[0]
+    channels, hidden = c1.in_channels, c1.out_channels
+    for i, (a, b, c, d) in enumerate(parts):
+        if (b.in_channels, b.out_channels, d.in_channels, d.out_channels) != (
+            channels,
+            hidden,
+            hidden,
+            channels,
+        ):
+            raise ValueError(
+                f"stage[{i}] convolutions must map {channels} -> {hidden} -> {channels} channels like stage[0]"
+            )
+        if (a.eps, c.eps) != (n1.eps, n1.eps):
+            raise ValueError(f"stage[{i}] batch norms must share eps={n1.eps} with stage[0]")
+    N = len(blocks)
+    has_bias = any(p.bias is not None for _, c, _, d in parts for p in (c, d))
+    w = c1.weight
+    unit = ConvUnit(
+        channels,
+        hidden=hidden,
+        n_basis=N,
+        basis="piecewise_constant",
+        act="relu",
+        norm="batch",
+        preact=True,
+        kernel_size=c1.kernel_size[0] if c1.kernel_size[0] == c1.kernel_size[1] else c1.kernel_size,
+        scale=float(N),
+        bias=has_bias,
+        device=w.device,
+        dtype=w.dtype,
+    )
+    with torch.no_grad():
+        for i, (a, b, c, d) in enumerate(parts):
+            for dst, src in ((unit.conv1, b), (unit.conv2, d)):
+                dst.weight[i].copy_(src.weight)
+                if dst.bias is not None:
+                    dst.bias[i].copy_(
+                        src.bias if src.bias is not None else torch.zeros_like(dst.bias[i])
+                    )
+            for dst, src in ((unit.norm1, a), (unit.norm2, c)):
+                dst.running_mean[i].copy_(src.running_mean)
+                dst.running_var[i].copy_(src.running_var)
+                dst.weight[i].copy_(src.weight if src.affine else torch.ones_like(dst.weight[i]))
+                dst.bias[i].copy_(src.bias if src.affine else torch.zeros_like(dst.bias[i]))
+        for norm in (unit.norm1, unit.norm2):
+            norm.eps = n1.eps
+            norm.momentum = n1.momentum if n1.momentum is not None else 0.1
+    block = ContinuousBlock(unit, scheme="euler", n_steps=N)
+    block.train(getattr(stage, "training", blocks[0].training))
+    return block

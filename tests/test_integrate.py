@@ -1,0 +1,81 @@
+import pytest
+import torch
+from torch import nn
+
+import contnet
+
+RK = contnet.schemes.names()[:8]
+
+
+class TimeLinear(nn.Module):
+    """A small rate tanh(W(t) x + c(t)) with fem_linear weights in depth."""
+
+    def __init__(self, d=4, K=3):
+        super().__init__()
+        self.basis = contnet.basis.get("fem_linear", K)
+        self.w = nn.Parameter(torch.randn(K, d, d, dtype=torch.float64) / d**0.5)
+        self.c = nn.Parameter(torch.randn(K, d, dtype=torch.float64))
+
+    def forward(self, t, x):
+        phi = self.basis([t])[0]
+        w = torch.einsum("k,kij->ij", phi, self.w)
+        return torch.tanh(x @ w.T + phi @ self.c)
+
+
+@pytest.mark.parametrize("scheme", RK + ["ab2"])
+def test_gradcheck_through_odeint(scheme):
+    f = TimeLinear()
+    x0 = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+
+    def run(x, w, c):
+        with torch.nn.utils.stateless._reparametrize_module(f, {"w": w, "c": c}):
+            return contnet.odeint(f, x, scheme=scheme, n_steps=3)
+
+    assert torch.autograd.gradcheck(
+        run, (x0, f.w.detach().requires_grad_(), f.c.detach().requires_grad_())
+    )
+
+
+def test_trajectory_and_reverse_time():
+    f = TimeLinear()
+    x0 = torch.randn(3, 4, dtype=torch.float64)
+    path = contnet.odeint(f, x0, scheme="rk4", n_steps=8, trajectory=True)
+    assert path.shape == (9, 3, 4)
+    torch.testing.assert_close(path[0], x0)
+    torch.testing.assert_close(path[-1], contnet.odeint(f, x0, scheme="rk4", n_steps=8))
+    # integrating forward and back from t=1 to t=0 recovers x0 up to the scheme's error
+    with torch.no_grad():
+        x1 = contnet.odeint(f, x0, scheme="rk4", n_steps=200)
+        back = contnet.odeint(f, x1, scheme="rk4", n_steps=200, t0=1.0, t1=0.0)
+    torch.testing.assert_close(back, x0, rtol=0, atol=1e-8)
+
+
+def test_rate_receives_open_interval_times():
+    seen = []
+
+    def f(t, x):
+        seen.append(t)
+        return x
+
+    contnet.odeint(f, torch.randn(2), scheme="heun", n_steps=2)
+    assert seen[0] == 0.0 and seen[2] == 0.5
+    assert 0.5 - 1e-15 < seen[1] < 0.5 and 1 - 1e-15 < seen[3] < 1.0
+
+
+def test_errors_name_the_argument():
+    f = lambda t, x: x  # noqa: E731
+    x = torch.randn(3)
+    with pytest.raises(ValueError, match="unknown scheme 'rk9'"):
+        contnet.odeint(f, x, scheme="rk9")
+    with pytest.raises(ValueError, match="n_steps must be >= 1"):
+        contnet.odeint(f, x, n_steps=0)
+    with pytest.raises(TypeError, match="x0 must be a floating-point"):
+        contnet.odeint(f, torch.arange(3))
+    with pytest.raises(TypeError, match="f must be callable"):
+        contnet.odeint(3, x)
+    with pytest.raises(ValueError, match="must return a tensor of x's shape"):
+        contnet.odeint(lambda t, x: x[:2], x)
+    with pytest.raises(ValueError, match="unknown backprop 'magic'"):
+        contnet.odeint(f, x, backprop="magic")
+    with pytest.raises(ValueError, match="t0 and t1 must differ"):
+        contnet.odeint(f, x, t0=0.5, t1=0.5)

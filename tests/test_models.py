@@ -1,0 +1,215 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import contnet
+from contnet import basis
+
+FAMILIES = [("piecewise_constant", 2), ("fem_linear", 2), ("piecewise_linear", 2), ("legendre", 2)]
+
+
+def _randomise(module):
+    """Random affine parameters and running statistics in every norm (nothing trivial)."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (contnet.TimeBatchNorm2d, nn.BatchNorm2d)):
+                m.running_mean.normal_(0, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.3)
+
+
+def _block(family, K, norm="batch", scheme="rk4", n_steps=4):
+    unit = contnet.ConvUnit(3, n_basis=K, basis=family, norm=norm, act="tanh").double()
+    _randomise(unit)
+    return contnet.ContinuousBlock(unit, scheme=scheme, n_steps=n_steps).eval()
+
+
+def test_block_attributes_are_settable_and_checked():
+    block = contnet.ContinuousBlock(contnet.ConvUnit(4, n_basis=3))
+    assert block.n_steps == 3 and block.scheme == "rk4"
+    block.scheme, block.n_steps = "euler", 12
+    assert "scheme=euler, n_steps=12" in repr(block)
+    with pytest.raises(ValueError, match="unknown scheme 'rk5'"):
+        block.scheme = "rk5"
+    with pytest.raises(ValueError, match="n_steps must be >= 1"):
+        block.n_steps = 0
+    with pytest.raises(ValueError, match="n_steps is required"):
+        contnet.ContinuousBlock(lambda t, x: x)
+
+
+@pytest.mark.parametrize("norm", [None, "batch"])
+def test_gradcheck_through_block(norm):
+    block = _block("fem_linear", 3, norm=norm, scheme="midpoint", n_steps=2)
+    block.train(norm is None)
+    names = [n for n, _ in block.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in block.parameters()]
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+
+    def run(x, *ps):
+        return torch.func.functional_call(block, dict(zip(names, ps)), (x,))
+
+    assert torch.autograd.gradcheck(run, (x, *params))
+
+
+@pytest.mark.parametrize("family,K", FAMILIES)
+@pytest.mark.parametrize("scheme", ["euler", "rk4", "ssprk3"])
+def test_refinement_keeps_theta_and_output(family, K, scheme):
+    block = _block(family, K, scheme=scheme, n_steps=4)
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    conv = block.unit.conv1
+    ts = torch.rand(50).tolist()
+    before_theta = [conv.weight_at(t)[0].clone() for t in ts]
+    with torch.no_grad():
+        before = block(x)
+    contnet.refine(block, steps=False)
+    assert block.unit.n_basis == basis.get(family, K).refined().n_basis and block.n_steps == 4
+    for t, w in zip(ts, before_theta):
+        torch.testing.assert_close(conv.weight_at(t)[0], w, rtol=1e-13, atol=1e-13)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), before, rtol=1e-12, atol=1e-12)
+
+
+def test_refinement_doubles_steps_with_cells():
+    """piecewise constant, euler, n_steps doubled with K: the refined block equals the
+    original evaluated at the doubled step count."""
+    block = _block("piecewise_constant", 2, scheme="euler", n_steps=2)
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    with torch.no_grad():
+        block.n_steps = 4
+        at_double = block(x)
+        block.n_steps = 2
+        contnet.refine(block)
+        assert (block.unit.n_basis, block.n_steps) == (4, 4)
+        torch.testing.assert_close(block(x), at_double, rtol=0, atol=1e-14)
+
+
+def test_refine_maps_optimizer_state_exactly():
+    torch.manual_seed(0)
+    net = contnet.ContinuousNet(1, 4, widths=(4, 8), n_basis=1).double()
+    x, y = torch.randn(8, 1, 6, 6, dtype=torch.float64), torch.randint(0, 4, (8,))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(2):
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+    maps = contnet.refine(net, optimizer=opt)
+    w = net.stages[0].unit.conv1.weight
+    assert w in maps and w.shape[0] == 2
+    buf = opt.state[w]["momentum_buffer"]
+    assert buf.shape == w.shape
+    torch.testing.assert_close(buf[0], buf[1])
+
+
+def test_projection_identity_and_pairwise_means():
+    block = _block("piecewise_constant", 8)
+    w = block.unit.conv1.weight.detach().clone()
+    rm = block.unit.norm1.running_mean.clone()
+    contnet.project(block, 8)
+    torch.testing.assert_close(block.unit.conv1.weight, w)
+    contnet.project(block, 4)
+    torch.testing.assert_close(block.unit.conv1.weight, 0.5 * (w[0::2] + w[1::2]))
+    torch.testing.assert_close(block.unit.norm1.running_mean, 0.5 * (rm[0::2] + rm[1::2]))
+    contnet.project(block, 3, "fem_linear")
+    assert block.unit.basis == basis.get("fem_linear", 3) and block.unit.norm1.n_basis == 2
+
+
+def test_projection_onto_another_family_is_exact_for_its_polynomials():
+    block = _block("legendre", 2)  # theta(t) linear in t: held exactly by fem_linear(2)
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    block.unit.norm1 = block.unit.norm2 = None
+    with torch.no_grad():
+        before = block(x)
+        contnet.project(block, 2, "fem_linear")
+        torch.testing.assert_close(block(x), before, rtol=1e-12, atol=1e-12)
+
+
+class PreActBlock(nn.Module):
+    """The common pre-activation basic block (identity shortcut)."""
+
+    def __init__(self, c, hidden, bias=False):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv1 = nn.Conv2d(c, hidden, 3, 1, 1, bias=bias)
+        self.bn2 = nn.BatchNorm2d(hidden)
+        self.conv2 = nn.Conv2d(hidden, c, 3, 1, 1, bias=bias)
+        self.shortcut = nn.Sequential()
+
+    def forward(self, x):
+        out = self.conv1(F.relu(self.bn1(x)))
+        return self.shortcut(x) + self.conv2(F.relu(self.bn2(out)))
+
+
+class TimmStyle(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.norm1, self.conv1 = nn.BatchNorm2d(c), nn.Conv2d(c, c, 3, 1, 1, bias=False)
+        self.norm2, self.conv2 = nn.BatchNorm2d(c), nn.Conv2d(c, c, 3, 1, 1, bias=False)
+        self.downsample = None
+
+    def forward(self, x):
+        return x + self.conv2(F.relu(self.norm2(self.conv1(F.relu(self.norm1(x))))))
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: PreActBlock(4, 6), lambda: PreActBlock(4, 4, bias=True), lambda: TimmStyle(4)]
+)
+def test_from_resnet_reproduces_stage(make):
+    stage = nn.Sequential(*[make() for _ in range(3)]).double()
+    _randomise(stage)
+    stage.eval()
+    block = contnet.from_resnet(stage)
+    assert (block.scheme, block.n_steps, block.unit.n_basis, block.unit.basis.family) == (
+        "euler",
+        3,
+        3,
+        "piecewise_constant",
+    )
+    assert not block.training
+    x = torch.randn(2, 4, 7, 7, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), stage(x), rtol=0, atol=1e-6)
+        assert (block(x) - stage(x)).abs().max() < 1e-12
+
+
+def test_from_resnet_refuses_what_it_cannot_convert():
+    with pytest.raises(ValueError, match="at least one residual block"):
+        contnet.from_resnet(nn.Sequential())
+    b = PreActBlock(4, 4)
+    b.shortcut = nn.Sequential(nn.Conv2d(4, 4, 1))
+    with pytest.raises(ValueError, match="identity shortcut"):
+        contnet.from_resnet([b])
+    b = PreActBlock(4, 4)
+    b.conv1 = nn.Conv2d(4, 4, 3, 2, 1)
+    with pytest.raises(ValueError, match="stride 1"):
+        contnet.from_resnet([b])
+    with pytest.raises(ValueError, match="no bn1/norm1"):
+        contnet.from_resnet([nn.Conv2d(4, 4, 3)])
+
+
+def test_continuous_net_manifestations_converge():
+    net = contnet.ContinuousNet(
+        1, 10, widths=(4, 8), n_basis=2, basis="fem_linear", act="tanh"
+    ).double()
+    _randomise(net)
+    net.eval()
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        net.set_manifestation("rk4", 64)
+        fine = net(x)
+        drift = {}
+        for n in (2, 4, 8, 16):
+            net.set_manifestation("euler", n)
+            drift[n] = (net(x) - fine).abs().max().item()
+    assert drift[16] < drift[8] < drift[4] < drift[2]
+    assert drift[2] / drift[16] > 4  # first order: about 8
+
+
+def test_continuous_net_errors():
+    with pytest.raises(ValueError, match=r"x must have shape \(N, 3, H, W\) for in_channels=3"):
+        contnet.ContinuousNet()(torch.randn(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="widths must name"):
+        contnet.ContinuousNet(widths=())
+    with pytest.raises(ValueError, match="unknown norm"):
+        contnet.ContinuousNet(norm="group")

@@ -1,0 +1,105 @@
+import math
+from fractions import Fraction
+
+import pytest
+import torch
+
+import contnet
+from contnet import schemes
+
+RK = ["euler", "midpoint", "heun", "ralston", "rk3", "ssprk3", "rk4", "rk4_38"]
+
+
+def test_names_cover_design():
+    assert schemes.names()[: len(RK)] == RK
+    assert {"ab2", "lm"} <= set(schemes.names())
+
+
+@pytest.mark.parametrize("name", RK)
+def test_tableau_is_consistent(name):
+    tab = schemes.get(name)
+    s = tab.stages
+    assert len(tab.a) == len(tab.c) == len(tab.b) == s
+    for i in range(s):
+        assert sum(tab.exact_a[i]) == tab.exact_c[i]
+        assert all(tab.exact_a[i][j] == 0 for j in range(i, s))
+    assert sum(tab.exact_b) == 1
+    assert tab.order >= 1 and tab.a[0] == (0.0,) * s
+
+
+def test_tableau_validation_rejects_bad_tables():
+    F = Fraction
+    with pytest.raises(ValueError, match="row 1 of A sums"):
+        schemes.ButcherTableau("bad", ((0, 0), (F(1, 3), 0)), (F(1, 2), F(1, 2)), (0, F(1, 2)), 2)
+    with pytest.raises(ValueError, match="weights b sum"):
+        schemes.ButcherTableau("bad", ((0, 0), (1, 0)), (F(1, 2), F(1, 3)), (0, 1), 2)
+    with pytest.raises(ValueError, match="strictly lower"):
+        schemes.ButcherTableau("bad", ((1,),), (1,), (1,), 1)
+    with pytest.raises(ValueError, match=r"A must be 2x2"):
+        schemes.ButcherTableau("bad", ((0,),), (F(1, 2), F(1, 2)), (0, 1), 2)
+
+
+def test_get_errors():
+    with pytest.raises(ValueError, match="unknown scheme 'rk5'"):
+        schemes.get("rk5")
+    with pytest.raises(TypeError, match="scheme must be"):
+        schemes.get(4)
+
+
+def _exact(t, x0):
+    # dx/dt = (-2 t (x_0 - 1/2),  x_1^2 cos t): x_0 = 1/2 + (x0_0 - 1/2) e^{-t^2},
+    # x_1 = 1 / (1/x0_1 - sin t)
+    a = 0.5 + (x0[:, 0] - 0.5) * math.exp(-(t**2))
+    b = 1.0 / (1.0 / x0[:, 1] - math.sin(t))
+    return torch.stack([a, b], 1)
+
+
+def _rate(t, x):
+    return torch.stack([-2.0 * t * (x[:, 0] - 0.5), x[:, 1] ** 2 * math.cos(t)], 1)
+
+
+def _fitted_order(scheme, steps=(16, 32, 64, 128)):
+    x0 = torch.stack([torch.rand(5) + 0.5, torch.rand(5) * 0.4 + 0.1], 1).double()
+    ref = _exact(1.0, x0)
+    errs = [
+        (contnet.odeint(_rate, x0, scheme=scheme, n_steps=n) - ref).abs().max().item()
+        for n in steps
+    ]
+    lh = torch.log(torch.tensor([1.0 / n for n in steps], dtype=torch.float64))
+    le = torch.log(torch.tensor(errs, dtype=torch.float64))
+    slope = ((lh - lh.mean()) * (le - le.mean())).sum() / ((lh - lh.mean()) ** 2).sum()
+    return slope.item(), errs
+
+
+@pytest.mark.parametrize("name", RK + ["ab2"])
+def test_empirical_order_of_convergence(name):
+    slope, errs = _fitted_order(name)
+    assert abs(slope - schemes.get(name).order) < 0.3, (slope, errs)
+
+
+def test_stage_times_open_interval_rule():
+    times = schemes.stage_times("rk4", 4)
+    for n, row in enumerate(times):
+        assert row[0] == n / 4 and row[1] == row[2] == (n + 0.5) / 4
+        assert row[3] < (n + 1) / 4 and row[3] == math.nextafter((n + 1) / 4, 0.0)
+    # a piecewise-constant basis with n_steps a multiple of K: every step sees one cell
+    for K, n_steps in ((3, 3), (3, 6), (5, 10), (7, 7)):
+        b = contnet.basis.get("piecewise_constant", K)
+        for scheme in RK:
+            for n, row in enumerate(schemes.stage_times(scheme, n_steps)):
+                cells = {b.coefficients(t)[0][0] for t in row}
+                assert cells == {n * K // n_steps}, (K, n_steps, scheme, n, row)
+
+
+def test_stage_times_general_interval_and_reverse():
+    times = schemes.stage_times("heun", 2, 1.0, 0.0)
+    assert times[0][0] == 1.0 and 0.5 < times[0][1] < 0.5 + 1e-15
+    assert schemes.step_times(4, 0.0, 2.0) == [0.0, 0.5, 1.0, 1.5, 2.0]
+
+
+@pytest.mark.parametrize("bad", [0, -3])
+def test_n_steps_must_be_positive(bad):
+    with pytest.raises(ValueError, match="n_steps must be >= 1"):
+        schemes.stage_times("euler", bad)
+    with pytest.raises(TypeError, match="n_steps must be an int"):
+        schemes.stage_times("euler", 2.0)

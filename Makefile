@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.contnet-installed
+LINTED := contnet tests setup.py $(wildcard bench)
 SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu csrc/include/contnet/*)
 
 export PATH := $(BIN):$(PATH)
@@ -30,12 +31,12 @@ demo: $(STAMP)
 	$(BIN)/python -m contnet demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check contnet tests bench setup.py
-	$(BIN)/ruff format --check contnet tests bench setup.py
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix contnet tests bench setup.py
-	$(BIN)/ruff format contnet tests bench setup.py
+	$(BIN)/ruff check --fix $(LINTED)
+	$(BIN)/ruff format $(LINTED)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

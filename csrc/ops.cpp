@@ -15,8 +15,35 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(contnet, m) {
-  // out = x + h * sum_j coeffs[j] * terms[j]; coefficients by value.
+  // Stage accumulation, coefficients by value:
+  //   out = x + h * sum_j coeffs[j] * terms[j]
   m.def("rk_combine(Tensor x, Tensor[] terms, float h, float[] coeffs) -> Tensor");
-  // grad_terms[j] = h * coeffs[j] * grad (the gradient for x is grad itself).
+  //   grad_terms[j] = h * coeffs[j] * grad   (the gradient for x is grad itself)
   m.def("rk_combine_backward(Tensor grad, float h, float[] coeffs) -> Tensor[]");
+
+  // Stage accumulation with learned coefficients (a 1-d tensor on x's device):
+  //   out = x + h * sum_j coeffs[j] * terms[j]
+  m.def("rk_combine_learned(Tensor x, Tensor[] terms, float h, Tensor coeffs) -> Tensor");
+  //   (grad_terms[j] = h * coeffs[j] * grad, grad_coeffs[j] = h * <terms[j], grad>)
+  m.def(
+      "rk_combine_learned_backward(Tensor grad, Tensor[] terms, float h, Tensor coeffs) "
+      "-> (Tensor[], Tensor)");
+
+  // Fused stage epilogue: the unit's tail and the stage updates in one pass.
+  //   k = scale * act(y + bias[channel])
+  //   out[o] = bases[o] + h * (sum_j coeffs[o][j] * terms[j] + coeffs[o][T] * k)
+  // coeffs is row-major len(bases) x (len(terms) + 1); returns out (and k if return_k).
+  m.def(
+      "rk_epilogue(Tensor y, Tensor? bias, int act, float scale, Tensor[] bases, "
+      "Tensor[] terms, float h, float[] coeffs, bool return_k) -> Tensor[]");
+  // Gradients for y, terms and bias from the gradients of the outputs (grads, one per row of
+  // coeffs) and of k (grad_k, if k was returned); the gradient for bases[o] is grads[o].
+  m.def(
+      "rk_epilogue_backward(Tensor[] grads, Tensor? grad_k, Tensor y, Tensor? bias, int act, "
+      "float scale, int n_terms, float h, float[] coeffs) -> (Tensor, Tensor[], Tensor)");
+
+  // Time-interpolated weight lookup for all stage times and several tensors at once:
+  //   out[j][s] = sum_k phi[s, k] * thetas[j][k]     (phi: S x K float64)
+  // Its backward is itself with phi transposed.
+  m.def("basis_interp(Tensor phi, Tensor[] thetas) -> Tensor[]");
 }

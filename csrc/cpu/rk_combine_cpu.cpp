@@ -1,102 +1,59 @@
-// CPU kernels of the stage-accumulation ops: TensorIterator for any strides, at::vec
-// vectors on contiguous runs, at::parallel_for through TensorIterator::for_each.
+// CPU kernels of the stage-accumulation ops. TensorIterator handles any strides and splits
+// the work over threads (at::parallel_for); contiguous runs go through loops specialised
+// on the number of terms, which the compiler vectorises (see CONTNET_CPU_CLONES).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/TensorIterator.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <utility>
 #include <vector>
 
 #include "contnet/checks.h"
+#include "contnet/layout.h"
 #include "contnet/rk_combine.h"
 
 namespace contnet {
 namespace {
 
-using at::vec::Vectorized;
-
-// Loads and stores of one vector's worth of scalar_t as float vectors (two of them for
-// float16/bfloat16, whose vectors hold twice as many elements as a float vector).
-template <typename scalar_t>
-struct VecIO {
-  using acc_t = scalar_t;
-  using V = Vectorized<scalar_t>;
-  static constexpr int kParts = 1;
-  static constexpr int64_t size() { return V::size(); }
-  static void load(const scalar_t* p, Vectorized<acc_t>* out) { out[0] = V::loadu(p); }
-  static void store(scalar_t* p, const Vectorized<acc_t>* in) { in[0].store(p); }
-};
-
-template <typename reduced_t>
-struct VecIOReduced {
-  using acc_t = float;
-  using V = Vectorized<reduced_t>;
-  static constexpr int kParts = 2;
-  static constexpr int64_t size() { return V::size(); }
-  static void load(const reduced_t* p, Vectorized<float>* out) {
-    auto [a, b] = at::vec::convert_to_float<reduced_t>(V::loadu(p));
-    out[0] = a;
-    out[1] = b;
-  }
-  static void store(reduced_t* p, const Vectorized<float>* in) {
-    at::vec::convert_from_float<reduced_t>(in[0], in[1]).store(p);
-  }
-};
-template <>
-struct VecIO<at::Half> : VecIOReduced<at::Half> {};
-template <>
-struct VecIO<at::BFloat16> : VecIOReduced<at::BFloat16> {};
-
-// out[i] = x[i] + sum_j c_j k_j[i] over a run of `len` contiguous elements.
-template <typename scalar_t, typename acc_t>
-void combine_contiguous(scalar_t* out, const scalar_t* x, const scalar_t* const* k,
-                        const Coefs<acc_t>& c, int64_t len) {
-  using IO = VecIO<scalar_t>;
-  using FV = Vectorized<acc_t>;
-  constexpr int P = IO::kParts;
-  int64_t i = 0;
-  for (; i + IO::size() <= len; i += IO::size()) {
-    FV acc[P], kv[P];
-    IO::load(x + i, acc);
-    for (int j = 0; j < c.n; ++j) {
-      IO::load(k[j] + i, kv);
-      const FV cj(c.v[j]);
-      for (int p = 0; p < P; ++p) acc[p] = at::vec::fmadd(cj, kv[p], acc[p]);
-    }
-    IO::store(out + i, acc);
-  }
-  for (; i < len; ++i) {
-    acc_t kv[kMaxTerms];
-    for (int j = 0; j < c.n; ++j) kv[j] = static_cast<acc_t>(k[j][i]);
-    out[i] = static_cast<scalar_t>(combine(static_cast<acc_t>(x[i]), kv, c));
+// out[i] = x[i] + sum_j c_j k_j[i] over `len` contiguous elements.
+template <typename scalar_t, typename acc_t, int N>
+CONTNET_CPU_CLONES void combine_run(scalar_t* __restrict__ out, const scalar_t* __restrict__ x,
+                                    const scalar_t* const* k_in, const acc_t* c, int64_t len) {
+  const scalar_t* __restrict__ k[N > 0 ? N : 1];
+  acc_t cc[N > 0 ? N : 1];
+  for (int j = 0; j < N; ++j) k[j] = k_in[j], cc[j] = c[j];
+  for (int64_t i = 0; i < len; ++i) {
+    acc_t kv[N > 0 ? N : 1];
+    for (int j = 0; j < N; ++j) kv[j] = static_cast<acc_t>(k[j][i]);
+    out[i] = static_cast<scalar_t>(combine_n<N>(static_cast<acc_t>(x[i]), kv, cc));
   }
 }
 
-// out_j[i] = c_j g[i] for j < c.n over a contiguous run.
-template <typename scalar_t, typename acc_t>
-void scale_contiguous(scalar_t* const* out, const scalar_t* g, const Coefs<acc_t>& c,
-                      int64_t len) {
-  using IO = VecIO<scalar_t>;
-  using FV = Vectorized<acc_t>;
-  constexpr int P = IO::kParts;
-  int64_t i = 0;
-  for (; i + IO::size() <= len; i += IO::size()) {
-    FV gv[P], o[P];
-    IO::load(g + i, gv);
-    for (int j = 0; j < c.n; ++j) {
-      const FV cj(c.v[j]);
-      for (int p = 0; p < P; ++p) o[p] = gv[p] * cj;
-      IO::store(out[j] + i, o);
-    }
-  }
-  for (; i < len; ++i) {
+// out_j[i] = c_j g[i] over `len` contiguous elements.
+template <typename scalar_t, typename acc_t, int N>
+CONTNET_CPU_CLONES void scale_run(scalar_t* const* out_in, const scalar_t* __restrict__ g,
+                                  const acc_t* c, int64_t len) {
+  scalar_t* __restrict__ out[N];
+  acc_t cc[N];
+  for (int j = 0; j < N; ++j) out[j] = out_in[j], cc[j] = c[j];
+  for (int64_t i = 0; i < len; ++i) {
     const acc_t gi = static_cast<acc_t>(g[i]);
-    for (int j = 0; j < c.n; ++j) out[j][i] = static_cast<scalar_t>(c.v[j] * gi);
+    for (int j = 0; j < N; ++j) out[j][i] = static_cast<scalar_t>(cc[j] * gi);
+  }
+}
+
+// Calls f(std::integral_constant<int, n>) for a runtime n in [Lo, kMaxTerms].
+template <int Lo, typename F>
+void with_count(int n, F&& f) {
+  if constexpr (Lo <= kMaxTerms) {
+    if (n == Lo) return f(std::integral_constant<int, Lo>{});
+    with_count<Lo + 1>(n, std::forward<F>(f));
   }
 }
 
@@ -104,6 +61,11 @@ bool all_unit_strides(const int64_t* strides, int ntensors, int64_t elem) {
   for (int a = 0; a < ntensors; ++a)
     if (strides[a] != elem) return false;
   return true;
+}
+
+template <typename scalar_t>
+const scalar_t* at_offset(char* p, int64_t i, int64_t stride) {
+  return reinterpret_cast<const scalar_t*>(p + i * stride);
 }
 
 // One pass: out = base + sum_{j<n} c_j terms[start + j]. `base` may be `out` itself.
@@ -118,21 +80,22 @@ void combine_pass(const at::Tensor& out, const at::Tensor& base, at::TensorList 
     const auto c = make_coefs<acc_t>(h, coeffs, start, n);
     const int nt = iter.ntensors();
     iter.for_each([&](char** data, const int64_t* strides, int64_t n0, int64_t n1) {
-      const scalar_t* k[kMaxTerms];
       for (int64_t i1 = 0; i1 < n1; ++i1) {
         char* ptr[kMaxTerms + 2];
         for (int a = 0; a < nt; ++a) ptr[a] = data[a] + i1 * strides[nt + a];
-        for (int j = 0; j < n; ++j) k[j] = reinterpret_cast<const scalar_t*>(ptr[2 + j]);
         if (all_unit_strides(strides, nt, sizeof(scalar_t))) {
-          combine_contiguous<scalar_t, acc_t>(reinterpret_cast<scalar_t*>(ptr[0]),
-                                              reinterpret_cast<const scalar_t*>(ptr[1]), k, c, n0);
+          const scalar_t* k[kMaxTerms];
+          for (int j = 0; j < n; ++j) k[j] = reinterpret_cast<const scalar_t*>(ptr[2 + j]);
+          with_count<0>(n, [&](auto N) {
+            combine_run<scalar_t, acc_t, decltype(N)::value>(
+                reinterpret_cast<scalar_t*>(ptr[0]), reinterpret_cast<const scalar_t*>(ptr[1]), k, c.v, n0);
+          });
           continue;
         }
         for (int64_t i0 = 0; i0 < n0; ++i0) {
           acc_t kv[kMaxTerms];
-          for (int j = 0; j < n; ++j)
-            kv[j] = static_cast<acc_t>(*reinterpret_cast<const scalar_t*>(ptr[2 + j] + i0 * strides[2 + j]));
-          const acc_t xv = static_cast<acc_t>(*reinterpret_cast<const scalar_t*>(ptr[1] + i0 * strides[1]));
+          for (int j = 0; j < n; ++j) kv[j] = static_cast<acc_t>(*at_offset<scalar_t>(ptr[2 + j], i0, strides[2 + j]));
+          const acc_t xv = static_cast<acc_t>(*at_offset<scalar_t>(ptr[1], i0, strides[1]));
           *reinterpret_cast<scalar_t*>(ptr[0] + i0 * strides[0]) = static_cast<scalar_t>(combine(xv, kv, c));
         }
       }
@@ -182,11 +145,13 @@ std::vector<at::Tensor> rk_combine_backward_cpu(const at::Tensor& grad, double h
           if (all_unit_strides(strides, nt, sizeof(scalar_t))) {
             scalar_t* o[kMaxTerms];
             for (int j = 0; j < n; ++j) o[j] = reinterpret_cast<scalar_t*>(ptr[j]);
-            scale_contiguous<scalar_t, acc_t>(o, reinterpret_cast<const scalar_t*>(ptr[n]), c, n0);
+            with_count<1>(n, [&](auto N) {
+              scale_run<scalar_t, acc_t, decltype(N)::value>(o, reinterpret_cast<const scalar_t*>(ptr[n]), c.v, n0);
+            });
             continue;
           }
           for (int64_t i0 = 0; i0 < n0; ++i0) {
-            const acc_t g = static_cast<acc_t>(*reinterpret_cast<const scalar_t*>(ptr[n] + i0 * strides[n]));
+            const acc_t g = static_cast<acc_t>(*at_offset<scalar_t>(ptr[n], i0, strides[n]));
             for (int j = 0; j < n; ++j)
               *reinterpret_cast<scalar_t*>(ptr[j] + i0 * strides[j]) = static_cast<scalar_t>(c.v[j] * g);
           }
@@ -197,11 +162,80 @@ std::vector<at::Tensor> rk_combine_backward_cpu(const at::Tensor& grad, double h
   return outs;
 }
 
+std::vector<double> coeff_values(const at::Tensor& coeffs) {
+  const at::Tensor c = coeffs.to(at::kDouble).contiguous();
+  return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+}
+
+at::Tensor rk_combine_learned_cpu(const at::Tensor& x, at::TensorList terms, double h,
+                                  const at::Tensor& coeffs) {
+  check_terms(x, "x", terms, "terms", terms.size(), "terms");
+  check_learned_coeffs(coeffs, x, terms.size());
+  return rk_combine_cpu(x, terms, h, coeff_values(coeffs));
+}
+
+// grad_terms[j] = h c_j g and dot[j] = sum_i terms[j][i] g[i] over contiguous runs; the
+// dot products accumulate in double, per chunk, and are summed in chunk order.
+template <typename scalar_t>
+void learned_backward_run(scalar_t* const* gt, double* dot, const scalar_t* g,
+                          const scalar_t* const* terms, const double* c, int n, int64_t begin,
+                          int64_t end) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int j = 0; j < n; ++j) {
+    const acc_t cj = static_cast<acc_t>(c[j]);
+    double s = 0.0;
+    for (int64_t i = begin; i < end; ++i) {
+      const acc_t gi = static_cast<acc_t>(g[i]);
+      gt[j][i] = static_cast<scalar_t>(cj * gi);
+      s += static_cast<double>(static_cast<acc_t>(terms[j][i]) * gi);
+    }
+    dot[j] += s;
+  }
+}
+
+std::tuple<std::vector<at::Tensor>, at::Tensor> rk_combine_learned_backward_cpu(
+    const at::Tensor& grad, at::TensorList terms, double h, const at::Tensor& coeffs) {
+  check_terms(grad, "grad", terms, "terms", terms.size(), "terms");
+  check_learned_coeffs(coeffs, grad, terms.size());
+  const int n = static_cast<int>(terms.size());
+  const auto fmt = dense_format(grad);
+  const at::Tensor g = in_format(grad, fmt);
+  std::vector<at::Tensor> ts, outs;
+  for (const auto& t : terms) ts.push_back(in_format(t, fmt)), outs.push_back(at::empty_like(g));
+  std::vector<double> c = coeff_values(coeffs);
+  for (auto& v : c) v *= h;
+  const int64_t numel = g.numel();
+  constexpr int64_t kChunk = 1 << 15;
+  const int64_t n_chunks = (numel + kChunk - 1) / kChunk;
+  std::vector<double> partial(static_cast<size_t>(n_chunks) * n, 0.0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "rk_combine_learned_backward_cpu", [&] {
+    std::vector<scalar_t*> gt;
+    std::vector<const scalar_t*> tp;
+    for (int j = 0; j < n; ++j) gt.push_back(outs[j].data_ptr<scalar_t>()), tp.push_back(ts[j].data_ptr<scalar_t>());
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    at::parallel_for(0, n_chunks, 1, [&](int64_t cb, int64_t ce) {
+      for (int64_t ch = cb; ch < ce; ++ch)
+        learned_backward_run<scalar_t>(gt.data(), partial.data() + ch * n, gp, tp.data(), c.data(), n,
+                                       ch * kChunk, std::min(numel, (ch + 1) * kChunk));
+    });
+  });
+  at::Tensor dots = at::empty({n}, coeffs.options().dtype(at::kDouble));
+  double* dp = dots.data_ptr<double>();
+  for (int j = 0; j < n; ++j) {
+    double s = 0.0;
+    for (int64_t ch = 0; ch < n_chunks; ++ch) s += partial[ch * n + j];
+    dp[j] = h * s;
+  }
+  return {outs, dots.to(coeffs.scalar_type())};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(contnet, CPU, m) {
   m.impl("rk_combine", &rk_combine_cpu);
   m.impl("rk_combine_backward", &rk_combine_backward_cpu);
+  m.impl("rk_combine_learned", &rk_combine_learned_cpu);
+  m.impl("rk_combine_learned_backward", &rk_combine_learned_backward_cpu);
 }
 
 }  // namespace contnet

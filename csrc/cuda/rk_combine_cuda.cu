@@ -6,16 +6,19 @@
 #include <ATen/TensorIterator.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <tuple>
 #include <vector>
 
 #include "contnet/checks.h"
 #include "contnet/cuda_utils.cuh"
+#include "contnet/layout.h"
 #include "contnet/rk_combine.h"
 
 namespace contnet {
@@ -26,17 +29,33 @@ using cuda::Pack;
 using cuda::StridedIndex;
 
 // Operand 0..n_out-1 written, the rest read; layout as a TensorIterator orders them.
+// Coefficients travel by value in `c`, or, when `dev_coef` is set (learned coefficients),
+// are read on the device as h * dev_coef[j] (no host synchronisation).
 template <typename scalar_t, typename acc_t>
 struct CombineArgs {
   char* ptr[cuda::kMaxOperands];
   Coefs<acc_t> c;
+  const acc_t* dev_coef;
+  acc_t h;
   int64_t numel;
 };
+
+template <typename scalar_t, typename acc_t>
+__device__ inline Coefs<acc_t> coefs_of(const CombineArgs<scalar_t, acc_t>& a) {
+  Coefs<acc_t> c = a.c;
+  if (a.dev_coef != nullptr) {
+CONTNET_UNROLL
+    for (int j = 0; j < kMaxTerms; ++j)
+      if (j < c.n) c.v[j] = a.h * a.dev_coef[j];
+  }
+  return c;
+}
 
 // Forward: operands (out, x, k_0..k_{n-1}).
 template <typename scalar_t, typename acc_t, int VEC>
 __global__ void combine_contiguous_kernel(CombineArgs<scalar_t, acc_t> a) {
   using P = Pack<scalar_t, VEC>;
+  const Coefs<acc_t> c = coefs_of(a);
   const int64_t nvec = a.numel / VEC;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -47,10 +66,10 @@ CONTNET_UNROLL
     for (int e = 0; e < VEC; ++e) acc[e] = static_cast<acc_t>(xv.val[e]);
 CONTNET_UNROLL
     for (int j = 0; j < kMaxTerms; ++j) {
-      if (j < a.c.n) {
+      if (j < c.n) {
         const P kv = reinterpret_cast<const P*>(a.ptr[2 + j])[v];
 CONTNET_UNROLL
-        for (int e = 0; e < VEC; ++e) acc[e] = madd(acc[e], a.c.v[j], static_cast<acc_t>(kv.val[e]));
+        for (int e = 0; e < VEC; ++e) acc[e] = madd(acc[e], c.v[j], static_cast<acc_t>(kv.val[e]));
       }
     }
     P o;
@@ -62,15 +81,16 @@ CONTNET_UNROLL
     acc_t kv[kMaxTerms];
 CONTNET_UNROLL
     for (int j = 0; j < kMaxTerms; ++j)
-      if (j < a.c.n) kv[j] = static_cast<acc_t>(reinterpret_cast<const scalar_t*>(a.ptr[2 + j])[i]);
+      if (j < c.n) kv[j] = static_cast<acc_t>(reinterpret_cast<const scalar_t*>(a.ptr[2 + j])[i]);
     const acc_t xv = static_cast<acc_t>(reinterpret_cast<const scalar_t*>(a.ptr[1])[i]);
-    reinterpret_cast<scalar_t*>(a.ptr[0])[i] = static_cast<scalar_t>(combine(xv, kv, a.c));
+    reinterpret_cast<scalar_t*>(a.ptr[0])[i] = static_cast<scalar_t>(combine(xv, kv, c));
   }
 }
 
 template <typename scalar_t, typename acc_t>
 __global__ void combine_strided_kernel(CombineArgs<scalar_t, acc_t> a, StridedIndex idx) {
-  const int nops = 2 + a.c.n;
+  const Coefs<acc_t> c = coefs_of(a);
+  const int nops = 2 + c.n;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < a.numel; i += stride) {
     int64_t off[cuda::kMaxOperands];
@@ -78,9 +98,9 @@ __global__ void combine_strided_kernel(CombineArgs<scalar_t, acc_t> a, StridedIn
     acc_t kv[kMaxTerms];
 CONTNET_UNROLL
     for (int j = 0; j < kMaxTerms; ++j)
-      if (j < a.c.n) kv[j] = static_cast<acc_t>(reinterpret_cast<const scalar_t*>(a.ptr[2 + j])[off[2 + j]]);
+      if (j < c.n) kv[j] = static_cast<acc_t>(reinterpret_cast<const scalar_t*>(a.ptr[2 + j])[off[2 + j]]);
     const acc_t xv = static_cast<acc_t>(reinterpret_cast<const scalar_t*>(a.ptr[1])[off[1]]);
-    reinterpret_cast<scalar_t*>(a.ptr[0])[off[0]] = static_cast<scalar_t>(combine(xv, kv, a.c));
+    reinterpret_cast<scalar_t*>(a.ptr[0])[off[0]] = static_cast<scalar_t>(combine(xv, kv, c));
   }
 }
 
@@ -126,9 +146,12 @@ __global__ void scale_strided_kernel(CombineArgs<scalar_t, acc_t> a, StridedInde
 // Launch `Contig` on aligned contiguous operands, else `Strided`. Callers pass operands of
 // at most cuda::kMaxDims dimensions (see dense_if_deep), so the strided index holds them.
 template <typename scalar_t, typename acc_t, typename Contig, typename Strided>
-void launch(at::TensorIterator& iter, const Coefs<acc_t>& c, Contig contig, Strided strided) {
+void launch(at::TensorIterator& iter, const Coefs<acc_t>& c, const acc_t* dev_coef, double h,
+            Contig contig, Strided strided) {
   CombineArgs<scalar_t, acc_t> a{};
   a.c = c;
+  a.dev_coef = dev_coef;
+  a.h = static_cast<acc_t>(h);
   a.numel = iter.numel();
   bool aligned = true;
   for (int op = 0; op < iter.ntensors(); ++op) {
@@ -149,16 +172,23 @@ void launch(at::TensorIterator& iter, const Coefs<acc_t>& c, Contig contig, Stri
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// dev_coef: learned coefficients on the device (acc dtype, already offset by `start`) or null.
 void combine_pass(const at::Tensor& out, const at::Tensor& base, at::TensorList terms,
-                  size_t start, int n, double h, at::ArrayRef<double> coeffs) {
+                  size_t start, int n, double h, at::ArrayRef<double> coeffs,
+                  const at::Tensor& dev_coef = at::Tensor()) {
   at::TensorIteratorConfig cfg;
   cfg.add_output(out).add_const_input(base).resize_outputs(false).check_all_same_dtype(true);
   for (int j = 0; j < n; ++j) cfg.add_const_input(terms[start + j]);
   auto iter = cfg.build();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "rk_combine_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    Coefs<acc_t> c{};
+    c.n = n;
+    const acc_t* dc = nullptr;
+    if (dev_coef.defined()) dc = dev_coef.data_ptr<acc_t>() + start;
+    else c = make_coefs<acc_t>(h, coeffs, start, n);
     launch<scalar_t, acc_t>(
-        iter, make_coefs<acc_t>(h, coeffs, start, n),
+        iter, c, dc, h,
         [](auto vec, int grid, cudaStream_t s, const CombineArgs<scalar_t, acc_t>& a) {
           combine_contiguous_kernel<scalar_t, acc_t, decltype(vec)::value><<<grid, kThreads, 0, s>>>(a);
         },
@@ -168,21 +198,27 @@ void combine_pass(const at::Tensor& out, const at::Tensor& base, at::TensorList 
   });
 }
 
+template <typename scalar_t>
+struct LearnedTerms {
+  const scalar_t* in[kMaxTerms];
+  scalar_t* out[kMaxTerms];
+};
+
 // Flat 1-d views of dense tensors (for operands deeper than the strided index).
 std::vector<at::Tensor> dense_views(std::vector<at::Tensor>& dense) {
   for (auto& t : dense) t = t.view({-1});
   return dense;
 }
 
-at::Tensor rk_combine_cuda(const at::Tensor& x, at::TensorList terms, double h,
-                           at::ArrayRef<double> coeffs) {
-  check_terms(x, "x", terms, "terms", coeffs.size(), "coeffs");
+// Shared by the by-value and learned variants (dev_coef: acc-dtype coefficients or undefined).
+at::Tensor combine_cuda(const at::Tensor& x, at::TensorList terms, double h,
+                        at::ArrayRef<double> coeffs, const at::Tensor& dev_coef) {
   TORCH_CHECK(x.is_cuda(), "x must be a CUDA tensor for the CUDA kernel, got ", x.device());
   const c10::cuda::CUDAGuard guard(x.device());
   if (cuda::too_deep(x)) {
     std::vector<at::Tensor> dense;
     for (const auto& t : terms) dense.push_back(t.contiguous());
-    return rk_combine_cuda(x.contiguous().view({-1}), dense_views(dense), h, coeffs).view(x.sizes());
+    return combine_cuda(x.contiguous().view({-1}), dense_views(dense), h, coeffs, dev_coef).view(x.sizes());
   }
   at::Tensor out = at::empty_like(x);
   if (x.numel() == 0) return out;
@@ -190,10 +226,97 @@ at::Tensor rk_combine_cuda(const at::Tensor& x, at::TensorList terms, double h,
   size_t start = 0;
   do {
     const int n = static_cast<int>(std::min<size_t>(kMaxTerms, m - start));
-    combine_pass(out, start == 0 ? x : out, terms, start, n, h, coeffs);
+    combine_pass(out, start == 0 ? x : out, terms, start, n, h, coeffs, dev_coef);
     start += n;
   } while (start < m);
   return out;
+}
+
+at::Tensor rk_combine_cuda(const at::Tensor& x, at::TensorList terms, double h,
+                           at::ArrayRef<double> coeffs) {
+  check_terms(x, "x", terms, "terms", coeffs.size(), "coeffs");
+  return combine_cuda(x, terms, h, coeffs, at::Tensor());
+}
+
+at::ScalarType acc_dtype(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+at::Tensor rk_combine_learned_cuda(const at::Tensor& x, at::TensorList terms, double h,
+                                   const at::Tensor& coeffs) {
+  check_terms(x, "x", terms, "terms", terms.size(), "terms");
+  check_learned_coeffs(coeffs, x, terms.size());
+  const at::Tensor dev = coeffs.to(acc_dtype(x.scalar_type())).contiguous();
+  return combine_cuda(x, terms, h, {}, dev);
+}
+
+// grad_terms[j] = h c_j g and per-block partial sums of terms[j] * g over dense operands.
+template <typename scalar_t, typename acc_t>
+__global__ void learned_backward_kernel(const scalar_t* __restrict__ g, LearnedTerms<scalar_t> t,
+                                        const acc_t* __restrict__ coef, acc_t h, int n,
+                                        int64_t numel, acc_t* __restrict__ partial) {
+  __shared__ acc_t red[kThreads];
+  acc_t dot[kMaxTerms];
+  acc_t c[kMaxTerms];
+CONTNET_UNROLL
+  for (int j = 0; j < kMaxTerms; ++j) {
+    dot[j] = acc_t(0);
+    c[j] = j < n ? h * coef[j] : acc_t(0);
+  }
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
+    const acc_t gi = static_cast<acc_t>(g[i]);
+CONTNET_UNROLL
+    for (int j = 0; j < kMaxTerms; ++j) {
+      if (j < n) {
+        t.out[j][i] = static_cast<scalar_t>(c[j] * gi);
+        dot[j] += static_cast<acc_t>(t.in[j][i]) * gi;
+      }
+    }
+  }
+  for (int j = 0; j < n; ++j) {
+    red[threadIdx.x] = dot[j];
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+      if (threadIdx.x < w) red[threadIdx.x] += red[threadIdx.x + w];
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) partial[int64_t(blockIdx.x) * n + j] = red[0];
+    __syncthreads();
+  }
+}
+
+std::tuple<std::vector<at::Tensor>, at::Tensor> rk_combine_learned_backward_cuda(
+    const at::Tensor& grad, at::TensorList terms, double h, const at::Tensor& coeffs) {
+  check_terms(grad, "grad", terms, "terms", terms.size(), "terms");
+  check_learned_coeffs(coeffs, grad, terms.size());
+  TORCH_CHECK(grad.is_cuda(), "grad must be a CUDA tensor for the CUDA kernel, got ", grad.device());
+  TORCH_CHECK(terms.size() <= static_cast<size_t>(kMaxTerms), "terms must hold at most ", kMaxTerms,
+              " tensors for learned coefficients, got ", terms.size());
+  const c10::cuda::CUDAGuard guard(grad.device());
+  const int n = static_cast<int>(terms.size());
+  const auto fmt = dense_format(grad);
+  const at::Tensor g = in_format(grad, fmt);
+  std::vector<at::Tensor> ts, outs;
+  for (const auto& t : terms) ts.push_back(in_format(t, fmt)), outs.push_back(at::empty_like(g));
+  const auto acc = acc_dtype(g.scalar_type());
+  const at::Tensor coef = coeffs.to(acc).contiguous();
+  const int64_t numel = g.numel();
+  const int grid = cuda::grid_for(numel);
+  at::Tensor partial = at::zeros({grid, std::max(n, 1)}, g.options().dtype(acc));
+  if (numel > 0 && n > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "rk_combine_learned_backward_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      LearnedTerms<scalar_t> t{};
+      for (int j = 0; j < n; ++j) t.in[j] = ts[j].data_ptr<scalar_t>(), t.out[j] = outs[j].data_ptr<scalar_t>();
+      learned_backward_kernel<scalar_t, acc_t><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          g.data_ptr<scalar_t>(), t, coef.data_ptr<acc_t>(), static_cast<acc_t>(h), n, numel,
+          partial.data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  at::Tensor dots = partial.sum(0).narrow(0, 0, n).mul(h).to(coeffs.scalar_type());
+  return {outs, dots};
 }
 
 std::vector<at::Tensor> rk_combine_backward_cuda(const at::Tensor& grad, double h,
@@ -219,7 +342,7 @@ std::vector<at::Tensor> rk_combine_backward_cuda(const at::Tensor& grad, double 
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "rk_combine_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       launch<scalar_t, acc_t>(
-          iter, make_coefs<acc_t>(h, coeffs, start, n),
+          iter, make_coefs<acc_t>(h, coeffs, start, n), nullptr, h,
           [](auto vec, int grid, cudaStream_t s, const CombineArgs<scalar_t, acc_t>& a) {
             scale_contiguous_kernel<scalar_t, acc_t, decltype(vec)::value><<<grid, kThreads, 0, s>>>(a);
           },
@@ -236,6 +359,8 @@ std::vector<at::Tensor> rk_combine_backward_cuda(const at::Tensor& grad, double 
 TORCH_LIBRARY_IMPL(contnet, CUDA, m) {
   m.impl("rk_combine", &rk_combine_cuda);
   m.impl("rk_combine_backward", &rk_combine_backward_cuda);
+  m.impl("rk_combine_learned", &rk_combine_learned_cuda);
+  m.impl("rk_combine_learned_backward", &rk_combine_learned_backward_cuda);
 }
 
 }  // namespace contnet

@@ -38,4 +38,22 @@ inline void check_terms(const at::Tensor& ref, const char* ref_name, at::TensorL
   }
 }
 
+// `coeffs` is a 1-d float tensor of `n` learned coefficients on `ref`'s device.
+inline void check_learned_coeffs(const at::Tensor& coeffs, const at::Tensor& ref, size_t n) {
+  TORCH_CHECK(coeffs.defined(), "coeffs is undefined");
+  check_float_dtype(coeffs, "coeffs");
+  TORCH_CHECK(coeffs.dim() == 1 && static_cast<size_t>(coeffs.size(0)) == n,
+              "coeffs must be a 1-d tensor with one value per term (", n, "), got shape ",
+              coeffs.sizes());
+  TORCH_CHECK(coeffs.device() == ref.device(), "coeffs must be on the device of x (",
+              ref.device(), "), got ", coeffs.device());
+}
+
+// Every tensor of `ts` is defined, of `ref`'s dtype and device, and has `shape`.
+inline void check_same_kind(at::TensorList ts, const char* name, const at::Tensor& ref,
+                            const char* ref_name) {
+  for (size_t j = 0; j < ts.size(); ++j)
+    check_like(ts[j], ref, std::string(name) + "[" + std::to_string(j) + "]", ref_name);
+}
+
 }  // namespace contnet

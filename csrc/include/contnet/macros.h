@@ -6,3 +6,12 @@
 #else
 #define CONTNET_UNROLL
 #endif
+
+// CPU hot loops are compiled twice, for x86-64-v3 (AVX2, FMA) and the baseline, and the
+// loader picks one for the machine: vector code without building for one machine only.
+#if !defined(__CUDACC__) && defined(__x86_64__) && defined(__linux__) && \
+    (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 9))
+#define CONTNET_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define CONTNET_CPU_CLONES
+#endif

@@ -29,7 +29,16 @@ C10_HOST_DEVICE inline acc_t madd(acc_t acc, acc_t coef, acc_t k) {
   return acc + coef * k;
 }
 
-// x + sum_{j < n} coef_j * k_j, accumulated left to right.
+// x + sum_{j < N} coef_j * k_j for a term count known at compile time.
+template <int N, typename acc_t>
+C10_HOST_DEVICE inline acc_t combine_n(acc_t x, const acc_t* k, const acc_t* coef) {
+  acc_t acc = x;
+  CONTNET_UNROLL
+  for (int j = 0; j < N; ++j) acc = madd(acc, coef[j], k[j]);
+  return acc;
+}
+
+// x + sum_{j < c.n} coef_j * k_j, accumulated left to right.
 template <typename acc_t>
 C10_HOST_DEVICE inline acc_t combine(acc_t x, const acc_t* k, const Coefs<acc_t>& c) {
   acc_t acc = x;

@@ -1,0 +1,73 @@
+// CPU kernel of the time-interpolated weight lookup: every output row s of every tensor is
+// a combination of the basis nodes with the coefficients phi[s, :].
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "contnet/basis_interp.h"
+#include "contnet/checks.h"
+
+namespace contnet {
+
+// Shared with the CUDA file: checks and the output shapes (S, *theta.shape[1:]).
+std::vector<at::Tensor> basis_interp_outputs(const at::Tensor& phi, at::TensorList thetas);
+
+namespace {
+
+std::vector<at::Tensor> basis_interp_cpu(const at::Tensor& phi_in, at::TensorList thetas_in) {
+  std::vector<at::Tensor> outs = basis_interp_outputs(phi_in, thetas_in);
+  TORCH_CHECK(phi_in.device().is_cpu(), "phi must be a CPU tensor for the CPU kernel, got ", phi_in.device());
+  const at::Tensor phi = phi_in.contiguous();
+  const int64_t S = phi.size(0), K = phi.size(1);
+  const double* pp = phi.data_ptr<double>();
+  for (size_t j = 0; j < thetas_in.size(); ++j) {
+    const at::Tensor theta = thetas_in[j].contiguous();
+    const int64_t M = K ? theta.numel() / K : 0;
+    if (S * M == 0) continue;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, theta.scalar_type(), "basis_interp_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const scalar_t* tp = theta.data_ptr<scalar_t>();
+      scalar_t* op = outs[j].data_ptr<scalar_t>();
+      at::parallel_for(0, S * M, 4096, [&](int64_t b, int64_t e) {
+        for (int64_t idx = b; idx < e; ++idx) {
+          const int64_t s = idx / M, i = idx % M;
+          op[idx] = static_cast<scalar_t>(interp_element<acc_t>(pp + s * K, K, tp, M, i));
+        }
+      });
+    });
+  }
+  return outs;
+}
+
+}  // namespace
+
+std::vector<at::Tensor> basis_interp_outputs(const at::Tensor& phi, at::TensorList thetas) {
+  TORCH_CHECK(phi.defined(), "phi is undefined");
+  TORCH_CHECK(phi.dim() == 2, "phi must be a (stages, nodes) matrix, got shape ", phi.sizes());
+  TORCH_CHECK(phi.scalar_type() == at::kDouble, "phi must be float64, got ", phi.scalar_type());
+  TORCH_CHECK(!thetas.empty(), "thetas must hold at least one tensor");
+  std::vector<at::Tensor> outs;
+  for (size_t j = 0; j < thetas.size(); ++j) {
+    const auto& t = thetas[j];
+    const std::string name = "thetas[" + std::to_string(j) + "]";
+    TORCH_CHECK(t.defined(), name, " is undefined");
+    check_float_dtype(t, name.c_str());
+    TORCH_CHECK(t.dim() >= 1 && t.size(0) == phi.size(1), name, " must have phi.size(1) = ", phi.size(1),
+                " nodes along dim 0, got shape ", t.sizes());
+    TORCH_CHECK(t.device() == phi.device(), name, " must be on phi's device (", phi.device(), "), got ",
+                t.device());
+    std::vector<int64_t> shape(t.sizes().begin(), t.sizes().end());
+    shape[0] = phi.size(0);
+    outs.push_back(at::empty(shape, t.options().memory_format(at::MemoryFormat::Contiguous)));
+  }
+  return outs;
+}
+
+TORCH_LIBRARY_IMPL(contnet, CPU, m) { m.impl("basis_interp", &basis_interp_cpu); }
+
+}  // namespace contnet

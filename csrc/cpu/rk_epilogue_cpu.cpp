@@ -1,0 +1,240 @@
+// CPU kernels of the fused stage epilogue. Operands are brought to one dense layout (y's:
+// contiguous or channels_last) and walked in L1-sized chunks: each chunk computes k once,
+// then every output as a few simple loops the compiler vectorises, so memory is read and
+// written once.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/sum.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <optional>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "contnet/checks.h"
+#include "contnet/layout.h"
+#include "contnet/rk_epilogue.h"
+
+namespace contnet {
+namespace {
+
+constexpr int64_t kChunk = 1024;
+
+// bias of every element of [begin, begin + len) in acc_t (zero without bias).
+template <typename scalar_t, typename acc_t>
+void fill_bias(acc_t* out, const scalar_t* bias, ChannelIndex ci, int64_t begin, int64_t len) {
+  if (bias == nullptr) {
+    std::fill(out, out + len, acc_t(0));
+    return;
+  }
+  int64_t i = 0;
+  while (i < len) {
+    const int64_t pos = begin + i;
+    const acc_t b = static_cast<acc_t>(bias[(pos / ci.inner) % ci.channels]);
+    const int64_t run = std::min(len - i, ci.inner - pos % ci.inner);
+    std::fill(out + i, out + i + run, b);
+    i += run;
+  }
+}
+
+template <typename T>
+CONTNET_CPU_CLONES void axpy(T* __restrict__ acc, T c, const T* __restrict__ v, int64_t len) {
+  for (int64_t i = 0; i < len; ++i) acc[i] = madd(acc[i], c, v[i]);
+}
+
+template <typename scalar_t, typename acc_t>
+void load(acc_t* dst, const scalar_t* src, int64_t len) {
+  for (int64_t i = 0; i < len; ++i) dst[i] = static_cast<acc_t>(src[i]);
+}
+
+template <typename scalar_t, typename acc_t>
+void store(scalar_t* dst, const acc_t* src, int64_t len) {
+  for (int64_t i = 0; i < len; ++i) dst[i] = static_cast<scalar_t>(src[i]);
+}
+
+// Calls f(std::integral_constant<int, act>) so loops see the activation as a constant.
+template <typename F>
+void with_act(int act, F&& f) {
+  switch (act) {
+    case kRelu: return f(std::integral_constant<int, kRelu>{});
+    case kTanh: return f(std::integral_constant<int, kTanh>{});
+    case kGelu: return f(std::integral_constant<int, kGelu>{});
+    case kSilu: return f(std::integral_constant<int, kSilu>{});
+    case kSoftplus: return f(std::integral_constant<int, kSoftplus>{});
+    default: return f(std::integral_constant<int, kIdentity>{});
+  }
+}
+
+// k[i] = scale * act(k[i] + b[i])   (k holds y on entry)
+template <typename acc_t, int ACT>
+CONTNET_CPU_CLONES void tail_run(acc_t* __restrict__ k, const acc_t* __restrict__ b, acc_t scale, int64_t len) {
+  for (int64_t i = 0; i < len; ++i) k[i] = scale * act_forward(ACT, k[i] + b[i]);
+}
+
+// gk[i] *= scale * act'(y[i] + b[i])
+template <typename acc_t, int ACT>
+CONTNET_CPU_CLONES void tail_grad_run(acc_t* __restrict__ gk, const acc_t* __restrict__ y,
+                                      const acc_t* __restrict__ b, acc_t scale, int64_t len) {
+  for (int64_t i = 0; i < len; ++i) gk[i] = gk[i] * scale * act_grad(ACT, y[i] + b[i]);
+}
+
+template <typename scalar_t>
+struct Operands {
+  const scalar_t* y;
+  const scalar_t* bias;
+  const scalar_t* base[kMaxOutputs];
+  const scalar_t* term[kMaxTerms];
+  scalar_t* out[kMaxOutputs];
+  scalar_t* k;  // null unless k is returned
+};
+
+template <typename scalar_t, typename acc_t>
+void epilogue_chunk(const Epilogue<acc_t>& e, const Operands<scalar_t>& p, ChannelIndex ci,
+                    int64_t begin, int64_t len) {
+  acc_t k[kChunk], b[kChunk], buf[kChunk], tmp[kChunk];
+  load(k, p.y + begin, len);
+  fill_bias(b, p.bias, ci, begin, len);
+  with_act(e.act, [&](auto A) { tail_run<acc_t, decltype(A)::value>(k, b, e.scale, len); });
+  for (int o = 0; o < e.n_out; ++o) {
+    load(buf, p.base[o] + begin, len);
+    for (int j = 0; j < e.n_terms; ++j) {
+      if (e.c[o][j] == acc_t(0)) continue;
+      load(tmp, p.term[j] + begin, len);
+      axpy(buf, e.c[o][j], tmp, len);
+    }
+    axpy(buf, e.c[o][kK], k, len);
+    store(p.out[o] + begin, buf, len);
+  }
+  if (p.k) store(p.k + begin, k, len);
+}
+
+at::MemoryFormat prepare(const at::Tensor& y, const std::optional<at::Tensor>& bias,
+                         at::TensorList bases, at::TensorList terms) {
+  TORCH_CHECK(y.defined(), "y is undefined");
+  check_float_dtype(y, "y");
+  TORCH_CHECK(y.dim() >= 2, "y must have a channel dimension (dim >= 2), got shape ", y.sizes());
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == y.size(1),
+                "bias must have shape (", y.size(1), ",) for y's channels, got ", bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == y.scalar_type() && bias->device() == y.device(),
+                "bias must have y's dtype and device");
+  }
+  check_same_kind(bases, "bases", y, "y");
+  check_same_kind(terms, "terms", y, "y");
+  return dense_format(y);
+}
+
+std::vector<at::Tensor> rk_epilogue_cpu(const at::Tensor& y_in, const std::optional<at::Tensor>& bias_in,
+                                        int64_t act, double scale, at::TensorList bases_in,
+                                        at::TensorList terms_in, double h, at::ArrayRef<double> coeffs,
+                                        bool return_k) {
+  const auto fmt = prepare(y_in, bias_in, bases_in, terms_in);
+  TORCH_CHECK(y_in.device().is_cpu(), "y must be a CPU tensor for the CPU kernel, got ", y_in.device());
+  const at::Tensor y = in_format(y_in, fmt);
+  const at::Tensor bias = bias_in.has_value() && bias_in->defined() ? bias_in->contiguous() : at::Tensor();
+  std::vector<at::Tensor> bases, terms, outs;
+  for (const auto& t : bases_in) bases.push_back(in_format(t, fmt)), outs.push_back(at::empty_like(y));
+  for (const auto& t : terms_in) terms.push_back(in_format(t, fmt));
+  if (return_k) outs.push_back(at::empty_like(y));
+  const int n_out = static_cast<int>(bases.size()), n_terms = static_cast<int>(terms.size());
+  const ChannelIndex ci = channel_index(y, fmt);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "rk_epilogue_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto e = make_epilogue<acc_t>(static_cast<int>(act), scale, n_out, n_terms, h, coeffs);
+    Operands<scalar_t> p{};
+    p.y = y.data_ptr<scalar_t>();
+    p.bias = bias.defined() ? bias.data_ptr<scalar_t>() : nullptr;
+    for (int o = 0; o < n_out; ++o) p.base[o] = bases[o].data_ptr<scalar_t>(), p.out[o] = outs[o].data_ptr<scalar_t>();
+    for (int j = 0; j < n_terms; ++j) p.term[j] = terms[j].data_ptr<scalar_t>();
+    p.k = return_k ? outs.back().data_ptr<scalar_t>() : nullptr;
+    const int64_t numel = y.numel();
+    at::parallel_for(0, (numel + kChunk - 1) / kChunk, 16, [&](int64_t cb, int64_t ce) {
+      for (int64_t c = cb; c < ce; ++c)
+        epilogue_chunk<scalar_t, acc_t>(e, p, ci, c * kChunk, std::min(kChunk, numel - c * kChunk));
+    });
+  });
+  return outs;
+}
+
+// Sum over every dimension but the channel dimension 1.
+at::Tensor channel_sum(const at::Tensor& t) {
+  std::vector<int64_t> dims;
+  for (int64_t d = 0; d < t.dim(); ++d)
+    if (d != 1) dims.push_back(d);
+  return at::sum(t, dims);
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> rk_epilogue_backward_cpu(
+    at::TensorList grads_in, const std::optional<at::Tensor>& grad_k_in, const at::Tensor& y_in,
+    const std::optional<at::Tensor>& bias_in, int64_t act, double scale, int64_t n_terms, double h,
+    at::ArrayRef<double> coeffs) {
+  const auto fmt = prepare(y_in, bias_in, grads_in, {});
+  TORCH_CHECK(y_in.device().is_cpu(), "y must be a CPU tensor for the CPU kernel, got ", y_in.device());
+  const bool has_gk = grad_k_in.has_value() && grad_k_in->defined();
+  if (has_gk) check_like(*grad_k_in, y_in, "grad_k", "y");
+  const at::Tensor y = in_format(y_in, fmt);
+  const at::Tensor bias = bias_in.has_value() && bias_in->defined() ? bias_in->contiguous() : at::Tensor();
+  const at::Tensor gk_t = has_gk ? in_format(*grad_k_in, fmt) : at::Tensor();
+  std::vector<at::Tensor> grads, grad_terms;
+  for (const auto& t : grads_in) grads.push_back(in_format(t, fmt));
+  for (int64_t j = 0; j < n_terms; ++j) grad_terms.push_back(at::empty_like(y));
+  at::Tensor grad_y = at::empty_like(y);
+  const int n_out = static_cast<int>(grads.size());
+  const ChannelIndex ci = channel_index(y, fmt);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "rk_epilogue_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto e = make_epilogue<acc_t>(static_cast<int>(act), scale, n_out, static_cast<int>(n_terms), h, coeffs);
+    const scalar_t* yp = y.data_ptr<scalar_t>();
+    const scalar_t* bp = bias.defined() ? bias.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* gkp = has_gk ? gk_t.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* gp[kMaxOutputs] = {};
+    scalar_t* gtp[kMaxTerms] = {};
+    for (int o = 0; o < n_out; ++o) gp[o] = grads[o].data_ptr<scalar_t>();
+    for (int64_t j = 0; j < n_terms; ++j) gtp[j] = grad_terms[j].data_ptr<scalar_t>();
+    scalar_t* gyp = grad_y.data_ptr<scalar_t>();
+    const int64_t numel = y.numel();
+    at::parallel_for(0, (numel + kChunk - 1) / kChunk, 16, [&](int64_t cb, int64_t ce) {
+      acc_t gk[kChunk], b[kChunk], tmp[kChunk], buf[kChunk];
+      for (int64_t c = cb; c < ce; ++c) {
+        const int64_t begin = c * kChunk, len = std::min(kChunk, numel - begin);
+        if (gkp) load(gk, gkp + begin, len);
+        else std::fill(gk, gk + len, acc_t(0));
+        for (int o = 0; o < n_out; ++o) {
+          if (e.c[o][kK] == acc_t(0)) continue;
+          load(tmp, gp[o] + begin, len);
+          axpy(gk, e.c[o][kK], tmp, len);
+        }
+        fill_bias(b, bp, ci, begin, len);
+        load(tmp, yp + begin, len);
+        with_act(e.act, [&](auto A) { tail_grad_run<acc_t, decltype(A)::value>(gk, tmp, b, e.scale, len); });
+        store(gyp + begin, gk, len);
+        for (int64_t j = 0; j < n_terms; ++j) {
+          std::fill(buf, buf + len, acc_t(0));
+          for (int o = 0; o < n_out; ++o) {
+            if (e.c[o][j] == acc_t(0)) continue;
+            load(tmp, gp[o] + begin, len);
+            axpy(buf, e.c[o][j], tmp, len);
+          }
+          store(gtp[j] + begin, buf, len);
+        }
+      }
+    });
+  });
+  at::Tensor grad_bias = bias.defined() ? channel_sum(grad_y).to(bias.scalar_type()) : at::empty({0}, y.options());
+  return {grad_y, grad_terms, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(contnet, CPU, m) {
+  m.impl("rk_epilogue", &rk_epilogue_cpu);
+  m.impl("rk_epilogue_backward", &rk_epilogue_backward_cpu);
+}
+
+}  // namespace contnet

@@ -1,0 +1,29 @@
+// Per-element arithmetic of the time-interpolated weight lookup, shared by CPU and CUDA:
+//
+//   out[s, i] = sum_k phi[s, k] * theta[k, i]       (phi: S x K, theta: K x M, out: S x M)
+//
+// Its backward is the same lookup with phi transposed (K x S), scattering the stage
+// gradients into the basis nodes. Zero coefficients (most of them, for local bases) are
+// skipped.
+#pragma once
+
+#include <c10/macros/Macros.h>
+
+#include <cstdint>
+
+namespace contnet {
+
+constexpr int kMaxInterpTensors = 8;
+
+template <typename acc_t, typename scalar_t>
+C10_HOST_DEVICE inline acc_t interp_element(const double* phi_row, int64_t K,
+                                            const scalar_t* theta, int64_t M, int64_t i) {
+  acc_t acc = acc_t(0);
+  for (int64_t k = 0; k < K; ++k) {
+    const double p = phi_row[k];
+    if (p != 0.0) acc += static_cast<acc_t>(p) * static_cast<acc_t>(theta[k * M + i]);
+  }
+  return acc;
+}
+
+}  // namespace contnet

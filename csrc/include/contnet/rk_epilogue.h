@@ -1,0 +1,97 @@
+// Per-element arithmetic of the fused stage epilogue, shared by CPU and CUDA:
+//
+//   k      = scale * act(y + bias_c)
+//   out_o  = base_o + sum_j c[o][j] * term_j + c[o][kK] * k        (o < n_out)
+//
+// and of its backward, given the gradients g_o of the outputs (and g_k of k):
+//
+//   gk     = g_k + sum_o c[o][kK] * g_o
+//   grad_y = gk * scale * act'(y + bias_c)
+//   grad_term_j = sum_o c[o][j] * g_o
+//
+// Coefficients are pre-multiplied by the step h. Zero coefficients of terms and of output
+// gradients are skipped (so a non-finite operand with a zero coefficient has no effect).
+#pragma once
+
+#include <c10/macros/Macros.h>
+#include <c10/util/ArrayRef.h>
+#include <c10/util/Exception.h>
+
+#include "contnet/activations.h"
+#include "contnet/macros.h"
+#include "contnet/rk_combine.h"
+
+namespace contnet {
+
+constexpr int kMaxOutputs = 3;
+constexpr int kK = kMaxTerms;  // column of k's coefficient
+
+template <typename acc_t>
+struct Epilogue {
+  acc_t c[kMaxOutputs][kMaxTerms + 1];
+  acc_t scale;
+  int act;
+  int n_out;
+  int n_terms;
+};
+
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t epilogue_k(const Epilogue<acc_t>& e, acc_t y, acc_t b) {
+  return e.scale * act_forward(e.act, y + b);
+}
+
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t epilogue_out(const Epilogue<acc_t>& e, int o, acc_t base,
+                                          const acc_t* term, acc_t k) {
+  acc_t acc = base;
+  CONTNET_UNROLL
+  for (int j = 0; j < kMaxTerms; ++j)
+    if (j < e.n_terms && e.c[o][j] != acc_t(0)) acc = madd(acc, e.c[o][j], term[j]);
+  return madd(acc, e.c[o][kK], k);
+}
+
+// d loss / d y from the upstream gradients (g: n_out values, gk: gradient of k itself).
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t epilogue_grad_y(const Epilogue<acc_t>& e, acc_t y, acc_t b,
+                                             const acc_t* g, acc_t gk) {
+  CONTNET_UNROLL
+  for (int o = 0; o < kMaxOutputs; ++o)
+    if (o < e.n_out && e.c[o][kK] != acc_t(0)) gk = madd(gk, e.c[o][kK], g[o]);
+  return gk * e.scale * act_grad(e.act, y + b);
+}
+
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t epilogue_grad_term(const Epilogue<acc_t>& e, int j, const acc_t* g) {
+  acc_t acc = acc_t(0);
+  CONTNET_UNROLL
+  for (int o = 0; o < kMaxOutputs; ++o)
+    if (o < e.n_out && e.c[o][j] != acc_t(0)) acc = madd(acc, e.c[o][j], g[o]);
+  return acc;
+}
+
+// Host side: coefficients from a row-major (n_out x (n_terms + 1)) list, times h.
+template <typename acc_t>
+inline Epilogue<acc_t> make_epilogue(int act, double scale, int n_out, int n_terms, double h,
+                                     c10::ArrayRef<double> coeffs) {
+  TORCH_CHECK(act >= 0 && act < kNumActs, "act must be an activation code in [0, ", kNumActs,
+              "), got ", act);
+  TORCH_CHECK(n_out >= 0 && n_out <= kMaxOutputs, "bases must hold at most ", kMaxOutputs,
+              " tensors, got ", n_out);
+  TORCH_CHECK(n_terms >= 0 && n_terms <= kMaxTerms, "terms must hold at most ", kMaxTerms,
+              " tensors, got ", n_terms);
+  TORCH_CHECK(static_cast<int64_t>(coeffs.size()) == int64_t(n_out) * (n_terms + 1),
+              "coeffs must hold len(bases) * (len(terms) + 1) = ", n_out * (n_terms + 1),
+              " values, got ", coeffs.size());
+  Epilogue<acc_t> e{};
+  e.act = act;
+  e.scale = static_cast<acc_t>(scale);
+  e.n_out = n_out;
+  e.n_terms = n_terms;
+  for (int o = 0; o < n_out; ++o) {
+    for (int j = 0; j < n_terms; ++j) e.c[o][j] = static_cast<acc_t>(h * coeffs[o * (n_terms + 1) + j]);
+    e.c[o][kK] = static_cast<acc_t>(h * coeffs[o * (n_terms + 1) + n_terms]);
+  }
+  return e;
+}
+
+}  // namespace contnet

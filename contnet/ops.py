@@ -7,10 +7,17 @@ when the extension ``contnet._C`` is built, C++/CUDA kernels registered as
 :func:`use_reference`, the wrappers run the references (one warning when the extension is
 missing).
 
-Ops:
+Ops (float32, float64, float16, bfloat16 -- half types accumulate in float; CPU and CUDA):
 
-- :func:`rk_combine` -- stage accumulation ``out = x + h * sum_j c_j k_j``, any number of
-  same-shaped terms in one pass over memory, coefficients by value.
+- :func:`rk_combine` -- stage accumulation ``out = x + h * sum_j c_j k_j`` for any number
+  of same-shaped terms in one pass over memory. Coefficients by value (Python floats), or a
+  1-d tensor of learned coefficients that receives ``grad_c_j = h <k_j, grad>``.
+- :func:`rk_epilogue` -- the residual unit's tail ``k = scale * act(y + bias)`` fused with
+  the stage updates that consume ``k`` (next stage input, running ``x_n + h sum b_i k_i``):
+  one pass over the state per stage.
+- :func:`basis_interp` -- time-interpolated weights ``W[s] = sum_k phi[s, k] theta[k]`` for
+  all stage times of a forward pass and several tensors in one launch; its backward
+  scatters into the basis nodes (the same op with ``phi`` transposed).
 """
 
 from __future__ import annotations
@@ -21,13 +28,19 @@ import warnings
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 __all__ = [
+    "ACT_CODES",
     "backend",
     "extension_loaded",
+    "use_reference",
     "rk_combine",
     "rk_combine_reference",
-    "use_reference",
+    "rk_epilogue",
+    "rk_epilogue_reference",
+    "basis_interp",
+    "basis_interp_reference",
 ]
 
 _EXT_ERROR: Exception | None = None
@@ -36,7 +49,19 @@ try:
 except ImportError as err:  # pragma: no cover - exercised only without the build
     _EXT_ERROR = err
 
+#: activation codes shared with csrc/include/contnet/activations.h
+ACT_CODES = {"identity": 0, "relu": 1, "tanh": 2, "gelu": 3, "silu": 4, "softplus": 5}
+_ACT_FUNCS = {
+    0: lambda z: z,
+    1: F.relu,
+    2: torch.tanh,
+    3: F.gelu,
+    4: F.silu,
+    5: F.softplus,
+}
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_MAX_OUTPUTS = 3
+_MAX_TERMS = 8
 _force_reference = os.environ.get("CONTNET_BACKEND", "") == "reference"
 _warned_missing = False
 
@@ -46,13 +71,18 @@ def extension_loaded() -> bool:
     return _EXT_ERROR is None
 
 
+_OPS = ("rk_combine", "rk_combine_learned", "rk_epilogue", "basis_interp")
+# which devices each op has kernels for, looked up once (the dispatcher query does not trace)
+_KERNELS = {
+    (op, dev): extension_loaded()
+    and torch._C._dispatch_has_kernel_for_dispatch_key(f"contnet::{op}", key)
+    for op in _OPS
+    for dev, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+}
+
+
 def _has_kernel(op: str, device_type: str) -> bool:
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    return (
-        key is not None
-        and extension_loaded()
-        and torch._C._dispatch_has_kernel_for_dispatch_key(f"contnet::{op}", key)
-    )
+    return _KERNELS.get((op, device_type), False)
 
 
 def backend() -> str:
@@ -100,59 +130,100 @@ def _check_tensor(t, name: str) -> None:
         raise TypeError(f"{name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
 
 
-def _check_terms(x, terms, coeffs, names=("x", "terms", "coeffs")) -> None:
-    xn, tn, cn = names
-    _check_tensor(x, xn)
-    if isinstance(terms, torch.Tensor) or not isinstance(terms, Sequence):
-        raise TypeError(f"{tn} must be a sequence of tensors, got {type(terms).__name__}")
-    if len(terms) != len(coeffs):
-        raise ValueError(
-            f"{tn} and {cn} must have the same length, got {len(terms)} and {len(coeffs)}"
-        )
-    for j, k in enumerate(terms):
-        _check_tensor(k, f"{tn}[{j}]")
-        if k.shape != x.shape:
+def _check_list(ts, name: str) -> None:
+    if isinstance(ts, torch.Tensor) or not isinstance(ts, Sequence):
+        raise TypeError(f"{name} must be a sequence of tensors, got {type(ts).__name__}")
+
+
+def _check_like(ts, name: str, ref: torch.Tensor, ref_name: str) -> None:
+    _check_list(ts, name)
+    for j, k in enumerate(ts):
+        _check_tensor(k, f"{name}[{j}]")
+        if k.shape != ref.shape:
             raise ValueError(
-                f"{tn}[{j}] must have the shape of {xn} {tuple(x.shape)}, got {tuple(k.shape)}"
+                f"{name}[{j}] must have the shape of {ref_name} {tuple(ref.shape)}, got {tuple(k.shape)}"
             )
-        if k.dtype != x.dtype:
-            raise TypeError(f"{tn}[{j}] must have the dtype of {xn} ({x.dtype}), got {k.dtype}")
-        if k.device != x.device:
+        if k.dtype != ref.dtype:
+            raise TypeError(
+                f"{name}[{j}] must have the dtype of {ref_name} ({ref.dtype}), got {k.dtype}"
+            )
+        if k.device != ref.device:
             raise ValueError(
-                f"{tn}[{j}] must be on the device of {xn} ({x.device}), got {k.device}"
+                f"{name}[{j}] must be on the device of {ref_name} ({ref.device}), got {k.device}"
             )
+
+
+def _check_h(h) -> float:
+    if isinstance(h, bool) or not isinstance(h, (int, float)):
+        raise TypeError(f"h must be a Python number, got {type(h).__name__}")
+    return float(h)
 
 
 def _opmath(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+def _dense_format(t: torch.Tensor) -> torch.memory_format:
+    """The layout the flat kernels use (mirrors csrc/include/contnet/layout.h)."""
+    if (
+        t.dim() == 4
+        and not t.is_contiguous()
+        and t.is_contiguous(memory_format=torch.channels_last)
+    ):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _empty_dense(t: torch.Tensor) -> torch.Tensor:
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device).contiguous(
+        memory_format=_dense_format(t)
+    )
+
+
 # ---------------------------------------------------------------------------- rk_combine
-def rk_combine_reference(
-    x: torch.Tensor, terms: Sequence[torch.Tensor], h: float, coeffs: Sequence[float]
-) -> torch.Tensor:
-    """Pure-PyTorch ``x + h * sum_j coeffs[j] * terms[j]``, accumulated in float for
-    float16/bfloat16 (as the kernels do)."""
+def rk_combine_reference(x, terms, h, coeffs) -> torch.Tensor:
+    """Pure-PyTorch ``x + h * sum_j coeffs[j] * terms[j]`` (``coeffs`` floats or a 1-d
+    tensor), accumulated in float for float16/bfloat16 as the kernels do."""
     acc = _opmath(x.dtype)
     out = x.to(acc)
-    for k, c in zip(terms, coeffs):
-        out = out + (h * float(c)) * k.to(acc)
+    for j, k in enumerate(terms):
+        c = coeffs[j]
+        out = out + (h * (c.to(acc) if isinstance(c, torch.Tensor) else float(c))) * k.to(acc)
     return out.to(x.dtype)
 
 
-def rk_combine(
-    x: torch.Tensor, terms: Sequence[torch.Tensor], h: float, coeffs: Sequence[float]
-) -> torch.Tensor:
+def rk_combine(x: torch.Tensor, terms: Sequence[torch.Tensor], h: float, coeffs) -> torch.Tensor:
     """Stage accumulation ``out = x + h * sum_j coeffs[j] * terms[j]``.
 
-    ``terms`` are tensors of the shape, dtype and device of ``x`` (any strides; the output
-    takes ``x``'s memory format); ``h`` and ``coeffs`` are Python numbers. One pass over
-    memory reads every input once and writes the output once. Terms with a zero
-    coefficient are skipped. Differentiable in ``x`` and ``terms``.
+    ``terms``: tensors of the shape, dtype and device of ``x`` (any strides; the output
+    takes ``x``'s memory format). ``coeffs``: Python numbers (fixed tableau entries,
+    passed by value; terms with a zero coefficient are skipped) or a 1-d tensor on ``x``'s
+    device (learned coefficients, which get gradients ``h <terms[j], grad>``). One pass over
+    memory reads every input once and writes the output once.
     """
+    _check_tensor(x, "x")
+    _check_like(terms, "terms", x, "x")
+    h = _check_h(h)
+    if isinstance(coeffs, torch.Tensor):
+        _check_tensor(coeffs, "coeffs")
+        if coeffs.dim() != 1 or coeffs.shape[0] != len(terms):
+            raise ValueError(
+                f"coeffs must be a 1-d tensor with one value per term ({len(terms)}), got shape {tuple(coeffs.shape)}"
+            )
+        if coeffs.device != x.device:
+            raise ValueError(f"coeffs must be on the device of x ({x.device}), got {coeffs.device}")
+        if len(terms) > _MAX_TERMS:
+            raise ValueError(
+                f"terms must hold at most {_MAX_TERMS} tensors with learned coefficients"
+            )
+        if _use_extension("rk_combine_learned", x):
+            return torch.ops.contnet.rk_combine_learned(x, list(terms), h, coeffs)
+        return rk_combine_reference(x, terms, h, coeffs)
     coeffs = [float(c) for c in coeffs]
-    _check_terms(x, terms, coeffs)
-    h = float(h)
+    if len(terms) != len(coeffs):
+        raise ValueError(
+            f"terms and coeffs must have the same length, got {len(terms)} and {len(coeffs)}"
+        )
     kept = [(k, c) for k, c in zip(terms, coeffs) if c != 0.0 and h != 0.0]
     terms, coeffs = [k for k, _ in kept], [c for _, c in kept]
     if _use_extension("rk_combine", x):
@@ -160,39 +231,279 @@ def rk_combine(
     return rk_combine_reference(x, terms, h, coeffs)
 
 
-if extension_loaded():
+# ---------------------------------------------------------------------------- rk_epilogue
+def _bias_view(bias: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return bias.view((1, -1) + (1,) * (y.dim() - 2))
 
-    @torch.library.register_fake("contnet::rk_combine")
-    def _rk_combine_fake(x, terms, h, coeffs):
+
+def rk_epilogue_reference(y, bias, act, scale, bases, terms, h, coeffs, return_k=False):
+    """Pure-PyTorch :func:`rk_epilogue` (computed in float for float16/bfloat16)."""
+    acc = _opmath(y.dtype)
+    z = y.to(acc) if bias is None else y.to(acc) + _bias_view(bias.to(acc), y)
+    k = scale * _ACT_FUNCS[act](z)
+    n_terms = len(terms)
+    outs = []
+    for o, base in enumerate(bases):
+        row = coeffs[o * (n_terms + 1) : (o + 1) * (n_terms + 1)]
+        out = base.to(acc)
+        for j, t in enumerate(terms):
+            if row[j] != 0.0:
+                out = out + (h * row[j]) * t.to(acc)
+        outs.append((out + (h * row[n_terms]) * k).to(y.dtype))
+    if return_k:
+        outs.append(k.to(y.dtype))
+    return outs
+
+
+def rk_epilogue(
+    y: torch.Tensor,
+    bias: torch.Tensor | None,
+    act,
+    scale: float,
+    bases: Sequence[torch.Tensor],
+    terms: Sequence[torch.Tensor],
+    h: float,
+    coeffs: Sequence[float],
+    return_k: bool = False,
+) -> list[torch.Tensor]:
+    """The unit's tail fused with the stage updates that consume it::
+
+        k      = scale * act(y + bias[channel])            (channel: dim 1 of y)
+        out[o] = bases[o] + h * (sum_j C[o][j] terms[j] + C[o][T] k),   T = len(terms)
+
+    ``coeffs`` is ``C`` row-major, ``len(bases) x (T + 1)``. ``act``: a name or code of
+    :data:`ACT_CODES`. Returns ``[out_0, ..., out_{M-1}]`` and ``k`` last if ``return_k``.
+    At most 3 bases and 8 terms. Differentiable in ``y``, ``bias``, ``bases``, ``terms``.
+    """
+    _check_tensor(y, "y")
+    if y.dim() < 2:
+        raise ValueError(f"y must have a channel dimension (dim >= 2), got shape {tuple(y.shape)}")
+    if bias is not None:
+        _check_tensor(bias, "bias")
+        if bias.shape != (y.shape[1],):
+            raise ValueError(
+                f"bias must have shape ({y.shape[1]},) for y's channels, got {tuple(bias.shape)}"
+            )
+        if bias.dtype != y.dtype or bias.device != y.device:
+            raise ValueError("bias must have y's dtype and device")
+    act = ACT_CODES.get(act, act) if isinstance(act, str) else act
+    if act not in _ACT_FUNCS:
+        raise ValueError(f"act must be one of {list(ACT_CODES)} (or its code), got {act!r}")
+    _check_like(bases, "bases", y, "y")
+    _check_like(terms, "terms", y, "y")
+    if not 1 <= len(bases) <= _MAX_OUTPUTS:
+        raise ValueError(f"bases must hold 1 to {_MAX_OUTPUTS} tensors, got {len(bases)}")
+    if len(terms) > _MAX_TERMS:
+        raise ValueError(f"terms must hold at most {_MAX_TERMS} tensors, got {len(terms)}")
+    coeffs = [float(c) for c in coeffs]
+    if len(coeffs) != len(bases) * (len(terms) + 1):
+        raise ValueError(
+            f"coeffs must hold len(bases) * (len(terms) + 1) = {len(bases) * (len(terms) + 1)} values, got {len(coeffs)}"
+        )
+    h, scale = _check_h(h), float(scale)
+    if _use_extension("rk_epilogue", y):
+        return torch.ops.contnet.rk_epilogue(
+            y, bias, act, scale, list(bases), list(terms), h, coeffs, bool(return_k)
+        )
+    return rk_epilogue_reference(y, bias, act, scale, bases, terms, h, coeffs, return_k)
+
+
+# ---------------------------------------------------------------------------- basis_interp
+def basis_interp_reference(phi: torch.Tensor, thetas: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Pure-PyTorch ``[einsum("sk,k...->s...", phi, theta) for theta in thetas]``."""
+    outs = []
+    for theta in thetas:
+        acc = _opmath(theta.dtype)
+        w = phi.to(acc) @ theta.reshape(theta.shape[0], -1).to(acc)
+        outs.append(w.reshape((phi.shape[0],) + tuple(theta.shape[1:])).to(theta.dtype))
+    return outs
+
+
+def basis_interp(phi: torch.Tensor, thetas: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Time-interpolated weights ``out[j][s] = sum_k phi[s, k] * thetas[j][k]``.
+
+    ``phi``: float64 ``(S, K)`` coefficients of the basis at ``S`` stage times (see
+    :meth:`contnet.basis.Basis.__call__`), on the tensors' device; a constant (no gradient).
+    ``thetas``: tensors with ``K`` nodes along dim 0. Returns contiguous tensors of shape
+    ``(S, *theta.shape[1:])``, all in one launch; differentiable in ``thetas``.
+    """
+    _check_tensor(phi, "phi")
+    if phi.dtype != torch.float64 or phi.dim() != 2:
+        raise ValueError(f"phi must be a float64 (S, K) matrix, got {phi.dtype} {tuple(phi.shape)}")
+    if phi.requires_grad:
+        raise ValueError("phi must not require grad: the basis coefficients are constants")
+    _check_list(thetas, "thetas")
+    if not thetas:
+        raise ValueError("thetas must hold at least one tensor")
+    for j, t in enumerate(thetas):
+        _check_tensor(t, f"thetas[{j}]")
+        if t.dim() < 1 or t.shape[0] != phi.shape[1]:
+            raise ValueError(
+                f"thetas[{j}] must have {phi.shape[1]} nodes along dim 0, got {tuple(t.shape)}"
+            )
+        if t.device != phi.device:
+            raise ValueError(f"thetas[{j}] must be on phi's device ({phi.device}), got {t.device}")
+    if _use_extension("basis_interp", phi):
+        return torch.ops.contnet.basis_interp(phi, list(thetas))
+    return basis_interp_reference(phi, thetas)
+
+
+# ---------------------------------------------------------------------------- registration
+def _defined(grads, rows):
+    """The defined gradients and their coefficient rows."""
+    keep = [o for o, g in enumerate(grads) if g is not None]
+    return [grads[o] for o in keep], [c for o in keep for c in rows[o]]
+
+
+if extension_loaded():
+    lib = torch.library
+
+    # rk_combine ----------------------------------------------------------------
+    @lib.register_fake("contnet::rk_combine")
+    def _(x, terms, h, coeffs):
         return torch.empty_like(x)
 
-    @torch.library.register_fake("contnet::rk_combine_backward")
-    def _rk_combine_backward_fake(grad, h, coeffs):
+    @lib.register_fake("contnet::rk_combine_backward")
+    def _(grad, h, coeffs):
         return [torch.empty_like(grad) for _ in coeffs]
 
-    def _rk_combine_setup(ctx, inputs, output):
+    def _combine_setup(ctx, inputs, output):
         _, _, ctx.h, ctx.coeffs = inputs
 
-    def _rk_combine_backward(ctx, grad):
+    def _combine_backward(ctx, grad):
         return grad, torch.ops.contnet.rk_combine_backward(grad, ctx.h, ctx.coeffs), None, None
 
-    torch.library.register_autograd(
-        "contnet::rk_combine", _rk_combine_backward, setup_context=_rk_combine_setup
-    )
+    lib.register_autograd("contnet::rk_combine", _combine_backward, setup_context=_combine_setup)
 
-    def _rk_combine_backward_setup(ctx, inputs, output):
+    def _combine_backward_setup(ctx, inputs, output):
         _, ctx.h, ctx.coeffs = inputs
 
-    def _rk_combine_double_backward(ctx, grads):
+    def _combine_double_backward(ctx, grads):
         # the backward is linear in grad: its gradient is sum_j h c_j grads[j]
-        kept = [(g, c) for g, c in zip(grads, ctx.coeffs) if g is not None]
-        if not kept:
+        gs, cs = _defined(list(grads), [[c] for c in ctx.coeffs])
+        if not gs:
             return None, None, None
-        gs, cs = [g for g, _ in kept], [c for _, c in kept]
         return torch.ops.contnet.rk_combine(torch.zeros_like(gs[0]), gs, ctx.h, cs), None, None
 
-    torch.library.register_autograd(
+    lib.register_autograd(
         "contnet::rk_combine_backward",
-        _rk_combine_double_backward,
-        setup_context=_rk_combine_backward_setup,
+        _combine_double_backward,
+        setup_context=_combine_backward_setup,
     )
+
+    # rk_combine_learned --------------------------------------------------------
+    @lib.register_fake("contnet::rk_combine_learned")
+    def _(x, terms, h, coeffs):
+        return torch.empty_like(x)
+
+    @lib.register_fake("contnet::rk_combine_learned_backward")
+    def _(grad, terms, h, coeffs):
+        return [_empty_dense(grad) for _ in terms], coeffs.new_empty(coeffs.shape)
+
+    def _learned_setup(ctx, inputs, output):
+        _, terms, ctx.h, coeffs = inputs
+        ctx.save_for_backward(coeffs, *terms)
+
+    def _learned_backward(ctx, grad):
+        coeffs, *terms = ctx.saved_tensors
+        grad_terms, grad_coeffs = torch.ops.contnet.rk_combine_learned_backward(
+            grad, terms, ctx.h, coeffs
+        )
+        return grad, grad_terms, None, grad_coeffs
+
+    lib.register_autograd(
+        "contnet::rk_combine_learned", _learned_backward, setup_context=_learned_setup
+    )
+
+    def _learned_backward_setup(ctx, inputs, output):
+        grad, terms, ctx.h, coeffs = inputs
+        ctx.save_for_backward(grad, coeffs, *terms)
+
+    def _learned_double_backward(ctx, grad_terms_bar, grad_coeffs_bar):
+        # outputs gt_j = h c_j g and gc_j = h <t_j, g>, with upstream gradients gt_bar, gc_bar
+        g, c, *terms = ctx.saved_tensors
+        h = ctx.h
+        d_g = torch.zeros_like(g)
+        d_c = []
+        d_terms = [None] * len(terms)
+        for j, t in enumerate(terms):
+            gt_bar = grad_terms_bar[j]
+            if gt_bar is not None:
+                d_g = d_g + (h * c[j]).to(g.dtype) * gt_bar
+            d_c.append(
+                (h * (gt_bar * g).sum()).to(c.dtype) if gt_bar is not None else c.new_zeros(())
+            )
+            if grad_coeffs_bar is not None:
+                d_g = d_g + (h * grad_coeffs_bar[j]).to(g.dtype) * t
+                d_terms[j] = (h * grad_coeffs_bar[j]).to(g.dtype) * g
+        return d_g, d_terms, None, torch.stack(d_c) if d_c else torch.zeros_like(c)
+
+    lib.register_autograd(
+        "contnet::rk_combine_learned_backward",
+        _learned_double_backward,
+        setup_context=_learned_backward_setup,
+    )
+
+    # rk_epilogue ---------------------------------------------------------------
+    @lib.register_fake("contnet::rk_epilogue")
+    def _(y, bias, act, scale, bases, terms, h, coeffs, return_k):
+        return [_empty_dense(y) for _ in range(len(bases) + int(return_k))]
+
+    @lib.register_fake("contnet::rk_epilogue_backward")
+    def _(grads, grad_k, y, bias, act, scale, n_terms, h, coeffs):
+        grad_bias = bias.new_empty(bias.shape) if bias is not None else y.new_empty(0)
+        return _empty_dense(y), [_empty_dense(y) for _ in range(n_terms)], grad_bias
+
+    def _epilogue_setup(ctx, inputs, output):
+        y, bias, ctx.act, ctx.scale, bases, terms, ctx.h, ctx.coeffs, ctx.return_k = inputs
+        ctx.n_bases, ctx.n_terms = len(bases), len(terms)
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(y, bias)
+
+    def _epilogue_backward(ctx, grads):
+        y, bias = ctx.saved_tensors
+        grads = list(grads)
+        grad_k = grads.pop() if ctx.return_k else None
+        T = ctx.n_terms
+        rows = [ctx.coeffs[o * (T + 1) : (o + 1) * (T + 1)] for o in range(ctx.n_bases)]
+        gs, cs = _defined(grads, rows)
+        if not gs and grad_k is None:
+            return None, None, None, None, [None] * ctx.n_bases, [None] * T, None, None, None
+        grad_y, grad_terms, grad_bias = torch.ops.contnet.rk_epilogue_backward(
+            gs, grad_k, y, bias if ctx.has_bias else None, ctx.act, ctx.scale, T, ctx.h, cs
+        )
+        return (
+            grad_y,
+            grad_bias if ctx.has_bias else None,
+            None,
+            None,
+            grads,
+            grad_terms,
+            None,
+            None,
+            None,
+        )
+
+    lib.register_autograd("contnet::rk_epilogue", _epilogue_backward, setup_context=_epilogue_setup)
+
+    # basis_interp --------------------------------------------------------------
+    @lib.register_fake("contnet::basis_interp")
+    def _(phi, thetas):
+        return [t.new_empty((phi.shape[0],) + tuple(t.shape[1:])) for t in thetas]
+
+    def _interp_setup(ctx, inputs, output):
+        phi, thetas = inputs
+        ctx.shapes = [t.shape for t in thetas]
+        ctx.save_for_backward(phi)
+
+    def _interp_backward(ctx, grads):
+        (phi,) = ctx.saved_tensors
+        keep = [j for j, g in enumerate(grads) if g is not None]
+        out = [None] * len(grads)
+        if keep:
+            back = torch.ops.contnet.basis_interp(phi.t().contiguous(), [grads[j] for j in keep])
+            for j, g in zip(keep, back):
+                out[j] = g
+        return None, out
+
+    lib.register_autograd("contnet::basis_interp", _interp_backward, setup_context=_interp_setup)

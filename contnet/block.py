@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-from . import schemes
-from .integrate import BACKPROP_MODES, odeint
+from . import ops, schemes
+from .integrate import BACKPROP_MODES, odeint, rate_times
 
 __all__ = ["ContinuousBlock"]
 
@@ -74,9 +75,73 @@ class ContinuousBlock(nn.Module):
 
     def forward(self, x):
         return odeint(
-            self.unit, x, scheme=self.scheme, n_steps=self.n_steps, backprop=self.backprop
+            self._rate(x), x, scheme=self.scheme, n_steps=self.n_steps, backprop=self.backprop
         )
+
+    def _rate(self, x):
+        """The rate for one forward pass. For a unit with weights in a basis other than
+        ``piecewise_constant`` (whose lookups are views), the weights at every stage time
+        are interpolated up front, all tensors in one launch (:func:`contnet.ops.basis_interp`)."""
+        unit = self.unit
+        basis = getattr(unit, "basis", None)
+        if (
+            not hasattr(unit, "basis_tensors")
+            or basis is None
+            or basis.family == "piecewise_constant"
+        ):
+            return unit
+        times = rate_times(self.scheme, self.n_steps)
+        groups = unit.basis_tensors()
+        flat = [t for ts in groups.values() for t in ts]
+        rows = [w.unbind(0) for w in ops.basis_interp(self._phi(basis, times, x.device), flat)]
+        table = [{} for _ in times]
+        j = 0
+        for name, ts in groups.items():
+            for s in range(len(times)):
+                table[s][name] = tuple(rows[j + i][s] for i in range(len(ts)))
+            j += len(ts)
+        return StageRate(unit, dict(zip(times, table)))
+
+    def _phi(self, basis, times, device) -> torch.Tensor:
+        """``phi[s, k] = phi_k(times[s])``, float64 on ``device``; cached per manifestation
+        outside of compilation (under ``torch.compile`` it is a graph constant)."""
+
+        def build():
+            dense = [[0.0] * basis.n_basis for _ in times]
+            for s, t in enumerate(times):
+                for k, w in basis.coefficients(t):
+                    dense[s][k] += w
+            return torch.tensor(dense, dtype=torch.float64, device=device)
+
+        if torch.compiler.is_compiling():
+            return build()
+        cache = self.__dict__.setdefault("_phi_cache", {})
+        key = (
+            basis,
+            self.scheme if isinstance(self.scheme, str) else id(self.scheme),
+            self.n_steps,
+            device,
+        )
+        if key not in cache:
+            cache.clear()
+            cache[key] = build()
+        return cache[key]
 
     def extra_repr(self) -> str:
         name = self.scheme if isinstance(self.scheme, str) else self.scheme.name
         return f"scheme={name}, n_steps={self.n_steps}, backprop={self.backprop}"
+
+
+class StageRate:
+    """A unit as the rate of one forward pass, reading its weights from a table of every
+    stage time (``{t: {"conv1": (W, b), ...}}``). Keeps the unit's fusable tail."""
+
+    def __init__(self, unit, table):
+        self.unit, self.table = unit, table
+        self.fusable = getattr(unit, "fusable", False)
+
+    def __call__(self, t, x):
+        return self.unit(t, x, self.table[t])
+
+    def split(self, t, x):
+        return self.unit.split(t, x, self.table[t])

@@ -2,7 +2,10 @@
 :mod:`contnet.schemes`.
 
 The loop sees only a rate function ``f(t, x)`` (as in torchdiffeq) and tensors; stage
-arithmetic goes through the fused :func:`contnet.ops.rk_combine`. Stage times follow the
+arithmetic goes through the fused :func:`contnet.ops.rk_combine`. A rate that can state
+itself as ``scale * act(y + bias)`` (a ``split`` method, as :class:`contnet.ConvUnit` has)
+gets its tail fused with the stage updates (:func:`contnet.ops.rk_epilogue`): one pass over
+the state per stage. Stage times follow the
 open-interval rule of :func:`contnet.schemes.stage_times`. Every step time is a Python
 float known before the loop starts, so the loop has no host-device synchronisation and
 unrolls into one graph under ``torch.compile``.
@@ -16,7 +19,7 @@ import torch
 
 from . import ops, schemes
 
-__all__ = ["odeint", "BACKPROP_MODES"]
+__all__ = ["odeint", "rate_times", "BACKPROP_MODES"]
 
 BACKPROP_MODES = ("direct",)
 
@@ -31,13 +34,58 @@ def _check_rate(k, x: torch.Tensor, t: float) -> torch.Tensor:
     return k
 
 
+def _split_of(f):
+    """The rate's ``split(t, x) -> (y, bias, act, scale)``, with
+    ``f(t, x) == scale * act(y + bias[channel])``, if it offers one (see
+    :meth:`contnet.ConvUnit.split`); None otherwise."""
+    split = getattr(f, "split", None)
+    if split is None or not getattr(f, "fusable", True):
+        return None
+    return split
+
+
 def rk_step(f, x: torch.Tensor, times: list[float], h: float, tab: schemes.ButcherTableau):
     """One explicit Runge-Kutta step from ``x`` with stage times ``times`` and step ``h``."""
+    split = _split_of(f)
+    if split is not None:
+        return _rk_step_fused(split, x, times, h, tab)
     ks: list[torch.Tensor] = []
     for i in range(tab.stages):
         xi = x if i == 0 else ops.rk_combine(x, ks, h, tab.a[i][:i])
         ks.append(_check_rate(f(times[i], xi), x, times[i]))
     return ops.rk_combine(x, ks, h, tab.b)
+
+
+def _rk_step_fused(split, x, times, h, tab):
+    """The step with each stage's tail fused into its updates (:func:`contnet.ops.rk_epilogue`):
+    stage ``i`` reads the unit's pre-tail output once and writes the next stage's input
+    ``x + h sum_j a_{i+1,j} k_j`` and the running ``x + h sum_{j<=i} b_j k_j``; ``k_i`` is
+    kept only when a later stage beyond the next one needs it."""
+    s, a, b = tab.stages, tab.a, tab.b
+    ks: dict[int, torch.Tensor] = {}
+    acc, xi = x, x
+    for i in range(s):
+        y, bias, act, scale = split(times[i], xi)
+        _check_rate(y, x, times[i])
+        keep_k = any(a[m][i] != 0.0 for m in range(i + 2, s))
+        bases, rows, terms = [], [], []
+        if i + 1 < s:
+            prev = [j for j in range(i) if a[i + 1][j] != 0.0]
+            terms = [ks[j] for j in prev]
+            bases.append(x)
+            rows += [a[i + 1][j] for j in prev] + [a[i + 1][i]]
+        update_acc = b[i] != 0.0 or i + 1 == s
+        if update_acc:
+            bases.append(acc)
+            rows += [0.0] * len(terms) + [b[i]]
+        outs = ops.rk_epilogue(y, bias, act, scale, bases, terms, h, rows, return_k=keep_k)
+        if i + 1 < s:
+            xi = outs[0]
+        if update_acc:
+            acc = outs[len(bases) - 1]
+        if keep_k:
+            ks[i] = outs[-1]
+    return acc
 
 
 def _integrate_rk(f, x0, tab, n_steps, t0, t1, trajectory):
@@ -70,6 +118,18 @@ def _integrate_ab2(f, x0, n_steps, t0, t1, trajectory):
         if trajectory:
             path.append(x)
     return x, path
+
+
+def rate_times(scheme, n_steps: int, t0: float = 0.0, t1: float = 1.0) -> list[float]:
+    """Every distinct time at which :func:`odeint` evaluates the rate, in order of first use."""
+    sch = schemes.get(scheme)
+    if isinstance(sch, schemes.Multistep) and sch.name == "ab2":
+        # the first step is a Heun step
+        first = schemes.stage_times("heun", n_steps, t0, t1)[0]
+        rows = [first] + schemes.stage_times(sch, n_steps, t0, t1)[1:]
+    else:
+        rows = schemes.stage_times(sch, n_steps, t0, t1)
+    return list(dict.fromkeys(t for row in rows for t in row))
 
 
 def odeint(

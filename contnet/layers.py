@@ -181,18 +181,34 @@ class TimeConv2d(TimeDependent):
                 )
 
     def weight_at(self, t: float):
-        """``(W(t), b(t))``; ``b`` is None without bias."""
+        """``(W(t), b(t))``; ``b`` is None without bias. A ``piecewise_constant`` basis
+        gives views of a node."""
         c = self.coefficients(_check_time(t))
         b = interpolate(self.bias, c) if self.bias is not None else None
         return interpolate(self.weight, c), b
 
-    def forward(self, t: float, x: torch.Tensor) -> torch.Tensor:
+    def basis_tensors(self) -> list[torch.Tensor]:
+        """The tensors expanded in the basis, in the order of :meth:`weight_at`'s result."""
+        return [self.weight] if self.bias is None else [self.weight, self.bias]
+
+    def forward(
+        self, t: float, x: torch.Tensor, weights=None, *, use_bias: bool = True
+    ) -> torch.Tensor:
+        """``conv(x; W(t), b(t))``. ``weights``: the values at ``t`` of
+        :meth:`basis_tensors` (``(W,)`` or ``(W, b)``), as a block precomputes them for all
+        stage times; else they are looked up here.
+        ``use_bias=False`` leaves the bias out (for a caller that fuses it)."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"x must have shape (N, {self.in_channels}, H, W) for in_channels={self.in_channels}, got {tuple(x.shape)}"
             )
-        w, b = self.weight_at(t)
-        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+        if weights is None:
+            w, b = self.weight_at(t)
+        else:
+            w, b = weights[0], (weights[1] if len(weights) > 1 else None)
+        return F.conv2d(
+            x, w, b if use_bias else None, self.stride, self.padding, self.dilation, self.groups
+        )
 
     def extra_repr(self) -> str:
         return (
@@ -327,17 +343,57 @@ class ConvUnit(nn.Module):
     def _norm(self, norm, t, x):
         return x if norm is None else norm(t, x)
 
-    def forward(self, t: float, x: torch.Tensor) -> torch.Tensor:
+    def _check(self, x):
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(
                 f"x must have shape (N, {self.channels}, H, W) for channels={self.channels}, got {tuple(x.shape)}"
             )
+
+    def basis_tensors(self) -> dict[str, list[torch.Tensor]]:
+        """``{"conv1": [...], "conv2": [...]}``: the tensors expanded in the unit's weight
+        basis, which a block interpolates for all stage times at once."""
+        return {"conv1": self.conv1.basis_tensors(), "conv2": self.conv2.basis_tensors()}
+
+    def _body(self, t, x, weights):
+        """Everything up to conv2's output, without conv2's bias."""
+        w1 = weights["conv1"] if weights else None
+        w2 = weights["conv2"] if weights else None
         if self.preact:
-            y = self.conv1(t, self.act(self._norm(self.norm1, t, x)))
-            y = self.conv2(t, self.act(self._norm(self.norm2, t, y)))
-        else:
-            y = self.act(self._norm(self.norm1, t, self.conv1(t, x)))
-            y = self.act(self._norm(self.norm2, t, self.conv2(t, y)))
+            y = self.conv1(t, self.act(self._norm(self.norm1, t, x)), w1)
+            return self.conv2(t, self.act(self._norm(self.norm2, t, y)), w2, use_bias=False)
+        y = self.act(self._norm(self.norm1, t, self.conv1(t, x, w1)))
+        return self.conv2(t, y, w2, use_bias=False)
+
+    def _bias2(self, t, weights):
+        if self.conv2.bias is None:
+            return None
+        return weights["conv2"][1] if weights else self.conv2.weight_at(t)[1]
+
+    @property
+    def fusable(self) -> bool:
+        """Whether the tail after conv2 is ``scale * act(y + bias)`` (no batch norm in it),
+        so an integrator can fuse it with the stage update (see :meth:`split`)."""
+        return self.preact or self.norm2 is None
+
+    def split(self, t: float, x: torch.Tensor, weights=None):
+        """``(y, bias, act, scale)`` with ``R(t, x) = scale * act(y + bias)``, ``y`` being
+        conv2's output before its bias; for a :attr:`fusable` unit only."""
+        if not self.fusable:
+            raise ValueError("split needs a fusable unit (preact=True or norm=None)")
+        self._check(x)
+        act = "identity" if self.preact else self.act_name
+        return self._body(t, x, weights), self._bias2(t, weights), act, self.scale
+
+    def forward(self, t: float, x: torch.Tensor, weights=None) -> torch.Tensor:
+        """``R(t, x)``. ``weights``: ``{"conv1": (W1, b1), "conv2": (W2, b2)}`` already
+        interpolated at ``t``, else looked up here."""
+        self._check(x)
+        y = self._body(t, x, weights)
+        b2 = self._bias2(t, weights)
+        if b2 is not None:
+            y = y + b2.view(1, -1, 1, 1)
+        if not self.preact:
+            y = self.act(self._norm(self.norm2, t, y))
         return y if self.scale == 1.0 else y * self.scale
 
     def extra_repr(self) -> str:

@@ -1,4 +1,8 @@
+"""The fused ops against their references: parity over dtypes x layouts x sizes, opcheck,
+float64 gradcheck (gradgradcheck for the linear ops), errors, CPU/CUDA parity."""
+
 import os
+import warnings
 
 import pytest
 import torch
@@ -9,8 +13,37 @@ from contnet import ops
 from .helpers import devices
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-# error of a float computation relative to its float64 value, per dtype
-EPS = {torch.float32: 1.2e-7, torch.float64: 2.3e-16, torch.float16: 9.8e-4, torch.bfloat16: 7.9e-3}
+LAYOUTS = ["contiguous", "channels_last", "sliced"]
+# shapes (4-d, so channels_last applies) of 0, 1, 3, 1023 and 2^20 + 1 elements
+SHAPES = [(0, 3, 4, 4), (1, 1, 1, 1), (1, 3, 1, 1), (1, 3, 11, 31), (1, 17, 1, 61681)]
+# unit roundoff per dtype
+EPS = {torch.float32: 6e-8, torch.float64: 1.1e-16, torch.float16: 4.9e-4, torch.bfloat16: 3.9e-3}
+
+
+def _layout(x, layout):
+    if layout == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "sliced":
+        big = torch.empty(x.shape[:-1] + (2 * x.shape[-1] + 1,), dtype=x.dtype, device=x.device)
+        big[..., 1::2] = x
+        return big[..., 1::2]
+    return x
+
+
+def _rand(shape, dtype, device, layout):
+    return _layout(torch.randn(shape, device=device).to(dtype), layout)
+
+
+def _check_error(out, exact, eager, dtype, terms=1):
+    """The kernel's error against an upcast reference is within twice eager PyTorch's
+    error in the same dtype, or a few roundoffs of the result's magnitude."""
+    assert out.dtype == dtype
+    if out.numel() == 0:
+        return
+    err = (out.double() - exact).abs().max().item()
+    eager_err = (eager.double() - exact).abs().max().item()
+    floor = (terms + 2) * EPS[dtype] * (exact.abs().max().item() + 1.0)
+    assert err <= max(2 * eager_err, floor), (err, eager_err, floor)
 
 
 def test_backend_reports_the_extension():
@@ -19,45 +52,191 @@ def test_backend_reports_the_extension():
     if os.environ.get("CONTNET_CUDA") == "1":
         # the CUDA kernels were compiled and registered, GPU or not
         assert ops.backend() == "extension (cpu, cuda)"
+        for op in ("rk_combine", "rk_combine_learned", "rk_epilogue", "basis_interp"):
+            assert ops._has_kernel(op, "cuda")
     with ops.use_reference():
         assert ops.backend() == "reference (forced)"
 
 
-def _layout(x, layout):
-    if layout == "channels_last":
-        return x.contiguous(memory_format=torch.channels_last)
-    if layout == "sliced":
-        big = torch.randn(
-            x.shape[0], x.shape[1], x.shape[2], 2 * x.shape[3] + 1, dtype=x.dtype, device=x.device
-        )
-        big[..., 1::2] = x
-        return big[..., 1::2]
-    return x
-
-
+# ---------------------------------------------------------------------------- rk_combine
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
-@pytest.mark.parametrize("n_terms", [0, 1, 4, 11])
-def test_rk_combine_matches_reference(device, dtype, layout, n_terms):
-    shape = (2, 3, 5, 7)
-    x = _layout(torch.randn(shape, device=device).to(dtype), layout)
-    ks = [_layout(torch.randn(shape, device=device).to(dtype), layout) for _ in range(n_terms)]
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: str(torch.Size(s).numel()))
+def test_rk_combine_matches_reference(device, dtype, layout, shape):
+    n_terms = 5
+    x = _rand(shape, dtype, device, layout)
+    ks = [_rand(shape, dtype, device, layout) for _ in range(n_terms)]
     cs = torch.randn(n_terms).tolist()
     out = ops.rk_combine(x, ks, 0.3, cs)
+    assert out.shape == shape
+    if layout == "channels_last":
+        assert out.is_contiguous(memory_format=torch.channels_last)
     exact = ops.rk_combine_reference(x.double(), [k.double() for k in ks], 0.3, cs)
     eager = x
     for k, c in zip(ks, cs):
         eager = eager + (0.3 * c) * k
-    assert out.dtype == dtype and out.shape == shape
-    if layout == "channels_last":
-        assert out.is_contiguous(memory_format=torch.channels_last)
-    err = (out.double() - exact).abs().max().item()
-    eager_err = (eager.double() - exact).abs().max().item()
-    scale = exact.abs().max().item() + 1.0
-    assert err <= max(2 * eager_err, 4 * EPS[dtype] * scale), (err, eager_err)
+    _check_error(out, exact, eager, dtype, n_terms)
 
 
+@pytest.mark.parametrize("n_terms", [0, 1, 8, 11])
+def test_rk_combine_any_number_of_terms(n_terms):
+    x = torch.randn(7, 5, dtype=torch.float64)
+    ks = [torch.randn(7, 5, dtype=torch.float64) for _ in range(n_terms)]
+    cs = torch.randn(n_terms).tolist()
+    torch.testing.assert_close(
+        ops.rk_combine(x, ks, 0.5, cs), ops.rk_combine_reference(x, ks, 0.5, cs)
+    )
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: str(torch.Size(s).numel()))
+def test_rk_combine_learned_matches_reference(device, dtype, layout, shape):
+    x = _rand(shape, dtype, device, layout)
+    ks = [_rand(shape, dtype, device, layout) for _ in range(3)]
+    c = torch.randn(3, device=device, dtype=dtype, requires_grad=True)
+    out = ops.rk_combine(x, ks, 0.7, c)
+    exact = ops.rk_combine_reference(x.double(), [k.double() for k in ks], 0.7, c.detach().double())
+    eager = x + sum((0.7 * c[j].detach()) * ks[j] for j in range(3))
+    _check_error(out, exact, eager, dtype, 3)
+    g = _rand(shape, dtype, device, layout)
+    (gc,) = torch.autograd.grad(out, c, g)
+    exact_gc = torch.stack([0.7 * (k.double() * g.double()).sum() for k in ks])
+    tol = 8 * EPS[dtype] * (1 + sum((k.double().abs() * g.double().abs()).sum() for k in ks).item())
+    assert (gc.double() - exact_gc).abs().max().item() <= tol
+
+
+# ---------------------------------------------------------------------------- rk_epilogue
+EPILOGUE_CASES = [
+    # (act, n_bases, n_terms, bias, return_k)
+    ("relu", 2, 0, True, False),
+    ("identity", 1, 0, False, False),
+    ("tanh", 2, 2, True, True),
+    ("gelu", 3, 1, True, False),
+    ("silu", 1, 3, False, True),
+    ("softplus", 2, 1, True, False),
+]
+
+
+def _epilogue_inputs(shape, dtype, device, layout, n_bases, n_terms, bias):
+    y = _rand(shape, dtype, device, layout)
+    b = torch.randn(shape[1], device=device).to(dtype) if bias else None
+    bases = [_rand(shape, dtype, device, layout) for _ in range(n_bases)]
+    terms = [_rand(shape, dtype, device, layout) for _ in range(n_terms)]
+    coeffs = torch.randn(n_bases * (n_terms + 1)).tolist()
+    return y, b, bases, terms, coeffs
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: str(torch.Size(s).numel()))
+@pytest.mark.parametrize("case", EPILOGUE_CASES[:3], ids=lambda c: c[0])
+def test_rk_epilogue_matches_reference(device, dtype, layout, shape, case):
+    act, n_bases, n_terms, bias, return_k = case
+    y, b, bases, terms, coeffs = _epilogue_inputs(
+        shape, dtype, device, layout, n_bases, n_terms, bias
+    )
+    outs = ops.rk_epilogue(y, b, act, 0.8, bases, terms, 0.25, coeffs, return_k)
+    code = ops.ACT_CODES[act]
+    d = lambda t: None if t is None else t.double()  # noqa: E731
+    exact = ops.rk_epilogue_reference(
+        d(y), d(b), code, 0.8, [d(t) for t in bases], [d(t) for t in terms], 0.25, coeffs, return_k
+    )
+    # eager PyTorch in the same dtype, without upcasting
+    z = y if b is None else y + b.view(1, -1, 1, 1)
+    k = 0.8 * ops._ACT_FUNCS[code](z)
+    eager = []
+    for o, base in enumerate(bases):
+        row = coeffs[o * (n_terms + 1) : (o + 1) * (n_terms + 1)]
+        eager.append(
+            base + sum((0.25 * row[j]) * t for j, t in enumerate(terms)) + (0.25 * row[-1]) * k
+        )
+    eager += [k] if return_k else []
+    assert len(outs) == n_bases + int(return_k)
+    for out, ex, ea in zip(outs, exact, eager):
+        assert out.shape == shape
+        _check_error(out, ex, ea, dtype, n_terms + 2)
+
+
+@pytest.mark.parametrize("case", EPILOGUE_CASES, ids=lambda c: c[0])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_rk_epilogue_gradcheck_and_opcheck(case, layout):
+    act, n_bases, n_terms, bias, return_k = case
+    y, b, bases, terms, coeffs = _epilogue_inputs(
+        (2, 3, 4, 5), torch.float64, "cpu", layout, n_bases, n_terms, bias
+    )
+    y = y + 0.05 * torch.sign(y)  # keep relu's kink away from finite-difference probes
+    leaves = [t.requires_grad_() for t in [y, *bases, *terms] + ([b] if bias else [])]
+
+    def f(y, *rest):
+        bs, ts = list(rest[:n_bases]), list(rest[n_bases : n_bases + n_terms])
+        bb = rest[-1] if bias else None
+        return tuple(ops.rk_epilogue(y, bb, act, 0.8, bs, ts, 0.25, coeffs, return_k))
+
+    assert torch.autograd.gradcheck(f, tuple(leaves))
+    torch.library.opcheck(
+        torch.ops.contnet.rk_epilogue.default,
+        (y, b, ops.ACT_CODES[act], 0.8, bases, terms, 0.25, coeffs, return_k),
+    )
+
+
+def test_rk_epilogue_backward_of_unused_outputs():
+    y, b, bases, terms, coeffs = _epilogue_inputs(
+        (2, 3, 4, 4), torch.float64, "cpu", "contiguous", 2, 1, True
+    )
+    y.requires_grad_()
+    out = ops.rk_epilogue(y, b, "tanh", 1.0, bases, terms, 0.5, coeffs, return_k=True)
+    (g,) = torch.autograd.grad(out[2].sum(), y)  # only k is used
+    torch.testing.assert_close(g, 1 - torch.tanh(y + b.view(1, -1, 1, 1)) ** 2)
+
+
+# ---------------------------------------------------------------------------- basis_interp
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: str(torch.Size(s).numel()))
+def test_basis_interp_matches_reference(device, dtype, layout, shape):
+    K = 3
+    b = contnet.basis.get("fem_linear", K)
+    phi = b(torch.rand(6).tolist()).to(device)
+    thetas = [
+        _rand((K,) + shape[1:], dtype, device, layout),
+        torch.randn(K, 5, device=device).to(dtype),
+    ]
+    outs = ops.basis_interp(phi, thetas)
+    exact = ops.basis_interp_reference(phi, [t.double() for t in thetas])
+    for out, ex, t in zip(outs, exact, thetas):
+        assert out.shape == (6,) + t.shape[1:] and out.is_contiguous()
+        eager = torch.einsum("sk,k...->s...", phi.to(dtype), t)
+        _check_error(out, ex, eager, dtype, K)
+
+
+@pytest.mark.parametrize("family,K", [("fem_linear", 4), ("legendre", 3), ("piecewise_linear", 4)])
+def test_basis_interp_gradcheck_and_opcheck(family, K):
+    phi = contnet.basis.get(family, K)(torch.rand(5).tolist())
+    thetas = [
+        torch.randn(K, 3, 2, dtype=torch.float64, requires_grad=True),
+        torch.randn(K, 4, dtype=torch.float64, requires_grad=True),
+    ]
+    f = lambda *ts: tuple(ops.basis_interp(phi, list(ts)))  # noqa: E731
+    assert torch.autograd.gradcheck(f, tuple(thetas))
+    assert torch.autograd.gradgradcheck(f, tuple(thetas))
+    torch.library.opcheck(torch.ops.contnet.basis_interp.default, (phi, thetas))
+
+
+def test_basis_interp_backward_scatters_into_nodes():
+    phi = contnet.basis.get("fem_linear", 3)([0.25, 0.5, 0.75])
+    theta = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    (w,) = ops.basis_interp(phi, [theta])
+    g = torch.randn(3, 2, dtype=torch.float64)
+    (gt,) = torch.autograd.grad(w, theta, g)
+    torch.testing.assert_close(gt, phi.T @ g)
+
+
+# ---------------------------------------------------------------------------- autograd, opcheck
 def test_rk_combine_gradcheck_and_opcheck():
     x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     ks = [torch.randn(3, 4, dtype=torch.float64, requires_grad=True) for _ in range(3)]
@@ -70,15 +249,28 @@ def test_rk_combine_gradcheck_and_opcheck():
     torch.library.opcheck(torch.ops.contnet.rk_combine_backward.default, (g, 0.7, cs))
 
 
+def test_rk_combine_learned_gradcheck_and_opcheck():
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    ks = [torch.randn(3, 4, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    c = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    f = lambda x, c, *ks: ops.rk_combine(x, ks, 0.7, c)  # noqa: E731
+    assert torch.autograd.gradcheck(f, (x, c, *ks))
+    assert torch.autograd.gradgradcheck(f, (x, c, *ks))
+    torch.library.opcheck(torch.ops.contnet.rk_combine_learned.default, (x, ks, 0.7, c))
+    g = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(torch.ops.contnet.rk_combine_learned_backward.default, (g, ks, 0.7, c))
+
+
 def test_rk_combine_skips_zero_coefficients_and_empty():
-    x = torch.randn(4)
-    k = torch.randn(4)
-    torch.testing.assert_close(ops.rk_combine(x, [k, k], 0.5, [0.0, 2.0]), x + k)
+    x, k = torch.randn(4), torch.randn(4)
+    inf = torch.full((4,), float("inf"))
+    torch.testing.assert_close(ops.rk_combine(x, [inf, k], 0.5, [0.0, 2.0]), x + k)
     e = torch.empty(0, 3)
     assert ops.rk_combine(e, [e], 0.1, [1.0]).shape == (0, 3)
 
 
-def test_rk_combine_errors_name_the_argument():
+# ---------------------------------------------------------------------------- errors, fallback
+def test_errors_name_the_argument():
     x = torch.randn(4, 3)
     with pytest.raises(ValueError, match=r"terms\[1\] must have the shape of x"):
         ops.rk_combine(x, [x, torch.randn(3, 4)], 1.0, [1.0, 1.0])
@@ -88,9 +280,27 @@ def test_rk_combine_errors_name_the_argument():
         ops.rk_combine(x, [x], 1.0, [1.0, 2.0])
     with pytest.raises(TypeError, match="x must be float32, float64"):
         ops.rk_combine(x.int(), [], 1.0, [])
+    with pytest.raises(ValueError, match="coeffs must be a 1-d tensor with one value per term"):
+        ops.rk_combine(x, [x], 1.0, torch.ones(2))
+    with pytest.raises(ValueError, match=r"bias must have shape \(3,\)"):
+        ops.rk_epilogue(torch.randn(2, 3, 4), torch.randn(4), "relu", 1.0, [x], [], 1.0, [1.0])
+    with pytest.raises(ValueError, match="act must be one of"):
+        ops.rk_epilogue(torch.randn(2, 3), None, "swish", 1.0, [torch.randn(2, 3)], [], 1.0, [1.0])
+    with pytest.raises(ValueError, match="coeffs must hold len"):
+        ops.rk_epilogue(
+            torch.randn(2, 3), None, "relu", 1.0, [torch.randn(2, 3)], [], 1.0, [1.0, 2.0]
+        )
+    with pytest.raises(ValueError, match="phi must be a float64"):
+        ops.basis_interp(torch.rand(2, 3), [torch.randn(3, 2)])
+    with pytest.raises(ValueError, match=r"thetas\[0\] must have 3 nodes"):
+        ops.basis_interp(torch.rand(2, 3, dtype=torch.float64), [torch.randn(2, 2)])
     # the kernels check too, for callers of torch.ops directly
     with pytest.raises(RuntimeError, match=r"terms\[0\] must have the shape of x"):
         torch.ops.contnet.rk_combine(x, [torch.randn(2)], 1.0, [1.0])
+    with pytest.raises(RuntimeError, match="coeffs must hold"):
+        torch.ops.contnet.rk_epilogue(x, None, 1, 1.0, [x], [], 1.0, [1.0, 2.0], False)
+    with pytest.raises(RuntimeError, match="phi must be float64"):
+        torch.ops.contnet.basis_interp(torch.rand(2, 3), [torch.randn(3, 2)])
 
 
 def test_reference_fallback_warns_once(monkeypatch):
@@ -100,28 +310,60 @@ def test_reference_fallback_warns_once(monkeypatch):
     with pytest.warns(RuntimeWarning, match="not built"):
         out = ops.rk_combine(x, [x], 1.0, [1.0])
     torch.testing.assert_close(out, 2 * x)
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ops.rk_combine(x, [x], 1.0, [1.0])
     assert ops.backend().startswith("reference (contnet._C is not built")
 
 
+# ---------------------------------------------------------------------------- CUDA parity
 @pytest.mark.cuda
-def test_rk_combine_cuda_matches_cpu():
-    x = torch.randn(1 << 20 | 1)
-    ks = [torch.randn_like(x) for _ in range(5)]
-    cs = torch.randn(5).tolist()
-    cpu = ops.rk_combine(x, ks, 0.25, cs)
-    gpu = ops.rk_combine(x.cuda(), [k.cuda() for k in ks], 0.25, cs)
-    torch.testing.assert_close(gpu.cpu(), cpu)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cuda_matches_cpu(dtype, layout):
+    shape = (3, 17, 9, 33)
+    tol = {"rtol": 4 * EPS[dtype], "atol": 8 * EPS[dtype]}
+    x, *ks = [_rand(shape, dtype, "cpu", layout) for _ in range(4)]
+    g = lambda t: t.cuda()  # noqa: E731
+    cs = torch.randn(3).tolist()
+    torch.testing.assert_close(
+        ops.rk_combine(g(x), [g(k) for k in ks], 0.3, cs).cpu(),
+        ops.rk_combine(x, ks, 0.3, cs),
+        **tol,
+    )
+    c = torch.randn(3, dtype=dtype)
+    torch.testing.assert_close(
+        ops.rk_combine(g(x), [g(k) for k in ks], 0.3, g(c)).cpu(),
+        ops.rk_combine(x, ks, 0.3, c),
+        **tol,
+    )
+    b = torch.randn(17).to(dtype)
+    coeffs = torch.randn(2 * 3).tolist()
+    cpu = ops.rk_epilogue(x, b, "gelu", 0.7, [ks[0], ks[1]], [ks[2], x], 0.2, coeffs, True)
+    gpu = ops.rk_epilogue(
+        g(x), g(b), "gelu", 0.7, [g(ks[0]), g(ks[1])], [g(ks[2]), g(x)], 0.2, coeffs, True
+    )
+    for a, e in zip(gpu, cpu):
+        torch.testing.assert_close(a.cpu(), e, **tol)
+    phi = contnet.basis.get("legendre", 3)(torch.rand(7).tolist())
+    th = [torch.randn(3, 5, 4).to(dtype), _rand((3,) + shape[1:], dtype, "cpu", layout)]
+    for a, e in zip(ops.basis_interp(g(phi), [g(t) for t in th]), ops.basis_interp(phi, th)):
+        torch.testing.assert_close(a.cpu(), e, **tol)
 
 
-def test_odeint_uses_the_op_and_matches_the_reference_path():
-    f = lambda t, x: torch.tanh(x) * (1 + t)  # noqa: E731
-    x = torch.randn(3, 4, dtype=torch.float64)
-    out = contnet.odeint(f, x, scheme="rk4", n_steps=3)
-    with ops.use_reference():
-        ref = contnet.odeint(f, x, scheme="rk4", n_steps=3)
-    torch.testing.assert_close(out, ref, rtol=1e-14, atol=1e-14)
+@pytest.mark.cuda
+def test_cuda_backward_matches_cpu():
+    def run(device):
+        torch.manual_seed(0)
+        y, x, t = (
+            torch.randn(2, 8, 5, 5, dtype=torch.float64, device=device, requires_grad=True)
+            for _ in range(3)
+        )
+        b = torch.randn(8, dtype=torch.float64, device=device, requires_grad=True)
+        c = torch.randn(2, dtype=torch.float64, device=device, requires_grad=True)
+        outs = ops.rk_epilogue(y, b, "silu", 1.5, [x, x], [t], 0.5, [0.1, 0.2, 0.3, 0.4], True)
+        z = ops.rk_combine(outs[0], [outs[1], outs[2]], 0.3, c)
+        return torch.autograd.grad(z.square().sum(), (y, x, t, b, c))
+
+    for a, e in zip(run("cuda"), run("cpu")):
+        torch.testing.assert_close(a.cpu(), e)

@@ -11,7 +11,9 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <initializer_list>
 #include <optional>
+#include <type_traits>
 #include <tuple>
 #include <vector>
 
@@ -38,25 +40,67 @@ struct EpiloguePtrs {
 };
 
 template <typename scalar_t, typename acc_t>
-__device__ inline acc_t bias_at(const EpiloguePtrs<scalar_t>& p, int64_t i) {
-  return p.bias ? static_cast<acc_t>(p.bias[(i / p.ci.inner) % p.ci.channels]) : acc_t(0);
+__device__ inline acc_t bias_at(const scalar_t* bias, ChannelIndex ci, int64_t i) {
+  return bias ? static_cast<acc_t>(bias[(i / ci.inner) % ci.channels]) : acc_t(0);
 }
 
-template <typename scalar_t, typename acc_t>
-__global__ void epilogue_kernel(EpiloguePtrs<scalar_t> p, Epilogue<acc_t> e) {
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < p.numel; i += stride) {
-    const acc_t k = epilogue_k(e, static_cast<acc_t>(p.y[i]), bias_at<scalar_t, acc_t>(p, i));
-    acc_t term[kMaxTerms];
+// VEC consecutive elements from i: one 16-byte load when VEC > 1 (callers launch VEC > 1
+// only when every pointer is 16-byte aligned).
+template <int VEC, typename scalar_t, typename acc_t>
+__device__ inline void load(const scalar_t* p, int64_t i, acc_t* v) {
+  const auto pk = *reinterpret_cast<const cuda::Pack<scalar_t, VEC>*>(p + i);
 CONTNET_UNROLL
-    for (int j = 0; j < kMaxTerms; ++j)
-      if (j < e.n_terms) term[j] = static_cast<acc_t>(p.term[j][i]);
+  for (int e = 0; e < VEC; ++e) v[e] = static_cast<acc_t>(pk.val[e]);
+}
+
+template <int VEC, typename scalar_t, typename acc_t>
+__device__ inline void store(scalar_t* p, int64_t i, const acc_t* v) {
+  cuda::Pack<scalar_t, VEC> pk;
 CONTNET_UNROLL
-    for (int o = 0; o < kMaxOutputs; ++o)
-      if (o < e.n_out)
-        p.out[o][i] = static_cast<scalar_t>(epilogue_out(e, o, static_cast<acc_t>(p.base[o][i]), term, k));
-    if (p.k) p.k[i] = static_cast<scalar_t>(k);
+  for (int e = 0; e < VEC; ++e) pk.val[e] = static_cast<scalar_t>(v[e]);
+  *reinterpret_cast<cuda::Pack<scalar_t, VEC>*>(p + i) = pk;
+}
+
+// Elements [i, i + VEC) of the forward.
+template <int VEC, typename scalar_t, typename acc_t>
+__device__ inline void epilogue_at(const EpiloguePtrs<scalar_t>& p, const Epilogue<acc_t>& e, int64_t i) {
+  acc_t k[VEC], term[kMaxTerms][VEC], v[VEC];
+  load<VEC>(p.y, i, k);
+CONTNET_UNROLL
+  for (int q = 0; q < VEC; ++q) k[q] = epilogue_k(e, k[q], bias_at<scalar_t, acc_t>(p.bias, p.ci, i + q));
+CONTNET_UNROLL
+  for (int j = 0; j < kMaxTerms; ++j)
+    if (j < e.n_terms) load<VEC>(p.term[j], i, term[j]);
+CONTNET_UNROLL
+  for (int o = 0; o < kMaxOutputs; ++o) {
+    if (o < e.n_out) {
+      load<VEC>(p.base[o], i, v);
+CONTNET_UNROLL
+      for (int q = 0; q < VEC; ++q) {
+        acc_t t[kMaxTerms];
+CONTNET_UNROLL
+        for (int j = 0; j < kMaxTerms; ++j) t[j] = j < e.n_terms ? term[j][q] : acc_t(0);
+        v[q] = epilogue_out(e, o, v[q], t, k[q]);
+      }
+      store<VEC>(p.out[o], i, v);
+    }
   }
+  if (p.k) store<VEC>(p.k, i, k);
+}
+
+// Grid-stride loop: VEC elements per thread per iteration, then single elements for the tail.
+template <int VEC, typename F>
+__device__ inline void for_each_element(int64_t numel, F&& f) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t nvec = numel / VEC;
+  for (int64_t v = first; v < nvec; v += stride) f(std::integral_constant<int, VEC>{}, v * VEC);
+  for (int64_t i = nvec * VEC + first; i < numel; i += stride) f(std::integral_constant<int, 1>{}, i);
+}
+
+template <typename scalar_t, typename acc_t, int VEC>
+__global__ void epilogue_kernel(EpiloguePtrs<scalar_t> p, Epilogue<acc_t> e) {
+  for_each_element<VEC>(p.numel, [&](auto n, int64_t i) { epilogue_at<decltype(n)::value>(p, e, i); });
 }
 
 template <typename scalar_t>
@@ -71,21 +115,58 @@ struct EpilogueGradPtrs {
   int64_t numel;
 };
 
-template <typename scalar_t, typename acc_t>
-__global__ void epilogue_backward_kernel(EpilogueGradPtrs<scalar_t> p, Epilogue<acc_t> e) {
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < p.numel; i += stride) {
-    acc_t g[kMaxOutputs];
+// Elements [i, i + VEC) of the backward.
+template <int VEC, typename scalar_t, typename acc_t>
+__device__ inline void epilogue_grad_at(const EpilogueGradPtrs<scalar_t>& p, const Epilogue<acc_t>& e,
+                                        int64_t i) {
+  acc_t g[kMaxOutputs][VEC], y[VEC], gk[VEC], out[VEC];
 CONTNET_UNROLL
-    for (int o = 0; o < kMaxOutputs; ++o)
-      if (o < e.n_out) g[o] = static_cast<acc_t>(p.g[o][i]);
-    const acc_t b = p.bias ? static_cast<acc_t>(p.bias[(i / p.ci.inner) % p.ci.channels]) : acc_t(0);
-    const acc_t gk = p.gk ? static_cast<acc_t>(p.gk[i]) : acc_t(0);
-    p.grad_y[i] = static_cast<scalar_t>(epilogue_grad_y(e, static_cast<acc_t>(p.y[i]), b, g, gk));
+  for (int o = 0; o < kMaxOutputs; ++o)
+    if (o < e.n_out) load<VEC>(p.g[o], i, g[o]);
+  load<VEC>(p.y, i, y);
+  if (p.gk) {
+    load<VEC>(p.gk, i, gk);
+  } else {
 CONTNET_UNROLL
-    for (int j = 0; j < kMaxTerms; ++j)
-      if (j < e.n_terms) p.grad_term[j][i] = static_cast<scalar_t>(epilogue_grad_term(e, j, g));
+    for (int q = 0; q < VEC; ++q) gk[q] = acc_t(0);
   }
+CONTNET_UNROLL
+  for (int q = 0; q < VEC; ++q) {
+    acc_t gq[kMaxOutputs];
+CONTNET_UNROLL
+    for (int o = 0; o < kMaxOutputs; ++o) gq[o] = o < e.n_out ? g[o][q] : acc_t(0);
+    out[q] = epilogue_grad_y(e, y[q], bias_at<scalar_t, acc_t>(p.bias, p.ci, i + q), gq, gk[q]);
+  }
+  store<VEC>(p.grad_y, i, out);
+CONTNET_UNROLL
+  for (int j = 0; j < kMaxTerms; ++j) {
+    if (j < e.n_terms) {
+CONTNET_UNROLL
+      for (int q = 0; q < VEC; ++q) {
+        acc_t gq[kMaxOutputs];
+CONTNET_UNROLL
+        for (int o = 0; o < kMaxOutputs; ++o) gq[o] = o < e.n_out ? g[o][q] : acc_t(0);
+        out[q] = epilogue_grad_term(e, j, gq);
+      }
+      store<VEC>(p.grad_term[j], i, out);
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t, int VEC>
+__global__ void epilogue_backward_kernel(EpilogueGradPtrs<scalar_t> p, Epilogue<acc_t> e) {
+  for_each_element<VEC>(p.numel, [&](auto n, int64_t i) { epilogue_grad_at<decltype(n)::value>(p, e, i); });
+}
+
+// Launches kernel<VEC> with 16-byte vectors when every pointer allows them, else VEC = 1.
+template <typename scalar_t, typename Launch>
+void launch_vectorized(std::initializer_list<const void*> ptrs, int64_t numel, Launch launch) {
+  constexpr int VEC = 16 / sizeof(scalar_t);
+  bool aligned = true;
+  for (const void* q : ptrs) aligned = aligned && (q == nullptr || cuda::aligned16(q));
+  if (aligned) launch(std::integral_constant<int, VEC>{}, cuda::grid_for(numel / VEC + 1));
+  else launch(std::integral_constant<int, 1>{}, cuda::grid_for(numel));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 at::MemoryFormat prepare(const at::Tensor& y, const std::optional<at::Tensor>& bias,
@@ -130,9 +211,13 @@ std::vector<at::Tensor> rk_epilogue_cuda(const at::Tensor& y_in, const std::opti
     p.k = return_k ? outs.back().data_ptr<scalar_t>() : nullptr;
     p.ci = channel_index(y, fmt);
     p.numel = y.numel();
-    epilogue_kernel<scalar_t, acc_t>
-        <<<cuda::grid_for(p.numel), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(p, e);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_vectorized<scalar_t>(
+        {p.y, p.base[0], p.base[1], p.base[2], p.term[0], p.term[1], p.term[2], p.term[3], p.term[4],
+         p.term[5], p.term[6], p.term[7], p.out[0], p.out[1], p.out[2], p.k},
+        p.numel, [&](auto vec, int grid) {
+          epilogue_kernel<scalar_t, acc_t, decltype(vec)::value>
+              <<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(p, e);
+        });
   });
   return outs;
 }
@@ -173,9 +258,13 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> rk_epilogue_backward
     for (int64_t j = 0; j < n_terms; ++j) p.grad_term[j] = grad_terms[j].data_ptr<scalar_t>();
     p.ci = channel_index(y, fmt);
     p.numel = y.numel();
-    epilogue_backward_kernel<scalar_t, acc_t>
-        <<<cuda::grid_for(p.numel), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(p, e);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_vectorized<scalar_t>(
+        {p.g[0], p.g[1], p.g[2], p.gk, p.y, p.grad_y, p.grad_term[0], p.grad_term[1], p.grad_term[2],
+         p.grad_term[3], p.grad_term[4], p.grad_term[5], p.grad_term[6], p.grad_term[7]},
+        p.numel, [&](auto vec, int grid) {
+          epilogue_backward_kernel<scalar_t, acc_t, decltype(vec)::value>
+              <<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(p, e);
+        });
   });
   at::Tensor grad_bias = bias.defined() ? channel_sum(grad_y).to(bias.scalar_type()) : at::empty({0}, y.options());
   return {grad_y, grad_terms, grad_bias};

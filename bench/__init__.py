@@ -1,0 +1,1 @@
+"""Microbenchmarks of contnet: see bench/README.md."""

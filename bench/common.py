@@ -1,0 +1,123 @@
+"""Shared benchmark machinery: interleaved timing, environment record, JSON output."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+
+import torch
+import torch.utils.benchmark as tb
+
+import contnet
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} ({torch.get_num_threads()} threads)"
+
+
+def git_commit() -> str:
+    root = pathlib.Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "contnet", "csrc"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        return sha + ("+dirty" if dirty else "") if sha else "unknown"
+    except OSError:
+        return "unknown"
+
+
+def environment(device: str) -> dict:
+    return {
+        "device": device,
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "contnet": contnet.__version__,
+        "backend": contnet.ops.backend(),
+        "threads": torch.get_num_threads(),
+        "commit": git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+    }
+
+
+def time_side_by_side(
+    fns: dict, rounds: int = 5, min_run_time: float = 0.2, device: str = "cpu"
+) -> dict:
+    """Median seconds per call of each callable, measured in interleaved rounds (each round
+    times every implementation once, so drifts of a noisy machine hit all alike)."""
+    samples = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            timer = tb.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+            m = timer.blocked_autorange(min_run_time=min_run_time)
+            samples[name].append(m.median)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    return {
+        name: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "rounds": v}
+        for name, v in samples.items()
+    }
+
+
+def write(name: str, payload: dict) -> pathlib.Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / name
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    return path
+
+
+def device_tag(device: str) -> str:
+    if device == "cuda":
+        n = torch.cuda.get_device_name().lower()
+        for tag in ("h200", "h100", "a100", "l4", "l40"):
+            if tag in n:
+                return tag
+        return "cuda"
+    return "cpu"
+
+
+def copy_bandwidth(device: str, numel: int = 1 << 26) -> float:
+    """Measured device copy bandwidth in GB/s (bytes read + written per second)."""
+    src = torch.randn(numel, device=device)
+    dst = torch.empty_like(src)
+    t = time_side_by_side({"copy": lambda: dst.copy_(src)}, rounds=3, device=device)["copy"][
+        "median_s"
+    ]
+    return 2 * src.numel() * src.element_size() / t / 1e9
+
+
+def table(rows: list[list], header: list[str]) -> str:
+    cols = list(zip(*([header] + [[str(c) for c in r] for r in rows])))
+    widths = [max(len(c) for c in col) for col in cols]
+    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+    lines = [fmt.format(*header), fmt.format(*["-" * w for w in widths])]
+    lines += [fmt.format(*[str(c) for c in r]) for r in rows]
+    return "\n".join(lines)
+
+
+def env_flag(name: str, default: str) -> str:
+    return os.environ.get(name, default)

@@ -57,9 +57,9 @@ def run(
             compiled(x, ks)  # compile outside the timing
             t = common.time_side_by_side(
                 {
-                    "fused": lambda: ops.rk_combine(x, ks, h, cs),
-                    "eager": lambda: chain(x, ks),
-                    "compile": lambda: compiled(x, ks),
+                    "fused": lambda x=x, ks=ks, cs=cs: ops.rk_combine(x, ks, h, cs),
+                    "eager": lambda x=x, ks=ks, f=chain: f(x, ks),
+                    "compile": lambda x=x, ks=ks, f=compiled: f(x, ks),
                 },
                 rounds=rounds,
                 min_run_time=0.1 if quick else 0.2,

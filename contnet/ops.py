@@ -188,7 +188,9 @@ def rk_combine_reference(x, terms, h, coeffs) -> torch.Tensor:
     out = x.to(acc)
     for j, k in enumerate(terms):
         c = coeffs[j]
-        out = out + (h * (c.to(acc) if isinstance(c, torch.Tensor) else float(c))) * k.to(acc)
+        # h * c rounded once from float64, as the kernels do
+        hc = (h * c.to(torch.float64)).to(acc) if isinstance(c, torch.Tensor) else h * float(c)
+        out = out + hc * k.to(acc)
     return out.to(x.dtype)
 
 
@@ -330,6 +332,8 @@ def basis_interp(phi: torch.Tensor, thetas: Sequence[torch.Tensor]) -> list[torc
     _check_tensor(phi, "phi")
     if phi.dtype != torch.float64 or phi.dim() != 2:
         raise ValueError(f"phi must be a float64 (S, K) matrix, got {phi.dtype} {tuple(phi.shape)}")
+    if phi.shape[1] < 1:
+        raise ValueError("phi must have at least one node (column)")
     if phi.requires_grad:
         raise ValueError("phi must not require grad: the basis coefficients are constants")
     _check_list(thetas, "thetas")

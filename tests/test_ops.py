@@ -269,6 +269,18 @@ def test_rk_combine_skips_zero_coefficients_and_empty():
     assert ops.rk_combine(e, [e], 0.1, [1.0]).shape == (0, 3)
 
 
+@pytest.mark.parametrize("device", devices())
+def test_rk_combine_deep_permuted_tensors_keep_their_layout(device):
+    # 7 dims, dense but permuted: more dims than the CUDA strided index holds
+    x = torch.randn(2, 3, 2, 2, 3, 2, 2, device=device).permute(6, 0, 5, 1, 4, 2, 3)
+    ks = [torch.randn_like(x) for _ in range(2)]
+    out = ops.rk_combine(x, ks, 0.5, [1.0, -2.0])
+    assert out.stride() == torch.empty_like(x).stride()
+    torch.testing.assert_close(out, ops.rk_combine_reference(x, ks, 0.5, [1.0, -2.0]))
+    (g,) = torch.autograd.grad(ops.rk_combine(x.requires_grad_(), ks, 0.5, [1.0, -2.0]).sum(), x)
+    torch.testing.assert_close(g, torch.ones_like(x))
+
+
 # ---------------------------------------------------------------------------- errors, fallback
 def test_errors_name_the_argument():
     x = torch.randn(4, 3)
@@ -301,6 +313,11 @@ def test_errors_name_the_argument():
         torch.ops.contnet.rk_epilogue(x, None, 1, 1.0, [x], [], 1.0, [1.0, 2.0], False)
     with pytest.raises(RuntimeError, match="phi must be float64"):
         torch.ops.contnet.basis_interp(torch.rand(2, 3), [torch.randn(3, 2)])
+    with pytest.raises(RuntimeError, match="at least one node"):
+        torch.ops.contnet.basis_interp(torch.rand(2, 0, dtype=torch.float64), [torch.randn(0, 2)])
+    nine = [x] * 9
+    with pytest.raises(RuntimeError, match="at most 8 tensors with learned coefficients"):
+        torch.ops.contnet.rk_combine_learned(x, nine, 1.0, torch.ones(9))
 
 
 def test_reference_fallback_warns_once(monkeypatch):

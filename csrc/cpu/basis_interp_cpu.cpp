@@ -50,6 +50,7 @@ std::vector<at::Tensor> basis_interp_outputs(const at::Tensor& phi, at::TensorLi
   TORCH_CHECK(phi.defined(), "phi is undefined");
   TORCH_CHECK(phi.dim() == 2, "phi must be a (stages, nodes) matrix, got shape ", phi.sizes());
   TORCH_CHECK(phi.scalar_type() == at::kDouble, "phi must be float64, got ", phi.scalar_type());
+  TORCH_CHECK(phi.size(1) >= 1, "phi must have at least one node (column), got shape ", phi.sizes());
   TORCH_CHECK(!thetas.empty(), "thetas must hold at least one tensor");
   std::vector<at::Tensor> outs;
   for (size_t j = 0; j < thetas.size(); ++j) {

@@ -29,14 +29,15 @@ using cuda::Pack;
 using cuda::StridedIndex;
 
 // Operand 0..n_out-1 written, the rest read; layout as a TensorIterator orders them.
-// Coefficients travel by value in `c`, or, when `dev_coef` is set (learned coefficients),
-// are read on the device as h * dev_coef[j] (no host synchronisation).
+// Coefficients travel by value in `c`, or, when `dev_coef` is set (learned coefficients, as
+// float64), are read on the device as acc_t(h * dev_coef[j]) -- rounded once, as the CPU
+// kernel does -- with no host synchronisation.
 template <typename scalar_t, typename acc_t>
 struct CombineArgs {
   char* ptr[cuda::kMaxOperands];
   Coefs<acc_t> c;
-  const acc_t* dev_coef;
-  acc_t h;
+  const double* dev_coef;
+  double h;
   int64_t numel;
 };
 
@@ -46,7 +47,7 @@ __device__ inline Coefs<acc_t> coefs_of(const CombineArgs<scalar_t, acc_t>& a) {
   if (a.dev_coef != nullptr) {
 CONTNET_UNROLL
     for (int j = 0; j < kMaxTerms; ++j)
-      if (j < c.n) c.v[j] = a.h * a.dev_coef[j];
+      if (j < c.n) c.v[j] = static_cast<acc_t>(a.h * a.dev_coef[j]);
   }
   return c;
 }
@@ -146,12 +147,12 @@ __global__ void scale_strided_kernel(CombineArgs<scalar_t, acc_t> a, StridedInde
 // Launch `Contig` on aligned contiguous operands, else `Strided`. Callers pass operands of
 // at most cuda::kMaxDims dimensions (see dense_if_deep), so the strided index holds them.
 template <typename scalar_t, typename acc_t, typename Contig, typename Strided>
-void launch(at::TensorIterator& iter, const Coefs<acc_t>& c, const acc_t* dev_coef, double h,
+void launch(at::TensorIterator& iter, const Coefs<acc_t>& c, const double* dev_coef, double h,
             Contig contig, Strided strided) {
   CombineArgs<scalar_t, acc_t> a{};
   a.c = c;
   a.dev_coef = dev_coef;
-  a.h = static_cast<acc_t>(h);
+  a.h = h;
   a.numel = iter.numel();
   bool aligned = true;
   for (int op = 0; op < iter.ntensors(); ++op) {
@@ -172,7 +173,7 @@ void launch(at::TensorIterator& iter, const Coefs<acc_t>& c, const acc_t* dev_co
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// dev_coef: learned coefficients on the device (acc dtype, already offset by `start`) or null.
+// dev_coef: learned coefficients on the device (float64) or undefined.
 void combine_pass(const at::Tensor& out, const at::Tensor& base, at::TensorList terms,
                   size_t start, int n, double h, at::ArrayRef<double> coeffs,
                   const at::Tensor& dev_coef = at::Tensor()) {
@@ -184,8 +185,8 @@ void combine_pass(const at::Tensor& out, const at::Tensor& base, at::TensorList 
     using acc_t = at::opmath_type<scalar_t>;
     Coefs<acc_t> c{};
     c.n = n;
-    const acc_t* dc = nullptr;
-    if (dev_coef.defined()) dc = dev_coef.data_ptr<acc_t>() + start;
+    const double* dc = nullptr;
+    if (dev_coef.defined()) dc = dev_coef.data_ptr<double>() + start;
     else c = make_coefs<acc_t>(h, coeffs, start, n);
     launch<scalar_t, acc_t>(
         iter, c, dc, h,
@@ -210,15 +211,18 @@ std::vector<at::Tensor> dense_views(std::vector<at::Tensor>& dense) {
   return dense;
 }
 
-// Shared by the by-value and learned variants (dev_coef: acc-dtype coefficients or undefined).
+// Shared by the by-value and learned variants (dev_coef: float64 coefficients or undefined).
 at::Tensor combine_cuda(const at::Tensor& x, at::TensorList terms, double h,
                         at::ArrayRef<double> coeffs, const at::Tensor& dev_coef) {
   TORCH_CHECK(x.is_cuda(), "x must be a CUDA tensor for the CUDA kernel, got ", x.device());
   const c10::cuda::CUDAGuard guard(x.device());
   if (cuda::too_deep(x)) {
+    // more dims than the strided index holds: compute on flat copies, return x's layout
     std::vector<at::Tensor> dense;
     for (const auto& t : terms) dense.push_back(t.contiguous());
-    return combine_cuda(x.contiguous().view({-1}), dense_views(dense), h, coeffs, dev_coef).view(x.sizes());
+    at::Tensor out = at::empty_like(x);
+    out.copy_(combine_cuda(x.contiguous().view({-1}), dense_views(dense), h, coeffs, dev_coef).view(x.sizes()));
+    return out;
   }
   at::Tensor out = at::empty_like(x);
   if (x.numel() == 0) return out;
@@ -238,30 +242,26 @@ at::Tensor rk_combine_cuda(const at::Tensor& x, at::TensorList terms, double h,
   return combine_cuda(x, terms, h, coeffs, at::Tensor());
 }
 
-at::ScalarType acc_dtype(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 at::Tensor rk_combine_learned_cuda(const at::Tensor& x, at::TensorList terms, double h,
                                    const at::Tensor& coeffs) {
   check_terms(x, "x", terms, "terms", terms.size(), "terms");
   check_learned_coeffs(coeffs, x, terms.size());
-  const at::Tensor dev = coeffs.to(acc_dtype(x.scalar_type())).contiguous();
-  return combine_cuda(x, terms, h, {}, dev);
+  return combine_cuda(x, terms, h, {}, coeffs.to(at::kDouble).contiguous());
 }
 
-// grad_terms[j] = h c_j g and per-block partial sums of terms[j] * g over dense operands.
+// grad_terms[j] = h c_j g and per-block partial sums, in double, of terms[j] * g over dense
+// operands (the CPU kernel also sums in double).
 template <typename scalar_t, typename acc_t>
 __global__ void learned_backward_kernel(const scalar_t* __restrict__ g, LearnedTerms<scalar_t> t,
-                                        const acc_t* __restrict__ coef, acc_t h, int n,
-                                        int64_t numel, acc_t* __restrict__ partial) {
-  __shared__ acc_t red[kThreads];
-  acc_t dot[kMaxTerms];
+                                        const double* __restrict__ coef, double h, int n,
+                                        int64_t numel, double* __restrict__ partial) {
+  __shared__ double red[kThreads];
+  double dot[kMaxTerms];
   acc_t c[kMaxTerms];
 CONTNET_UNROLL
   for (int j = 0; j < kMaxTerms; ++j) {
-    dot[j] = acc_t(0);
-    c[j] = j < n ? h * coef[j] : acc_t(0);
+    dot[j] = 0.0;
+    c[j] = j < n ? static_cast<acc_t>(h * coef[j]) : acc_t(0);
   }
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
@@ -270,7 +270,7 @@ CONTNET_UNROLL
     for (int j = 0; j < kMaxTerms; ++j) {
       if (j < n) {
         t.out[j][i] = static_cast<scalar_t>(c[j] * gi);
-        dot[j] += static_cast<acc_t>(t.in[j][i]) * gi;
+        dot[j] += static_cast<double>(static_cast<acc_t>(t.in[j][i]) * gi);
       }
     }
   }
@@ -291,27 +291,23 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> rk_combine_learned_backward_cuda
   check_terms(grad, "grad", terms, "terms", terms.size(), "terms");
   check_learned_coeffs(coeffs, grad, terms.size());
   TORCH_CHECK(grad.is_cuda(), "grad must be a CUDA tensor for the CUDA kernel, got ", grad.device());
-  TORCH_CHECK(terms.size() <= static_cast<size_t>(kMaxTerms), "terms must hold at most ", kMaxTerms,
-              " tensors for learned coefficients, got ", terms.size());
   const c10::cuda::CUDAGuard guard(grad.device());
   const int n = static_cast<int>(terms.size());
   const auto fmt = dense_format(grad);
   const at::Tensor g = in_format(grad, fmt);
   std::vector<at::Tensor> ts, outs;
   for (const auto& t : terms) ts.push_back(in_format(t, fmt)), outs.push_back(at::empty_like(g));
-  const auto acc = acc_dtype(g.scalar_type());
-  const at::Tensor coef = coeffs.to(acc).contiguous();
+  const at::Tensor coef = coeffs.to(at::kDouble).contiguous();
   const int64_t numel = g.numel();
   const int grid = cuda::grid_for(numel);
-  at::Tensor partial = at::zeros({grid, std::max(n, 1)}, g.options().dtype(acc));
+  at::Tensor partial = at::zeros({grid, std::max(n, 1)}, g.options().dtype(at::kDouble));
   if (numel > 0 && n > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "rk_combine_learned_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       LearnedTerms<scalar_t> t{};
       for (int j = 0; j < n; ++j) t.in[j] = ts[j].data_ptr<scalar_t>(), t.out[j] = outs[j].data_ptr<scalar_t>();
       learned_backward_kernel<scalar_t, acc_t><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-          g.data_ptr<scalar_t>(), t, coef.data_ptr<acc_t>(), static_cast<acc_t>(h), n, numel,
-          partial.data_ptr<acc_t>());
+          g.data_ptr<scalar_t>(), t, coef.data_ptr<double>(), h, n, numel, partial.data_ptr<double>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
@@ -326,8 +322,9 @@ std::vector<at::Tensor> rk_combine_backward_cuda(const at::Tensor& grad, double 
   TORCH_CHECK(grad.is_cuda(), "grad must be a CUDA tensor for the CUDA kernel, got ", grad.device());
   const c10::cuda::CUDAGuard guard(grad.device());
   if (cuda::too_deep(grad)) {
-    auto outs = rk_combine_backward_cuda(grad.contiguous().view({-1}), h, coeffs);
-    for (auto& o : outs) o = o.view(grad.sizes());
+    auto flat = rk_combine_backward_cuda(grad.contiguous().view({-1}), h, coeffs);
+    std::vector<at::Tensor> outs;
+    for (auto& o : flat) outs.push_back(at::empty_like(grad).copy_(o.view(grad.sizes())));
     return outs;
   }
   std::vector<at::Tensor> outs;

@@ -39,9 +39,24 @@ struct EpiloguePtrs {
   int64_t numel;
 };
 
-template <typename scalar_t, typename acc_t>
-__device__ inline acc_t bias_at(const scalar_t* bias, ChannelIndex ci, int64_t i) {
-  return bias ? static_cast<acc_t>(bias[(i / ci.inner) % ci.channels]) : acc_t(0);
+// bias[channel] of the VEC elements from i: one division for the first, then stepping.
+template <int VEC, typename scalar_t, typename acc_t>
+__device__ inline void bias_of(const scalar_t* bias, ChannelIndex ci, int64_t i, acc_t* b) {
+  if (bias == nullptr) {
+CONTNET_UNROLL
+    for (int q = 0; q < VEC; ++q) b[q] = acc_t(0);
+    return;
+  }
+  const int64_t run = i / ci.inner;
+  int64_t c = run % ci.channels, left = ci.inner - (i - run * ci.inner);
+CONTNET_UNROLL
+  for (int q = 0; q < VEC; ++q) {
+    b[q] = static_cast<acc_t>(bias[c]);
+    if (--left == 0) {
+      left = ci.inner;
+      c = c + 1 == ci.channels ? 0 : c + 1;
+    }
+  }
 }
 
 // VEC consecutive elements from i: one 16-byte load when VEC > 1 (callers launch VEC > 1
@@ -64,10 +79,11 @@ CONTNET_UNROLL
 // Elements [i, i + VEC) of the forward.
 template <int VEC, typename scalar_t, typename acc_t>
 __device__ inline void epilogue_at(const EpiloguePtrs<scalar_t>& p, const Epilogue<acc_t>& e, int64_t i) {
-  acc_t k[VEC], term[kMaxTerms][VEC], v[VEC];
+  acc_t k[VEC], b[VEC], term[kMaxTerms][VEC], v[VEC];
   load<VEC>(p.y, i, k);
+  bias_of<VEC>(p.bias, p.ci, i, b);
 CONTNET_UNROLL
-  for (int q = 0; q < VEC; ++q) k[q] = epilogue_k(e, k[q], bias_at<scalar_t, acc_t>(p.bias, p.ci, i + q));
+  for (int q = 0; q < VEC; ++q) k[q] = epilogue_k(e, k[q], b[q]);
 CONTNET_UNROLL
   for (int j = 0; j < kMaxTerms; ++j)
     if (j < e.n_terms) load<VEC>(p.term[j], i, term[j]);
@@ -119,11 +135,12 @@ struct EpilogueGradPtrs {
 template <int VEC, typename scalar_t, typename acc_t>
 __device__ inline void epilogue_grad_at(const EpilogueGradPtrs<scalar_t>& p, const Epilogue<acc_t>& e,
                                         int64_t i) {
-  acc_t g[kMaxOutputs][VEC], y[VEC], gk[VEC], out[VEC];
+  acc_t g[kMaxOutputs][VEC], y[VEC], gk[VEC], b[VEC], out[VEC];
 CONTNET_UNROLL
   for (int o = 0; o < kMaxOutputs; ++o)
     if (o < e.n_out) load<VEC>(p.g[o], i, g[o]);
   load<VEC>(p.y, i, y);
+  bias_of<VEC>(p.bias, p.ci, i, b);
   if (p.gk) {
     load<VEC>(p.gk, i, gk);
   } else {
@@ -135,7 +152,7 @@ CONTNET_UNROLL
     acc_t gq[kMaxOutputs];
 CONTNET_UNROLL
     for (int o = 0; o < kMaxOutputs; ++o) gq[o] = o < e.n_out ? g[o][q] : acc_t(0);
-    out[q] = epilogue_grad_y(e, y[q], bias_at<scalar_t, acc_t>(p.bias, p.ci, i + q), gq, gk[q]);
+    out[q] = epilogue_grad_y(e, y[q], b[q], gq, gk[q]);
   }
   store<VEC>(p.grad_y, i, out);
 CONTNET_UNROLL

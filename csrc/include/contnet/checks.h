@@ -6,6 +6,8 @@
 
 #include <string>
 
+#include "contnet/rk_combine.h"
+
 namespace contnet {
 
 inline void check_float_dtype(const at::Tensor& t, const char* name) {
@@ -40,6 +42,8 @@ inline void check_terms(const at::Tensor& ref, const char* ref_name, at::TensorL
 
 // `coeffs` is a 1-d float tensor of `n` learned coefficients on `ref`'s device.
 inline void check_learned_coeffs(const at::Tensor& coeffs, const at::Tensor& ref, size_t n) {
+  TORCH_CHECK(n <= static_cast<size_t>(kMaxTerms), "terms must hold at most ", kMaxTerms,
+              " tensors with learned coefficients, got ", n);
   TORCH_CHECK(coeffs.defined(), "coeffs is undefined");
   check_float_dtype(coeffs, "coeffs");
   TORCH_CHECK(coeffs.dim() == 1 && static_cast<size_t>(coeffs.size(0)) == n,

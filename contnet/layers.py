@@ -65,8 +65,13 @@ def interpolate(theta: torch.Tensor, coefficients) -> torch.Tensor:
 class TimeDependent(nn.Module):
     """Base of modules whose parameters and buffers named in ``_basis_tensors`` carry a
     leading dimension of basis nodes. Gives them exact :meth:`refine` and L2
-    :meth:`project`, which keep parameter identities (optimisers stay attached) and return
-    the linear map applied, so callers can map optimiser state the same way."""
+    :meth:`project`.
+
+    Both replace each such parameter by a new ``nn.Parameter`` of the new size (changing
+    the shape of a parameter in place would leave autograd's cached gradient accumulator
+    at the old shape) and return ``[(old, new, M)]`` with ``new = M @ old`` along dim 0,
+    so callers can move optimiser state to the new parameters, mapped the same way (see
+    :func:`contnet.refine`)."""
 
     _basis_tensors: tuple[str, ...] = ()
 
@@ -88,24 +93,30 @@ class TimeDependent(nn.Module):
             if v is not None:
                 yield name, v
 
-    def _apply_basis_map(self, new_basis: basis_lib.Basis, M: torch.Tensor) -> dict:
+    def _apply_basis_map(self, new_basis: basis_lib.Basis, M: torch.Tensor) -> list:
         """Replace every basis tensor ``theta`` by ``M @ theta`` (along dim 0)."""
-        maps = {}
+        changes = []
         with torch.no_grad():
-            for _, v in self._tensors():
-                v.data = basis_lib.apply_matrix(M, v.data)
-                maps[v] = M
+            for name, old in list(self._tensors()):
+                value = basis_lib.apply_matrix(M, old.detach())
+                if isinstance(old, nn.Parameter):
+                    new = nn.Parameter(value, requires_grad=old.requires_grad)
+                    setattr(self, name, new)
+                else:
+                    new = value
+                    self._buffers[name] = new
+                changes.append((old, new, M))
         self.basis = new_basis
-        return maps
+        return changes
 
-    def refine(self) -> dict:
+    def refine(self) -> list:
         """Move to the next finer basis of the family without changing ``theta(t)``.
-        Returns ``{tensor: R}`` for every tensor changed (``new = R @ old`` along dim 0)."""
+        Returns ``[(old, new, R)]`` for every tensor replaced (``new = R @ old``)."""
         return self._apply_basis_map(self.basis.refined(), self.basis.refine_matrix())
 
-    def project(self, n_basis: int, basis: str | None = None) -> dict:
+    def project(self, n_basis: int, basis: str | None = None) -> list:
         """L2-project onto ``n_basis`` nodes of ``basis`` (default: the current family).
-        Returns ``{tensor: P}`` for every tensor changed."""
+        Returns ``[(old, new, P)]`` for every tensor replaced."""
         target = basis_lib.get(basis or self.basis.family, n_basis)
         return self._apply_basis_map(target, self.basis.projection_matrix(target))
 
@@ -251,7 +262,7 @@ class TimeBatchNorm2d(TimeDependent):
         self.register_buffer("running_mean", torch.zeros(shape, **factory))
         self.register_buffer("running_var", torch.ones(shape, **factory))
 
-    def project(self, n_basis: int, basis: str | None = None) -> dict:
+    def project(self, n_basis: int, basis: str | None = None) -> list:
         """Statistics stay piecewise constant: projects onto ``n_basis`` cells whatever
         ``basis`` is asked for."""
         return super().project(n_basis, "piecewise_constant")

@@ -123,38 +123,44 @@ class ContinuousNet(nn.Module):
 
 
 # ----------------------------------------------------------------------------- tree maps
-def _map_optimizer_state(optimizer, maps: dict, old_shapes: dict) -> None:
-    """Map every state tensor of the optimizer that has its parameter's old shape by the
-    parameter's matrix (momentum buffers, Adam moments); scalars (``step``) stay."""
-    for p, M in maps.items():
-        state = optimizer.state.get(p)
-        if not state:
+def _move_optimizer_state(optimizer, changes) -> None:
+    """Put every new parameter in its old one's place in ``optimizer`` and carry its state
+    over, mapping each state tensor of the old parameter's shape (momentum buffers, Adam
+    moments) by the same matrix as the parameter; scalars (``step``) are kept."""
+    for old, new, M in changes:
+        if not isinstance(new, nn.Parameter):
             continue
-        for key, v in list(state.items()):
-            if isinstance(v, torch.Tensor) and tuple(v.shape) == old_shapes[p]:
-                state[key] = basis_lib.apply_matrix(M, v)
+        for group in optimizer.param_groups:
+            group["params"] = [new if p is old else p for p in group["params"]]
+        state = optimizer.state.pop(old, None)
+        if state:
+            optimizer.state[new] = {
+                k: basis_lib.apply_matrix(M, v)
+                if isinstance(v, torch.Tensor) and v.shape == old.shape
+                else v
+                for k, v in state.items()
+            }
 
 
 def _apply_tree(module: nn.Module, fn, optimizer) -> dict:
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
-    layers = [m for m in module.modules() if isinstance(m, TimeDependent)]
-    old_shapes = {t: tuple(t.shape) for m in layers for _, t in m._tensors()}
-    maps = {}
-    for m in layers:
-        maps.update(fn(m))
+    changes = []
+    for m in [m for m in module.modules() if isinstance(m, TimeDependent)]:
+        changes += fn(m)
     if optimizer is not None:
-        _map_optimizer_state(optimizer, maps, old_shapes)
-    return maps
+        _move_optimizer_state(optimizer, changes)
+    return {new: M for _, new, M in changes}
 
 
 def refine(module: nn.Module, *, steps: bool = True, optimizer=None) -> dict:
     """Refine every time-dependent layer of ``module`` to the next finer basis (exact:
     ``theta(t)`` is unchanged) and, with ``steps``, double every block's ``n_steps``.
 
-    With an ``optimizer``, its per-parameter state (momentum, moments) is mapped by the
-    same linear map as the parameters, which keep their identity. Returns
-    ``{tensor: R}`` with ``new = R @ old`` along the node dimension.
+    The refined tensors are new parameters: pass the ``optimizer`` so that it holds them in
+    place of the old ones, with its per-parameter state (momentum, moments) mapped by the
+    same linear map. (A ``DistributedDataParallel`` wrapper must be built anew.) Returns
+    ``{new_tensor: R}`` with ``new = R @ old`` along the node dimension.
     """
     maps = _apply_tree(module, lambda m: m.refine(), optimizer)
     if steps:

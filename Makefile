@@ -21,7 +21,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python $(SOURCES)
 	$(BIN)/python -m pip install -q torch numpy ninja setuptools wheel
-	$(BIN)/python -m pip install -q --no-build-isolation -e '.[test,dev]'
+	$(BIN)/python -m pip install -q --no-build-isolation -e '.[cli,test,dev]'
 	touch $@
 
 test: $(STAMP)

@@ -1,56 +1,598 @@
-"""Command line: ``contnet <command>`` or ``python -m contnet <command>``."""
+"""Command line of contnet: ``contnet <command>`` or ``python -m contnet <command>``.
+
+Commands: ``train`` (with refinement in depth), ``eval`` (the manifestation table),
+``compress`` (fewer basis nodes / steps within an accuracy budget), ``demo`` (all of it on
+the digits data, as ``make demo`` runs it). Each prints a summary table and writes JSON
+(and PNG plots) to its output folder.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import pathlib
 import sys
+import time
 
 import torch
 
-from . import ops
-from .models import ContinuousNet
-from .train import manifestation_drift
+from . import data as data_lib
+from . import ops, schemes
+from .basis import FAMILIES
+from .layers import ACTIVATIONS
+
+__all__ = ["main", "build_parser", "format_table"]
 
 
-def _drift_table(table, steps) -> str:
-    head = f"{'scheme':<10}" + "".join(f"{n:>10}" for n in steps) + f"{'order':>8}"
-    lines = [head, "-" * len(head)]
-    for scheme, row in table.items():
-        cells = "".join(f"{row['drift'][n]:>10.2e}" for n in steps)
-        lines.append(f"{scheme:<10}{cells}{row['order']:>8.2f}")
-    return "\n".join(lines)
-
-
-def cmd_demo(args) -> int:
-    torch.manual_seed(args.seed)
-    print(f"contnet demo: kernels: {ops.backend()}")
-    net = ContinuousNet(3, 10, n_basis=args.n_basis, basis=args.basis, act=args.act).double().eval()
-    x = torch.randn(args.batch, 3, 32, 32, dtype=torch.float64)
-    schemes = ["euler", "midpoint", "heun", "ralston", "rk3", "ssprk3", "rk4", "rk4_38"]
-    steps = [1, 2, 4, 8, 16, 32]
-    table = manifestation_drift(net, x, schemes, steps, reference=("rk4", 64))
-    print(
-        f"ContinuousNet widths (16, 32, 64), basis {args.basis} K={args.n_basis}, act {args.act}, "
-        f"batch {args.batch} (untrained, float64)\nrelative output drift against rk4 with 64 steps, "
-        "per scheme and n_steps; order fitted on n_steps >= K:\n"
+def format_table(rows, header) -> str:
+    """A plain-text table with right-aligned columns."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    line = lambda r: "  ".join(c.rjust(w) for c, w in zip(r, widths))  # noqa: E731
+    return "\n".join(
+        [line(cells[0]), line(["-" * w for w in widths])] + [line(r) for r in cells[1:]]
     )
-    print(_drift_table(table, steps))
+
+
+def _write_json(path: pathlib.Path, payload) -> pathlib.Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    return path
+
+
+def _load_dataset(args):
+    try:
+        return data_lib.load(args.data, args.data_dir, seed=0)
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        raise SystemExit(f"contnet: cannot load data: {e}") from None
+
+
+# ----------------------------------------------------------------------------- train
+def _train_config(args, **overrides):
+    from .train import TrainConfig
+
+    kw = dict(
+        data=args.data,
+        data_dir=args.data_dir,
+        widths=tuple(args.widths),
+        basis=args.basis,
+        n_basis=args.n_basis,
+        scheme=args.scheme,
+        n_steps=args.n_steps,
+        act=args.act,
+        norm=None if args.norm == "none" else args.norm,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        schedule=args.schedule,
+        refine_at=tuple(args.refine_at),
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    kw.update(overrides)
+    try:
+        return TrainConfig(**kw)
+    except ValueError as e:
+        raise SystemExit(f"contnet train: {e}") from None
+
+
+def _history_table(history) -> str:
+    rows = [
+        [
+            h["epoch"],
+            h["n_basis"],
+            h["n_steps"],
+            f"{h['train_loss']:.4f}",
+            f"{100 * h['test_acc']:.2f}",
+            f"{h['epoch_time_s']:.1f}",
+            "yes" if h["refined"] else "",
+        ]
+        for h in history
+    ]
+    return format_table(
+        rows, ["epoch", "K", "n_steps", "train loss", "test acc %", "time s", "refined"]
+    )
+
+
+def run_train(args, cfg=None, out=None, dataset=None, log=print) -> dict:
+    from . import plots
+    from .train import train
+
+    cfg = cfg or _train_config(args)
+    out = pathlib.Path(out or args.out)
+    dataset = dataset or _load_dataset(args)
+    log(f"training on {dataset.describe()}; kernels: {ops.backend()}; output: {out}")
+    result = train(cfg, out, dataset, resume=getattr(args, "resume", False), log=log)
+    hist = result["history"]
+    log("\n" + _history_table(hist))
+    summary = {
+        "config": cfg.to_json(),
+        "history": hist,
+        "test_acc": result["test_acc"],
+        "wall_time_s": result["wall_time_s"],
+        "checkpoint": result["checkpoint"],
+    }
+    _write_json(out / "train.json", summary)
+    plots.training_curves({"run": hist}, out / "training_curves.png")
+    plots.theta_over_depth(result["model"], out / "theta.png")
+    log(
+        f"test accuracy {100 * result['test_acc']:.2f}%  wall time {result['wall_time_s']:.1f}s  -> {out}/train.json, training_curves.png, theta.png"
+    )
+    return {**summary, "model": result["model"]}
+
+
+# ----------------------------------------------------------------------------- eval
+def _manifestation_tables(table) -> str:
+    rows = table["rows"]
+    steps = list(next(iter(rows.values()))["drift"])
+    out = []
+    if next(iter(rows.values()))["accuracy"]:
+        acc = [[s] + [f"{100 * r['accuracy'][n]:.2f}" for n in steps] for s, r in rows.items()]
+        out.append("test accuracy (%)\n" + format_table(acc, ["scheme"] + [str(n) for n in steps]))
+    drift = [
+        [s] + [f"{r['drift'][n]:.1e}" for n in steps] + [f"{r['order']:.2f}"]
+        for s, r in rows.items()
+    ]
+    ref = table["reference"]
+    out.append(
+        f"relative output drift against {ref[0]} with {ref[1]} steps (order: fitted slope of log drift)\n"
+        + format_table(drift, ["scheme"] + [str(n) for n in steps] + ["order"])
+    )
+    return "\n\n".join(out)
+
+
+def run_eval(
+    model, dataset, out: pathlib.Path, schemes_, steps, reference, log=print, device="cpu"
+) -> dict:
+    from . import plots
+    from .train import manifestation_table
+
+    table = manifestation_table(
+        model, dataset.x_test, dataset.y_test, schemes_, steps, reference, device=device
+    )
+    log(_manifestation_tables(table))
+    _write_json(out / "eval.json", table)
+    plots.manifestation_heatmap(table, out / "manifestations.png")
+    log(f"-> {out}/eval.json, manifestations.png")
+    return table
+
+
+def _model_from(args):
+    from .train import CheckpointError, load_checkpoint, model_from_checkpoint
+
+    try:
+        payload = load_checkpoint(args.checkpoint)
+        model = model_from_checkpoint(
+            payload, n_basis=getattr(args, "n_basis", None), device=args.device
+        )
+    except CheckpointError as e:
+        raise SystemExit(f"contnet: {e}") from None
+    train_cfg = payload["meta"].get("train") or {}
+    if args.data is None:
+        args.data = train_cfg.get("data", "digits")
+        args.data_dir = args.data_dir or train_cfg.get("data_dir")
+    return model, payload
+
+
+def cmd_eval(args) -> int:
+    model, _ = _model_from(args)
+    dataset = _load_dataset(args)
+    out = pathlib.Path(args.out or pathlib.Path(args.checkpoint).parent)
+    run_eval(
+        model,
+        dataset,
+        out,
+        args.schemes,
+        args.steps,
+        (args.reference[0], int(args.reference[1])),
+        device=args.device,
+    )
     return 0
 
 
+# ----------------------------------------------------------------------------- compress
+def _compress_table(result) -> str:
+    o = result["original"]
+    rows = [
+        [
+            o["n_basis"],
+            o["scheme"],
+            o["n_steps"],
+            f"{o['parameters']:,}",
+            f"{100 * o['accuracy']:.2f}",
+            "",
+            f"{o['latency_ms']:.2f}",
+            "original",
+        ]
+    ]
+    for c in result["candidates"]:
+        mark = (
+            "<- choice"
+            if c is result["choice"] or c == result["choice"]
+            else ("" if c["drop_points"] <= result["max_drop_points"] else "too lossy")
+        )
+        rows.append(
+            [
+                c["n_basis"],
+                c["scheme"],
+                c["n_steps"],
+                f"{c['parameters']:,}",
+                f"{100 * c['accuracy']:.2f}",
+                f"{c['drop_points']:+.2f}",
+                f"{c['latency_ms']:.2f}",
+                mark,
+            ]
+        )
+    return format_table(
+        rows,
+        [
+            "K",
+            "scheme",
+            "n_steps",
+            "params",
+            "acc %",
+            "drop pts",
+            f"ms/{result['latency_batch']}",
+            "",
+        ],
+    )
+
+
+def run_compress(
+    model,
+    dataset,
+    out: pathlib.Path,
+    max_drop,
+    n_basis=None,
+    schemes_=("euler", "midpoint", "rk4"),
+    steps=None,
+    log=print,
+    device="cpu",
+) -> dict:
+    from .train import compress
+
+    log("candidates:")
+    result = compress(
+        model,
+        dataset,
+        max_drop=max_drop,
+        n_basis=n_basis,
+        schemes=schemes_,
+        steps=steps,
+        log=log,
+        device=device,
+    )
+    log("\n" + _compress_table(result))
+    c = result["choice"]
+    if c:
+        o = result["original"]
+        log(
+            f"cheapest within {max_drop} point(s): K={c['n_basis']} {c['scheme']} n_steps={c['n_steps']}: "
+            f"{c['latency_ms']:.2f} ms vs {o['latency_ms']:.2f} ms ({o['latency_ms'] / c['latency_ms']:.2f}x faster), "
+            f"accuracy {100 * c['accuracy']:.2f}% ({c['drop_points']:+.2f} points)"
+        )
+    else:
+        log(f"no candidate within {max_drop} point(s) of the original accuracy")
+    _write_json(out / "compress.json", result)
+    log(f"-> {out}/compress.json")
+    return result
+
+
+def cmd_compress(args) -> int:
+    model, payload = _model_from(args)
+    dataset = _load_dataset(args)
+    out = pathlib.Path(args.out or pathlib.Path(args.checkpoint).parent)
+    result = run_compress(
+        model,
+        dataset,
+        out,
+        args.max_drop,
+        args.candidate_n_basis,
+        args.schemes,
+        args.steps,
+        device=args.device,
+    )
+    if args.save and result["choice"]:
+        from .models import project
+        from .train import blocks_of, save_checkpoint
+
+        c = result["choice"]
+        if c["n_basis"] != result["original"]["n_basis"]:
+            project(model, c["n_basis"])
+        for b in blocks_of(model):
+            b.scheme, b.n_steps = c["scheme"], c["n_steps"]
+        save_checkpoint(
+            args.save,
+            model,
+            config=payload["meta"].get("train"),
+            epoch=payload["meta"].get("epoch", 0),
+            extra={"compressed_from": str(args.checkpoint)},
+        )
+        print(f"compressed model -> {args.save}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    run_train(args)
+    return 0
+
+
+# ----------------------------------------------------------------------------- demo
+def cmd_demo(args) -> int:
+    """The main job on digits: refined training against training at the final depth from
+    the start, the manifestation table, compression, plots."""
+    from . import plots
+
+    out = pathlib.Path(args.out)
+    t_all = time.perf_counter()
+    torch.set_num_threads(torch.get_num_threads())
+    epochs, refine_at = (
+        (6, (2, 4)) if args.quick else (args.epochs, (args.epochs // 3, 2 * args.epochs // 3))
+    )
+    k_final = 4
+    args.data, args.data_dir = "digits", None
+    dataset = _load_dataset(args)
+    print(
+        f"contnet demo -- {dataset.describe()}; kernels: {ops.backend()}; {torch.get_num_threads()} threads\n"
+    )
+    common = dict(
+        epochs=epochs,
+        scheme="rk4",
+        basis="piecewise_constant",
+        progress=not args.no_progress,
+        n_steps=None,
+    )
+
+    print(
+        f"== 1. refined training: K = 1 -> 2 -> 4 (refined at epochs {refine_at[0] + 1} and {refine_at[1] + 1}), rk4, {epochs} epochs"
+    )
+    refined = run_train(
+        args,
+        _train_config(args, n_basis=1, refine_at=refine_at, **common),
+        out / "refined",
+        dataset,
+    )
+    print(
+        f"\n== 2. the same training at the final depth K = {k_final} from the start, {epochs} epochs"
+    )
+    direct = run_train(
+        args, _train_config(args, n_basis=k_final, refine_at=(), **common), out / "direct", dataset
+    )
+
+    side = [
+        [
+            "refined 1->2->4",
+            f"{refined['wall_time_s']:.1f}",
+            f"{100 * refined['test_acc']:.2f}",
+            f"{100 * max(h['test_acc'] for h in refined['history']):.2f}",
+        ],
+        [
+            f"direct K={k_final}",
+            f"{direct['wall_time_s']:.1f}",
+            f"{100 * direct['test_acc']:.2f}",
+            f"{100 * max(h['test_acc'] for h in direct['history']):.2f}",
+        ],
+    ]
+    print("\nrefinement against training at the final depth (same epochs, same machine, one run):")
+    print(format_table(side, ["run", "wall time s", "final test acc %", "best test acc %"]))
+    speedup = direct["wall_time_s"] / refined["wall_time_s"]
+    print(
+        f"refined training took {1 / speedup:.2f}x the time of direct training ({speedup:.2f}x faster)"
+    )
+    plots.training_curves(
+        {"refined 1->2->4": refined["history"], f"direct K={k_final}": direct["history"]},
+        out / "training_curves.png",
+    )
+
+    print("\n== 3. manifestations of the refined model: schemes x n_steps (same weights)")
+    model = refined["model"]
+    table = run_eval(
+        model, dataset, out, ["euler", "midpoint", "rk4"], [1, 2, 4, 8, 16, 32, 64], ("rk4", 128)
+    )
+    print(
+        "(the drift falls with n_steps at each scheme's order while the steps resolve the rate; a ReLU\n"
+        " rate is only piecewise smooth in x, which caps the observed order near 2 even for rk4)"
+    )
+
+    print(
+        "\n== 4. compression of the refined model (projection onto fewer nodes, other schemes, fewer steps)"
+    )
+    comp = run_compress(model, dataset, out, args.max_drop)
+    half = next(
+        c
+        for c in comp["candidates"]
+        if c["n_basis"] == comp["original"]["n_basis"]
+        and c["scheme"] == "rk4"
+        and c["n_steps"] == comp["original"]["n_steps"] // 2
+    )
+    print(
+        f"half the steps (rk4, n_steps {comp['original']['n_steps']} -> {half['n_steps']}): accuracy "
+        f"{100 * half['accuracy']:.2f}% ({half['drop_points']:+.2f} points; within {args.max_drop} point: "
+        f"{'yes' if half['drop_points'] <= args.max_drop else 'no'}), latency {half['latency_ms']:.2f} ms vs "
+        f"{comp['original']['latency_ms']:.2f} ms"
+    )
+    plots.theta_over_depth(model, out / "theta.png")
+    summary = {
+        "data": dataset.describe(),
+        "backend": ops.backend(),
+        "threads": torch.get_num_threads(),
+        "refined": {k: refined[k] for k in ("config", "test_acc", "wall_time_s", "history")},
+        "direct": {k: direct[k] for k in ("config", "test_acc", "wall_time_s", "history")},
+        "refined_speedup": speedup,
+        "manifestations": table,
+        "compression": comp,
+        "half_steps": half,
+        "total_time_s": time.perf_counter() - t_all,
+    }
+    _write_json(out / "demo.json", summary)
+    print(
+        f"\nplots: {out}/training_curves.png, manifestations.png, theta.png; summary: {out}/demo.json"
+    )
+    print(f"demo finished in {summary['total_time_s']:.0f}s")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+def _add_data(p, default="digits"):
+    p.add_argument(
+        "--data",
+        choices=data_lib.DATASETS,
+        default=default,
+        help="digits (bundled with scikit-learn) or cifar10 (--data-dir)",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder of the CIFAR-10 binary batches (data_batch_1.bin ... test_batch.bin)",
+    )
+
+
+def _add_device(p):
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+
+
+def _add_train_options(p):
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--widths",
+        type=int,
+        nargs="+",
+        default=[16, 32, 64],
+        help="channels of each stage (default 16 32 64)",
+    )
+    g.add_argument(
+        "--basis",
+        choices=FAMILIES,
+        default="piecewise_constant",
+        help="basis of the weights in depth",
+    )
+    g.add_argument("--n-basis", type=int, default=1, help="basis nodes K at the start (default 1)")
+    g.add_argument(
+        "--scheme", choices=schemes.names(), default="rk4", help="training scheme (default rk4)"
+    )
+    g.add_argument(
+        "--n-steps",
+        type=int,
+        default=None,
+        help="steps per block (default: K, doubled with K on refinement)",
+    )
+    g.add_argument("--act", choices=list(ACTIVATIONS), default="relu")
+    g.add_argument("--norm", choices=["batch", "none"], default="batch")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=18)
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default 0.1)")
+    g.add_argument(
+        "--momentum", type=float, default=0.9, help="SGD (Nesterov) momentum (default 0.9)"
+    )
+    g.add_argument("--weight-decay", type=float, default=5e-4)
+    g.add_argument(
+        "--schedule",
+        choices=["cosine", "step", "constant"],
+        default="cosine",
+        help="learning-rate schedule",
+    )
+    g.add_argument(
+        "--refine-at",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="EPOCH",
+        help="epochs (0-based starts) at which K and n_steps double, e.g. --refine-at 6 12",
+    )
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=0)
+    _add_device(g)
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="contnet", description="Continuous-in-depth neural networks.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(
+        prog="contnet",
+        description="Continuous-in-depth neural networks: train with refinement in depth, evaluate every "
+        "manifestation (scheme x steps) of the same weights, compress.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser(
+        "train",
+        help="train a ContinuousNet, optionally refining it in depth",
+        description="Train a ContinuousNet; a checkpoint is written after every epoch.",
+    )
+    _add_data(t)
+    _add_train_options(t)
+    t.add_argument(
+        "--out", default="runs/train", help="output folder (checkpoint.pt, train.json, plots)"
+    )
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser(
+        "eval",
+        help="the manifestation table of a checkpoint",
+        description="Test accuracy and output drift of one set of weights under schemes x step counts, with the empirical order of convergence of the drift.",
+    )
+    e.add_argument("--checkpoint", required=True)
+    _add_data(e, default=None)
+    e.add_argument(
+        "--schemes", nargs="+", default=["euler", "midpoint", "rk4"], choices=schemes.names()[:8]
+    )
+    e.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    e.add_argument(
+        "--reference",
+        nargs=2,
+        default=["rk4", "128"],
+        metavar=("SCHEME", "N_STEPS"),
+        help="the finest solution (default rk4 128)",
+    )
+    e.add_argument("--out", default=None, help="output folder (default: the checkpoint's)")
+    _add_device(e)
+    e.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser(
+        "compress",
+        help="cheaper manifestations of a checkpoint within an accuracy budget",
+        description="Project onto fewer basis nodes and/or use another scheme or fewer steps; report parameters, inference latency and accuracy of each candidate and pick the fastest within --max-drop accuracy points.",
+    )
+    c.add_argument("--checkpoint", required=True)
+    _add_data(c, default=None)
+    c.add_argument(
+        "--max-drop", type=float, default=1.0, help="accuracy points allowed to lose (default 1)"
+    )
+    c.add_argument(
+        "--candidate-n-basis",
+        type=int,
+        nargs="+",
+        default=None,
+        help="basis sizes to try (default: halving)",
+    )
+    c.add_argument(
+        "--schemes", nargs="+", default=["euler", "midpoint", "rk4"], choices=schemes.names()[:8]
+    )
+    c.add_argument(
+        "--steps",
+        type=int,
+        nargs="+",
+        default=None,
+        help="step counts to try (default: n_steps, /2, /4, /8)",
+    )
+    c.add_argument("--save", default=None, help="write the chosen model as a checkpoint here")
+    c.add_argument("--out", default=None, help="output folder (default: the checkpoint's)")
+    _add_device(c)
+    c.set_defaults(func=cmd_compress)
+
     d = sub.add_parser(
-        "demo", help="evaluate a ContinuousNet under every scheme and several step counts"
+        "demo",
+        help="the main job on digits (what `make demo` runs)",
+        description="Refined training (K 1 -> 2 -> 4) against training at K = 4 from the start, the manifestation table, compression and plots, on scikit-learn's digits.",
     )
-    d.add_argument("--basis", default="fem_linear")
-    d.add_argument("--n-basis", type=int, default=5)
-    d.add_argument(
-        "--act", default="tanh", help="smooth rates show each scheme's order; relu caps it near 2"
-    )
-    d.add_argument("--batch", type=int, default=8)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--max-drop", type=float, default=1.0)
+    d.add_argument("--quick", action="store_true", help="a short run (6 epochs) for smoke tests")
+    _add_train_options(d)
     d.set_defaults(func=cmd_demo)
     return p
 

@@ -1,0 +1,179 @@
+"""Data for the main job, with no network access.
+
+- ``digits``: scikit-learn's handwritten digits (1,797 real 8x8 grey images, 10 classes),
+  shipped inside scikit-learn itself. A fixed stratified split: 1,438 train, 359 test.
+- ``cifar10``: CIFAR-10 from a local folder in its binary distribution format
+  (``data_batch_1.bin`` ... ``data_batch_5.bin``, ``test_batch.bin``: records of one label
+  byte and 3,072 image bytes, channel-major 32x32), parsed with numpy (no pickle).
+
+Batches come from :class:`Loader`, which shuffles with its own ``torch.Generator`` so a
+run is reproducible and resumable (its state is saved in checkpoints).
+"""
+
+from __future__ import annotations
+
+import pathlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = [
+    "Dataset",
+    "Loader",
+    "load",
+    "load_digits",
+    "load_cifar10",
+    "read_cifar10_file",
+    "DATASETS",
+]
+
+DATASETS = ("digits", "cifar10")
+CIFAR_RECORD = 1 + 3 * 32 * 32
+CIFAR_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+CIFAR_TEST = "test_batch.bin"
+
+
+@dataclass
+class Dataset:
+    """Train and test tensors: images ``(N, C, H, W)`` float32, labels ``(N,)`` int64."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    augment: bool = False
+
+    @property
+    def in_channels(self) -> int:
+        return self.x_train.shape[1]
+
+    def describe(self) -> str:
+        c, h, w = self.x_train.shape[1:]
+        return f"{self.name}: {len(self.x_train)} train / {len(self.x_test)} test images, {c}x{h}x{w}, {self.num_classes} classes"
+
+
+def _standardise(x_train: torch.Tensor, x_test: torch.Tensor):
+    mean = x_train.mean((0, 2, 3), keepdim=True)
+    std = x_train.std((0, 2, 3), keepdim=True).clamp_min(1e-6)
+    return (x_train - mean) / std, (x_test - mean) / std
+
+
+def load_digits(test_size: int = 360, seed: int = 0) -> Dataset:
+    """scikit-learn's digits, split with a fixed stratified shuffle."""
+    try:
+        from sklearn.datasets import load_digits as sk_load_digits
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "the digits data set needs scikit-learn: pip install 'contnet[cli]'"
+        ) from e
+    d = sk_load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(d.target, dtype=torch.int64)
+    g = torch.Generator().manual_seed(seed)
+    train_idx, test_idx = [], []
+    for c in range(10):
+        idx = torch.nonzero(y == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_test = round(test_size * len(idx) / len(y))
+        test_idx.append(idx[:n_test])
+        train_idx.append(idx[n_test:])
+    tr, te = torch.cat(train_idx), torch.cat(test_idx)
+    x_train, x_test = _standardise(x[tr], x[te])
+    return Dataset("digits", x_train, y[tr], x_test, y[te], 10)
+
+
+def read_cifar10_file(path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 binary batch file: ``(images uint8 (N, 3, 32, 32), labels uint8 (N,))``."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CIFAR-10 file {path} is missing")
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0 or raw.size % CIFAR_RECORD:
+        raise ValueError(
+            f"{path} is not a CIFAR-10 binary batch: {raw.size} bytes is not a positive multiple "
+            f"of the {CIFAR_RECORD}-byte record (1 label byte + 3072 image bytes)"
+        )
+    rec = raw.reshape(-1, CIFAR_RECORD)
+    labels = rec[:, 0]
+    if labels.max() > 9:
+        raise ValueError(
+            f"{path} is not a CIFAR-10 binary batch: label {int(labels.max())} is not in 0..9"
+        )
+    return rec[:, 1:].reshape(-1, 3, 32, 32), labels
+
+
+def load_cifar10(data_dir) -> Dataset:
+    """CIFAR-10 from ``data_dir`` (the ``cifar-10-batches-bin`` folder, or its parent)."""
+    if data_dir is None:
+        raise ValueError(
+            "--data cifar10 needs --data-dir: the folder of the CIFAR-10 binary batches"
+        )
+    root = pathlib.Path(data_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data dir {root} does not exist")
+    if not (root / CIFAR_TEST).is_file() and (root / "cifar-10-batches-bin").is_dir():
+        root = root / "cifar-10-batches-bin"
+    missing = [n for n in CIFAR_TRAIN + (CIFAR_TEST,) if not (root / n).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{root} is not a CIFAR-10 binary folder: missing {', '.join(missing)}"
+        )
+    parts = [read_cifar10_file(root / n) for n in CIFAR_TRAIN]
+    xt, yt = read_cifar10_file(root / CIFAR_TEST)
+    x_train = torch.from_numpy(np.concatenate([p[0] for p in parts])).float() / 255.0
+    y_train = torch.from_numpy(np.concatenate([p[1] for p in parts])).long()
+    x_test = torch.from_numpy(xt).float() / 255.0
+    x_train, x_test = _standardise(x_train, x_test)
+    return Dataset(
+        "cifar10", x_train, y_train, x_test, torch.from_numpy(yt).long(), 10, augment=True
+    )
+
+
+def load(name: str, data_dir=None, seed: int = 0) -> Dataset:
+    if name == "digits":
+        return load_digits(seed=seed)
+    if name == "cifar10":
+        return load_cifar10(data_dir)
+    raise ValueError(f"unknown data set {name!r}; expected one of {list(DATASETS)}")
+
+
+class Loader:
+    """Mini-batches of ``(x, y)``, shuffled by its own generator (state in checkpoints);
+    with ``augment``, random 4-pixel-padded crops and horizontal flips (CIFAR-style)."""
+
+    def __init__(
+        self, x, y, batch_size: int, *, shuffle: bool, augment: bool = False, seed: int = 0
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.shuffle, self.augment = shuffle, augment
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return (len(self.x) + self.batch_size - 1) // self.batch_size
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        flip = torch.rand(n, generator=self.generator) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+        rows = torch.randint(0, 9, (n, 1), generator=self.generator) + torch.arange(h)
+        cols = torch.randint(0, 9, (n, 1), generator=self.generator) + torch.arange(w)
+        n_idx = torch.arange(n)[:, None, None, None]
+        c_idx = torch.arange(c)[None, :, None, None]
+        return padded[n_idx, c_idx, rows[:, None, :, None], cols[:, None, None, :]]
+
+    def __iter__(self):
+        order = (
+            torch.randperm(len(self.x), generator=self.generator)
+            if self.shuffle
+            else torch.arange(len(self.x))
+        )
+        for i in range(0, len(order), self.batch_size):
+            idx = order[i : i + self.batch_size]
+            x = self.x[idx]
+            yield (self._augment(x) if self.augment else x), self.y[idx]

@@ -208,7 +208,8 @@ def _progress(iterable, enabled: bool, **kw):
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover - depends on the install
         return iterable
-    return tqdm(iterable, leave=False, dynamic_ncols=True, **kw)
+    # disable=None: no bars when the output is not a terminal (logs stay readable)
+    return tqdm(iterable, leave=False, dynamic_ncols=True, disable=None, **kw)
 
 
 # ----------------------------------------------------------------------------- checkpoints

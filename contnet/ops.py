@@ -180,6 +180,26 @@ def _empty_dense(t: torch.Tensor) -> torch.Tensor:
     )
 
 
+# ---------------------------------------------------------------------------- internal
+# Unchecked entry points for callers inside contnet whose arguments are consistent by
+# construction (the integrator): no Python-side validation, coefficients already floats
+# without zeros. The kernels still check their inputs.
+def combine_unchecked(x, terms, h: float, coeffs) -> torch.Tensor:
+    if _use_extension("rk_combine", x):
+        return torch.ops.contnet.rk_combine.default(x, terms, h, coeffs)
+    return rk_combine_reference(x, terms, h, coeffs)
+
+
+def epilogue_unchecked(
+    y, bias, act: int, scale: float, bases, terms, h: float, coeffs, return_k: bool
+):
+    if _use_extension("rk_epilogue", y):
+        return torch.ops.contnet.rk_epilogue.default(
+            y, bias, act, scale, bases, terms, h, coeffs, return_k
+        )
+    return rk_epilogue_reference(y, bias, act, scale, bases, terms, h, coeffs, return_k)
+
+
 # ---------------------------------------------------------------------------- rk_combine
 def rk_combine_reference(x, terms, h, coeffs) -> torch.Tensor:
     """Pure-PyTorch ``x + h * sum_j coeffs[j] * terms[j]`` (``coeffs`` floats or a 1-d
@@ -353,16 +373,11 @@ def basis_interp(phi: torch.Tensor, thetas: Sequence[torch.Tensor]) -> list[torc
 
 
 # ---------------------------------------------------------------------------- registration
-def _defined(grads, rows):
-    """The defined gradients and their coefficient rows."""
-    keep = [o for o, g in enumerate(grads) if g is not None]
-    return [grads[o] for o in keep], [c for o in keep for c in rows[o]]
-
-
+# Autograd is registered in C++ (csrc/autograd.cpp); the fake (meta) kernels, which only
+# check and allocate, here.
 if extension_loaded():
     lib = torch.library
 
-    # rk_combine ----------------------------------------------------------------
     @lib.register_fake("contnet::rk_combine")
     def _(x, terms, h, coeffs):
         return torch.empty_like(x)
@@ -371,31 +386,6 @@ if extension_loaded():
     def _(grad, h, coeffs):
         return [torch.empty_like(grad) for _ in coeffs]
 
-    def _combine_setup(ctx, inputs, output):
-        _, _, ctx.h, ctx.coeffs = inputs
-
-    def _combine_backward(ctx, grad):
-        return grad, torch.ops.contnet.rk_combine_backward(grad, ctx.h, ctx.coeffs), None, None
-
-    lib.register_autograd("contnet::rk_combine", _combine_backward, setup_context=_combine_setup)
-
-    def _combine_backward_setup(ctx, inputs, output):
-        _, ctx.h, ctx.coeffs = inputs
-
-    def _combine_double_backward(ctx, grads):
-        # the backward is linear in grad: its gradient is sum_j h c_j grads[j]
-        gs, cs = _defined(list(grads), [[c] for c in ctx.coeffs])
-        if not gs:
-            return None, None, None
-        return torch.ops.contnet.rk_combine(torch.zeros_like(gs[0]), gs, ctx.h, cs), None, None
-
-    lib.register_autograd(
-        "contnet::rk_combine_backward",
-        _combine_double_backward,
-        setup_context=_combine_backward_setup,
-    )
-
-    # rk_combine_learned --------------------------------------------------------
     @lib.register_fake("contnet::rk_combine_learned")
     def _(x, terms, h, coeffs):
         return torch.empty_like(x)
@@ -404,51 +394,6 @@ if extension_loaded():
     def _(grad, terms, h, coeffs):
         return [_empty_dense(grad) for _ in terms], coeffs.new_empty(coeffs.shape)
 
-    def _learned_setup(ctx, inputs, output):
-        _, terms, ctx.h, coeffs = inputs
-        ctx.save_for_backward(coeffs, *terms)
-
-    def _learned_backward(ctx, grad):
-        coeffs, *terms = ctx.saved_tensors
-        grad_terms, grad_coeffs = torch.ops.contnet.rk_combine_learned_backward(
-            grad, terms, ctx.h, coeffs
-        )
-        return grad, grad_terms, None, grad_coeffs
-
-    lib.register_autograd(
-        "contnet::rk_combine_learned", _learned_backward, setup_context=_learned_setup
-    )
-
-    def _learned_backward_setup(ctx, inputs, output):
-        grad, terms, ctx.h, coeffs = inputs
-        ctx.save_for_backward(grad, coeffs, *terms)
-
-    def _learned_double_backward(ctx, grad_terms_bar, grad_coeffs_bar):
-        # outputs gt_j = h c_j g and gc_j = h <t_j, g>, with upstream gradients gt_bar, gc_bar
-        g, c, *terms = ctx.saved_tensors
-        h = ctx.h
-        d_g = torch.zeros_like(g)
-        d_c = []
-        d_terms = [None] * len(terms)
-        for j, t in enumerate(terms):
-            gt_bar = grad_terms_bar[j]
-            if gt_bar is not None:
-                d_g = d_g + (h * c[j]).to(g.dtype) * gt_bar
-            d_c.append(
-                (h * (gt_bar * g).sum()).to(c.dtype) if gt_bar is not None else c.new_zeros(())
-            )
-            if grad_coeffs_bar is not None:
-                d_g = d_g + (h * grad_coeffs_bar[j]).to(g.dtype) * t
-                d_terms[j] = (h * grad_coeffs_bar[j]).to(g.dtype) * g
-        return d_g, d_terms, None, torch.stack(d_c) if d_c else torch.zeros_like(c)
-
-    lib.register_autograd(
-        "contnet::rk_combine_learned_backward",
-        _learned_double_backward,
-        setup_context=_learned_backward_setup,
-    )
-
-    # rk_epilogue ---------------------------------------------------------------
     @lib.register_fake("contnet::rk_epilogue")
     def _(y, bias, act, scale, bases, terms, h, coeffs, return_k):
         return [_empty_dense(y) for _ in range(len(bases) + int(return_k))]
@@ -458,56 +403,6 @@ if extension_loaded():
         grad_bias = bias.new_empty(bias.shape) if bias is not None else y.new_empty(0)
         return _empty_dense(y), [_empty_dense(y) for _ in range(n_terms)], grad_bias
 
-    def _epilogue_setup(ctx, inputs, output):
-        y, bias, ctx.act, ctx.scale, bases, terms, ctx.h, ctx.coeffs, ctx.return_k = inputs
-        ctx.n_bases, ctx.n_terms = len(bases), len(terms)
-        ctx.has_bias = bias is not None
-        ctx.save_for_backward(y, bias)
-
-    def _epilogue_backward(ctx, grads):
-        y, bias = ctx.saved_tensors
-        grads = list(grads)
-        grad_k = grads.pop() if ctx.return_k else None
-        T = ctx.n_terms
-        rows = [ctx.coeffs[o * (T + 1) : (o + 1) * (T + 1)] for o in range(ctx.n_bases)]
-        gs, cs = _defined(grads, rows)
-        if not gs and grad_k is None:
-            return None, None, None, None, [None] * ctx.n_bases, [None] * T, None, None, None
-        grad_y, grad_terms, grad_bias = torch.ops.contnet.rk_epilogue_backward(
-            gs, grad_k, y, bias if ctx.has_bias else None, ctx.act, ctx.scale, T, ctx.h, cs
-        )
-        return (
-            grad_y,
-            grad_bias if ctx.has_bias else None,
-            None,
-            None,
-            grads,
-            grad_terms,
-            None,
-            None,
-            None,
-        )
-
-    lib.register_autograd("contnet::rk_epilogue", _epilogue_backward, setup_context=_epilogue_setup)
-
-    # basis_interp --------------------------------------------------------------
     @lib.register_fake("contnet::basis_interp")
     def _(phi, thetas):
         return [t.new_empty((phi.shape[0],) + tuple(t.shape[1:])) for t in thetas]
-
-    def _interp_setup(ctx, inputs, output):
-        phi, thetas = inputs
-        ctx.shapes = [t.shape for t in thetas]
-        ctx.save_for_backward(phi)
-
-    def _interp_backward(ctx, grads):
-        (phi,) = ctx.saved_tensors
-        keep = [j for j, g in enumerate(grads) if g is not None]
-        out = [None] * len(grads)
-        if keep:
-            back = torch.ops.contnet.basis_interp(phi.t().contiguous(), [grads[j] for j in keep])
-            for j, g in zip(keep, back):
-                out[j] = g
-        return None, out
-
-    lib.register_autograd("contnet::basis_interp", _interp_backward, setup_context=_interp_setup)

@@ -1,0 +1,328 @@
+// Autograd of every contnet op, in C++: a forward call costs no Python, and each backward
+// is itself a contnet op (called through the dispatcher, so it runs on the tensors'
+// device and has its own derivative where double backward applies).
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
+#include <torch/library.h>
+
+#include <initializer_list>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+namespace contnet {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
+at::Tensor rk_combine_op(const at::Tensor& x, at::TensorList terms, double h, at::ArrayRef<double> c) {
+  static auto f = op<at::Tensor(const at::Tensor&, at::TensorList, double, at::ArrayRef<double>)>("contnet::rk_combine");
+  return f.call(x, terms, h, c);
+}
+
+std::vector<at::Tensor> rk_combine_backward_op(const at::Tensor& g, double h, at::ArrayRef<double> c) {
+  static auto f = op<std::vector<at::Tensor>(const at::Tensor&, double, at::ArrayRef<double>)>("contnet::rk_combine_backward");
+  return f.call(g, h, c);
+}
+
+at::Tensor learned_op(const at::Tensor& x, at::TensorList terms, double h, const at::Tensor& c) {
+  static auto f = op<at::Tensor(const at::Tensor&, at::TensorList, double, const at::Tensor&)>("contnet::rk_combine_learned");
+  return f.call(x, terms, h, c);
+}
+
+std::tuple<std::vector<at::Tensor>, at::Tensor> learned_backward_op(const at::Tensor& g, at::TensorList terms, double h,
+                                                                    const at::Tensor& c) {
+  static auto f = op<std::tuple<std::vector<at::Tensor>, at::Tensor>(const at::Tensor&, at::TensorList, double, const at::Tensor&)>(
+      "contnet::rk_combine_learned_backward");
+  return f.call(g, terms, h, c);
+}
+
+using EpilogueSig = std::vector<at::Tensor>(const at::Tensor&, const std::optional<at::Tensor>&, int64_t, double,
+                                            at::TensorList, at::TensorList, double, at::ArrayRef<double>, bool);
+using EpilogueBackwardSig = std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor>(
+    at::TensorList, const std::optional<at::Tensor>&, const at::Tensor&, const std::optional<at::Tensor>&, int64_t,
+    double, int64_t, double, at::ArrayRef<double>);
+
+std::vector<at::Tensor> basis_interp_op(const at::Tensor& phi, at::TensorList thetas) {
+  static auto f = op<std::vector<at::Tensor>(const at::Tensor&, at::TensorList)>("contnet::basis_interp");
+  return f.call(phi, thetas);
+}
+
+// ---------------------------------------------------------------------------- rk_combine
+struct RkCombine : public torch::autograd::Function<RkCombine> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList terms, double h,
+                            at::ArrayRef<double> coeffs) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->saved_data["h"] = h;
+    ctx->saved_data["coeffs"] = coeffs.vec();
+    return rk_combine_op(x, terms, h, coeffs);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const double h = ctx->saved_data["h"].toDouble();
+    const auto coeffs = ctx->saved_data["coeffs"].toDoubleVector();
+    variable_list out{grads[0]};
+    for (auto& g : rk_combine_backward_op(grads[0], h, coeffs)) out.push_back(g);
+    out.emplace_back();  // h
+    out.emplace_back();  // coeffs
+    return out;
+  }
+};
+
+// The backward is linear in its input: its derivative contracts the output gradients.
+struct RkCombineBackward : public torch::autograd::Function<RkCombineBackward> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& grad, double h, at::ArrayRef<double> coeffs) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->saved_data["h"] = h;
+    ctx->saved_data["coeffs"] = coeffs.vec();
+    return rk_combine_backward_op(grad, h, coeffs);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const double h = ctx->saved_data["h"].toDouble();
+    const auto coeffs = ctx->saved_data["coeffs"].toDoubleVector();
+    std::vector<at::Tensor> gs;
+    std::vector<double> cs;
+    for (size_t j = 0; j < grads.size(); ++j) {
+      if (grads[j].defined()) gs.push_back(grads[j]), cs.push_back(coeffs[j]);
+    }
+    at::Tensor g = gs.empty() ? at::Tensor() : rk_combine_op(at::zeros_like(gs[0]), gs, h, cs);
+    return {g, at::Tensor(), at::Tensor()};
+  }
+};
+
+// ---------------------------------------------------------------------------- learned coefficients
+struct RkCombineLearned : public torch::autograd::Function<RkCombineLearned> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList terms, double h,
+                            const at::Tensor& coeffs) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->saved_data["h"] = h;
+    std::vector<at::Tensor> saved{coeffs};
+    saved.insert(saved.end(), terms.begin(), terms.end());
+    ctx->save_for_backward(saved);
+    return learned_op(x, terms, h, coeffs);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const double h = ctx->saved_data["h"].toDouble();
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor coeffs = saved[0];
+    const std::vector<at::Tensor> terms(saved.begin() + 1, saved.end());
+    auto [grad_terms, grad_coeffs] = learned_backward_op(grads[0], terms, h, coeffs);
+    variable_list out{grads[0]};
+    out.insert(out.end(), grad_terms.begin(), grad_terms.end());
+    out.emplace_back();  // h
+    out.push_back(grad_coeffs);
+    return out;
+  }
+};
+
+// (grad_terms[j] = h c_j g, grad_coeffs[j] = h <t_j, g>) is bilinear; its derivative in
+// composite ATen ops (double backward only).
+struct RkCombineLearnedBackward : public torch::autograd::Function<RkCombineLearnedBackward> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& grad, at::TensorList terms, double h,
+                               const at::Tensor& coeffs) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->saved_data["h"] = h;
+    std::vector<at::Tensor> saved{grad, coeffs};
+    saved.insert(saved.end(), terms.begin(), terms.end());
+    ctx->save_for_backward(saved);
+    auto [gt, gc] = learned_backward_op(grad, terms, h, coeffs);
+    gt.push_back(gc);
+    return gt;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const double h = ctx->saved_data["h"].toDouble();
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor g = saved[0], c = saved[1];
+    const size_t n = saved.size() - 2;
+    const at::Tensor gc_bar = grads[n];
+    at::Tensor d_g = at::zeros_like(g);
+    std::vector<at::Tensor> d_c;
+    variable_list out{at::Tensor()};
+    for (size_t j = 0; j < n; ++j) {
+      const at::Tensor& t = saved[2 + j];
+      const at::Tensor& gt_bar = grads[j];
+      if (gt_bar.defined()) {
+        d_g = d_g + (c[j] * h).to(g.scalar_type()) * gt_bar;
+        d_c.push_back(((gt_bar * g).sum() * h).to(c.scalar_type()));
+      } else {
+        d_c.push_back(at::zeros({}, c.options()));
+      }
+      if (gc_bar.defined()) d_g = d_g + (gc_bar[j] * h).to(g.scalar_type()) * t;
+      out.push_back(gc_bar.defined() ? (gc_bar[j] * h).to(g.scalar_type()) * g : at::Tensor());
+    }
+    out[0] = d_g;
+    out.emplace_back();  // h
+    out.push_back(at::stack(d_c));
+    return out;
+  }
+};
+
+// ---------------------------------------------------------------------------- rk_epilogue
+struct RkEpilogue : public torch::autograd::Function<RkEpilogue> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& y, const std::optional<at::Tensor>& bias,
+                               int64_t act, double scale, at::TensorList bases, at::TensorList terms, double h,
+                               at::ArrayRef<double> coeffs, bool return_k) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto f = op<EpilogueSig>("contnet::rk_epilogue");
+    ctx->set_materialize_grads(false);  // unused outputs cost nothing in backward
+    ctx->saved_data["act"] = act;
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["h"] = h;
+    ctx->saved_data["coeffs"] = coeffs.vec();
+    ctx->saved_data["return_k"] = return_k;
+    ctx->saved_data["n_bases"] = static_cast<int64_t>(bases.size());
+    ctx->saved_data["n_terms"] = static_cast<int64_t>(terms.size());
+    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    ctx->save_for_backward({y, bias.has_value() ? *bias : at::Tensor()});
+    return f.call(y, bias, act, scale, bases, terms, h, coeffs, return_k);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static auto f = op<EpilogueBackwardSig>("contnet::rk_epilogue_backward");
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor y = saved[0];
+    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    const int64_t n_bases = ctx->saved_data["n_bases"].toInt(), n_terms = ctx->saved_data["n_terms"].toInt();
+    const auto coeffs = ctx->saved_data["coeffs"].toDoubleVector();
+    at::Tensor grad_k = ctx->saved_data["return_k"].toBool() ? grads[n_bases] : at::Tensor();
+    // the defined output gradients and their coefficient rows
+    std::vector<at::Tensor> gs;
+    std::vector<double> rows;
+    for (int64_t o = 0; o < n_bases; ++o) {
+      if (!grads[o].defined()) continue;
+      gs.push_back(grads[o]);
+      rows.insert(rows.end(), coeffs.begin() + o * (n_terms + 1), coeffs.begin() + (o + 1) * (n_terms + 1));
+    }
+    // one gradient per forward argument: y, bias (undefined when absent), act, scale,
+    // bases, terms, h, coeffs, return_k
+    variable_list out;
+    if (gs.empty() && !grad_k.defined()) {
+      out.resize(4 + n_bases + n_terms + 3);
+      return out;
+    }
+    const std::optional<at::Tensor> bias = has_bias ? std::optional<at::Tensor>(saved[1]) : std::nullopt;
+    const std::optional<at::Tensor> gk = grad_k.defined() ? std::optional<at::Tensor>(grad_k) : std::nullopt;
+    auto [grad_y, grad_terms, grad_bias] =
+        f.call(gs, gk, y, bias, ctx->saved_data["act"].toInt(), ctx->saved_data["scale"].toDouble(), n_terms,
+               ctx->saved_data["h"].toDouble(), rows);
+    out.push_back(grad_y);
+    out.push_back(has_bias ? grad_bias : at::Tensor());
+    out.emplace_back();  // act
+    out.emplace_back();                      // scale
+    for (int64_t o = 0; o < n_bases; ++o) out.push_back(grads[o]);
+    out.insert(out.end(), grad_terms.begin(), grad_terms.end());
+    out.emplace_back();  // h
+    out.emplace_back();  // coeffs
+    out.emplace_back();  // return_k
+    return out;
+  }
+};
+
+// ---------------------------------------------------------------------------- basis_interp
+struct BasisInterp : public torch::autograd::Function<BasisInterp> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& phi, at::TensorList thetas) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->set_materialize_grads(false);
+    ctx->save_for_backward({phi});
+    return basis_interp_op(phi, thetas);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const at::Tensor phi_t = ctx->get_saved_variables()[0].t().contiguous();
+    std::vector<at::Tensor> defined;
+    for (const auto& g : grads)
+      if (g.defined()) defined.push_back(g);
+    variable_list out{at::Tensor()};  // phi: a constant
+    if (defined.empty()) {
+      out.resize(1 + grads.size());
+      return out;
+    }
+    // the backward is the lookup itself with phi transposed (differentiable again)
+    auto back = basis_interp_op(phi_t, defined);
+    size_t i = 0;
+    for (const auto& g : grads) out.push_back(g.defined() ? back[i++] : at::Tensor());
+    return out;
+  }
+};
+
+// Whether autograd must record: grad mode on and some input requires grad. When not, the
+// kernels run directly (no graph node, no saved data).
+bool any_requires_grad(std::initializer_list<const at::Tensor*> ts, std::initializer_list<at::TensorList> lists = {}) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const at::Tensor* t : ts)
+    if (t->defined() && t->requires_grad()) return true;
+  for (const auto& l : lists)
+    for (const auto& t : l)
+      if (t.requires_grad()) return true;
+  return false;
+}
+
+at::Tensor rk_combine_autograd(const at::Tensor& x, at::TensorList terms, double h, at::ArrayRef<double> c) {
+  if (!any_requires_grad({&x}, {terms})) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return rk_combine_op(x, terms, h, c);
+  }
+  return RkCombine::apply(x, terms, h, c);
+}
+
+std::vector<at::Tensor> rk_combine_backward_autograd(const at::Tensor& g, double h, at::ArrayRef<double> c) {
+  return RkCombineBackward::apply(g, h, c);
+}
+
+at::Tensor learned_autograd(const at::Tensor& x, at::TensorList terms, double h, const at::Tensor& c) {
+  return RkCombineLearned::apply(x, terms, h, c);
+}
+
+std::tuple<std::vector<at::Tensor>, at::Tensor> learned_backward_autograd(const at::Tensor& g, at::TensorList terms,
+                                                                          double h, const at::Tensor& c) {
+  auto outs = RkCombineLearnedBackward::apply(g, terms, h, c);
+  at::Tensor gc = outs.back();
+  outs.pop_back();
+  return {outs, gc};
+}
+
+std::vector<at::Tensor> rk_epilogue_autograd(const at::Tensor& y, const std::optional<at::Tensor>& bias, int64_t act,
+                                             double scale, at::TensorList bases, at::TensorList terms, double h,
+                                             at::ArrayRef<double> coeffs, bool return_k) {
+  const at::Tensor b = bias.has_value() ? *bias : at::Tensor();
+  if (!any_requires_grad({&y, &b}, {bases, terms})) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto f = op<EpilogueSig>("contnet::rk_epilogue");
+    return f.call(y, bias, act, scale, bases, terms, h, coeffs, return_k);
+  }
+  return RkEpilogue::apply(y, bias, act, scale, bases, terms, h, coeffs, return_k);
+}
+
+std::vector<at::Tensor> basis_interp_autograd(const at::Tensor& phi, at::TensorList thetas) {
+  if (!any_requires_grad({&phi}, {thetas})) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return basis_interp_op(phi, thetas);
+  }
+  return BasisInterp::apply(phi, thetas);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(contnet, Autograd, m) {
+  m.impl("rk_combine", &rk_combine_autograd);
+  m.impl("rk_combine_backward", &rk_combine_backward_autograd);
+  m.impl("rk_combine_learned", &learned_autograd);
+  m.impl("rk_combine_learned_backward", &learned_backward_autograd);
+  m.impl("rk_epilogue", &rk_epilogue_autograd);
+  // no double backward through the epilogue: a clear error if one is asked for
+  m.impl("rk_epilogue_backward", torch::autograd::autogradNotImplementedFallback());
+  m.impl("basis_interp", &basis_interp_autograd);
+}
+
+}  // namespace contnet

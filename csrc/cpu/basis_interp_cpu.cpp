@@ -7,10 +7,13 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <utility>
 #include <vector>
 
 #include "contnet/basis_interp.h"
 #include "contnet/checks.h"
+#include "contnet/macros.h"
 
 namespace contnet {
 
@@ -19,24 +22,42 @@ std::vector<at::Tensor> basis_interp_outputs(const at::Tensor& phi, at::TensorLi
 
 namespace {
 
+constexpr int64_t kChunk = 2048;
+
+// buf[i] += w * theta[i] over a run (vectorised)
+template <typename scalar_t, typename acc_t>
+CONTNET_CPU_CLONES void axpy_run(acc_t* __restrict__ buf, acc_t w, const scalar_t* __restrict__ theta, int64_t len) {
+  for (int64_t i = 0; i < len; ++i) buf[i] += w * static_cast<acc_t>(theta[i]);
+}
+
 std::vector<at::Tensor> basis_interp_cpu(const at::Tensor& phi_in, at::TensorList thetas_in) {
   std::vector<at::Tensor> outs = basis_interp_outputs(phi_in, thetas_in);
   TORCH_CHECK(phi_in.device().is_cpu(), "phi must be a CPU tensor for the CPU kernel, got ", phi_in.device());
   const at::Tensor phi = phi_in.contiguous();
   const int64_t S = phi.size(0), K = phi.size(1);
   const double* pp = phi.data_ptr<double>();
+  // the non-zero coefficients of every row (local bases have one or two)
+  std::vector<std::vector<std::pair<int64_t, double>>> nz(S);
+  for (int64_t s = 0; s < S; ++s)
+    for (int64_t k = 0; k < K; ++k)
+      if (pp[s * K + k] != 0.0) nz[s].emplace_back(k, pp[s * K + k]);
   for (size_t j = 0; j < thetas_in.size(); ++j) {
     const at::Tensor theta = thetas_in[j].contiguous();
-    const int64_t M = K ? theta.numel() / K : 0;
+    const int64_t M = theta.numel() / K;
     if (S * M == 0) continue;
+    const int64_t chunks = (M + kChunk - 1) / kChunk;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, theta.scalar_type(), "basis_interp_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const scalar_t* tp = theta.data_ptr<scalar_t>();
       scalar_t* op = outs[j].data_ptr<scalar_t>();
-      at::parallel_for(0, S * M, 4096, [&](int64_t b, int64_t e) {
+      at::parallel_for(0, S * chunks, 1, [&](int64_t b, int64_t e) {
+        alignas(64) acc_t buf[kChunk];
         for (int64_t idx = b; idx < e; ++idx) {
-          const int64_t s = idx / M, i = idx % M;
-          op[idx] = static_cast<scalar_t>(interp_element<acc_t>(pp + s * K, K, tp, M, i));
+          const int64_t s = idx / chunks, begin = (idx % chunks) * kChunk, len = std::min(kChunk, M - begin);
+          std::fill(buf, buf + len, acc_t(0));
+          for (const auto& [k, w] : nz[s]) axpy_run<scalar_t, acc_t>(buf, static_cast<acc_t>(w), tp + k * M + begin, len);
+          scalar_t* out = op + s * M + begin;
+          for (int64_t i = 0; i < len; ++i) out[i] = static_cast<scalar_t>(buf[i]);
         }
       });
     });

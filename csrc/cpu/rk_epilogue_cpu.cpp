@@ -15,6 +15,7 @@
 #include <optional>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "contnet/checks.h"
@@ -24,38 +25,15 @@
 namespace contnet {
 namespace {
 
-constexpr int64_t kChunk = 1024;
+constexpr int64_t kChunk = 2048;  // elements per chunk: k of a chunk stays in L1
 
-// bias of every element of [begin, begin + len) in acc_t (zero without bias).
-template <typename scalar_t, typename acc_t>
-void fill_bias(acc_t* out, const scalar_t* bias, ChannelIndex ci, int64_t begin, int64_t len) {
-  if (bias == nullptr) {
-    std::fill(out, out + len, acc_t(0));
-    return;
+// Calls f(std::integral_constant<int, n>) for a runtime n in [Lo, Hi].
+template <int Lo, int Hi, typename F>
+void with_count(int n, F&& f) {
+  if constexpr (Lo <= Hi) {
+    if (n == Lo) return f(std::integral_constant<int, Lo>{});
+    with_count<Lo + 1, Hi>(n, std::forward<F>(f));
   }
-  int64_t i = 0;
-  while (i < len) {
-    const int64_t pos = begin + i;
-    const acc_t b = static_cast<acc_t>(bias[(pos / ci.inner) % ci.channels]);
-    const int64_t run = std::min(len - i, ci.inner - pos % ci.inner);
-    std::fill(out + i, out + i + run, b);
-    i += run;
-  }
-}
-
-template <typename T>
-CONTNET_CPU_CLONES void axpy(T* __restrict__ acc, T c, const T* __restrict__ v, int64_t len) {
-  for (int64_t i = 0; i < len; ++i) acc[i] = madd(acc[i], c, v[i]);
-}
-
-template <typename scalar_t, typename acc_t>
-void load(acc_t* dst, const scalar_t* src, int64_t len) {
-  for (int64_t i = 0; i < len; ++i) dst[i] = static_cast<acc_t>(src[i]);
-}
-
-template <typename scalar_t, typename acc_t>
-void store(scalar_t* dst, const acc_t* src, int64_t len) {
-  for (int64_t i = 0; i < len; ++i) dst[i] = static_cast<scalar_t>(src[i]);
 }
 
 // Calls f(std::integral_constant<int, act>) so loops see the activation as a constant.
@@ -71,17 +49,88 @@ void with_act(int act, F&& f) {
   }
 }
 
-// k[i] = scale * act(k[i] + b[i])   (k holds y on entry)
-template <typename acc_t, int ACT>
-CONTNET_CPU_CLONES void tail_run(acc_t* __restrict__ k, const acc_t* __restrict__ b, acc_t scale, int64_t len) {
-  for (int64_t i = 0; i < len; ++i) k[i] = scale * act_forward(ACT, k[i] + b[i]);
+// k[i] = scale * act(y[i] + bias[channel of begin + i])
+template <typename scalar_t, typename acc_t, int ACT>
+CONTNET_CPU_CLONES void tail_run(acc_t* __restrict__ k, const scalar_t* __restrict__ y, const scalar_t* bias,
+                                 ChannelIndex ci, acc_t scale, int64_t begin, int64_t len) {
+  if (bias == nullptr) {
+    for (int64_t i = 0; i < len; ++i) k[i] = scale * act_forward_t<ACT>(static_cast<acc_t>(y[i]));
+    return;
+  }
+  int64_t i = 0;
+  while (i < len) {  // runs of one channel
+    const int64_t pos = begin + i;
+    const acc_t b = static_cast<acc_t>(bias[(pos / ci.inner) % ci.channels]);
+    const int64_t end = i + std::min(len - i, ci.inner - pos % ci.inner);
+    for (; i < end; ++i) k[i] = scale * act_forward_t<ACT>(static_cast<acc_t>(y[i]) + b);
+  }
 }
 
-// gk[i] *= scale * act'(y[i] + b[i])
-template <typename acc_t, int ACT>
-CONTNET_CPU_CLONES void tail_grad_run(acc_t* __restrict__ gk, const acc_t* __restrict__ y,
-                                      const acc_t* __restrict__ b, acc_t scale, int64_t len) {
-  for (int64_t i = 0; i < len; ++i) gk[i] = gk[i] * scale * act_grad(ACT, y[i] + b[i]);
+// out[i] = base[i] + sum_{j<NT} c_j term_j[i] + ck * k[i]   (zero c_j already dropped)
+template <typename scalar_t, typename acc_t, int NT>
+CONTNET_CPU_CLONES void out_run(scalar_t* __restrict__ out, const scalar_t* __restrict__ base,
+                                const scalar_t* const* term_in, const acc_t* c_in, acc_t ck,
+                                const acc_t* __restrict__ k, int64_t len) {
+  const scalar_t* __restrict__ term[NT > 0 ? NT : 1];
+  acc_t c[NT > 0 ? NT : 1];
+  for (int j = 0; j < NT; ++j) term[j] = term_in[j], c[j] = c_in[j];
+  for (int64_t i = 0; i < len; ++i) {
+    acc_t acc = static_cast<acc_t>(base[i]);
+    for (int j = 0; j < NT; ++j) acc = madd(acc, c[j], static_cast<acc_t>(term[j][i]));
+    out[i] = static_cast<scalar_t>(madd(acc, ck, k[i]));
+  }
+}
+
+// buf[i] = (gk ? gk[i] : 0) + sum_{o<NO} c_o g_o[i]
+template <typename scalar_t, typename acc_t, int NO>
+CONTNET_CPU_CLONES void grad_k_run(acc_t* __restrict__ buf, const scalar_t* const* g_in, const acc_t* c_in,
+                                   const scalar_t* gk, int64_t len) {
+  const scalar_t* __restrict__ g[NO > 0 ? NO : 1];
+  acc_t c[NO > 0 ? NO : 1];
+  for (int o = 0; o < NO; ++o) g[o] = g_in[o], c[o] = c_in[o];
+  if (gk) {
+    for (int64_t i = 0; i < len; ++i) buf[i] = static_cast<acc_t>(gk[i]);
+  } else {
+    for (int64_t i = 0; i < len; ++i) buf[i] = acc_t(0);
+  }
+  for (int64_t i = 0; i < len; ++i) {
+    acc_t acc = buf[i];
+    for (int o = 0; o < NO; ++o) acc = madd(acc, c[o], static_cast<acc_t>(g[o][i]));
+    buf[i] = acc;
+  }
+}
+
+// gy[i] = buf[i] * scale * act'(y[i] + bias[channel])
+template <typename scalar_t, typename acc_t, int ACT>
+CONTNET_CPU_CLONES void grad_tail_run(scalar_t* __restrict__ gy, const acc_t* __restrict__ buf,
+                                      const scalar_t* __restrict__ y, const scalar_t* bias, ChannelIndex ci,
+                                      acc_t scale, int64_t begin, int64_t len) {
+  if (bias == nullptr) {
+    for (int64_t i = 0; i < len; ++i)
+      gy[i] = static_cast<scalar_t>(act_backward_t<ACT>(buf[i] * scale, static_cast<acc_t>(y[i])));
+    return;
+  }
+  int64_t i = 0;
+  while (i < len) {  // runs of one channel
+    const int64_t pos = begin + i;
+    const acc_t b = static_cast<acc_t>(bias[(pos / ci.inner) % ci.channels]);
+    const int64_t end = i + std::min(len - i, ci.inner - pos % ci.inner);
+    for (; i < end; ++i) gy[i] = static_cast<scalar_t>(act_backward_t<ACT>(buf[i] * scale, static_cast<acc_t>(y[i]) + b));
+  }
+}
+
+// out[i] = sum_{o<NO} c_o g_o[i]
+template <typename scalar_t, typename acc_t, int NO>
+CONTNET_CPU_CLONES void grad_term_run(scalar_t* __restrict__ out, const scalar_t* const* g_in, const acc_t* c_in,
+                                      int64_t len) {
+  const scalar_t* __restrict__ g[NO > 0 ? NO : 1];
+  acc_t c[NO > 0 ? NO : 1];
+  for (int o = 0; o < NO; ++o) g[o] = g_in[o], c[o] = c_in[o];
+  for (int64_t i = 0; i < len; ++i) {
+    acc_t acc = acc_t(0);
+    for (int o = 0; o < NO; ++o) acc = madd(acc, c[o], static_cast<acc_t>(g[o][i]));
+    out[i] = static_cast<scalar_t>(acc);
+  }
 }
 
 template <typename scalar_t>
@@ -97,21 +146,26 @@ struct Operands {
 template <typename scalar_t, typename acc_t>
 void epilogue_chunk(const Epilogue<acc_t>& e, const Operands<scalar_t>& p, ChannelIndex ci,
                     int64_t begin, int64_t len) {
-  acc_t k[kChunk], b[kChunk], buf[kChunk], tmp[kChunk];
-  load(k, p.y + begin, len);
-  fill_bias(b, p.bias, ci, begin, len);
-  with_act(e.act, [&](auto A) { tail_run<acc_t, decltype(A)::value>(k, b, e.scale, len); });
+  alignas(64) acc_t k[kChunk];
+  with_act(e.act, [&](auto A) {
+    tail_run<scalar_t, acc_t, decltype(A)::value>(k, p.y + begin, p.bias, ci, e.scale, begin, len);
+  });
   for (int o = 0; o < e.n_out; ++o) {
-    load(buf, p.base[o] + begin, len);
+    const scalar_t* terms[kMaxTerms];
+    acc_t c[kMaxTerms];
+    int nt = 0;
     for (int j = 0; j < e.n_terms; ++j) {
       if (e.c[o][j] == acc_t(0)) continue;
-      load(tmp, p.term[j] + begin, len);
-      axpy(buf, e.c[o][j], tmp, len);
+      terms[nt] = p.term[j] + begin;
+      c[nt++] = e.c[o][j];
     }
-    axpy(buf, e.c[o][kK], k, len);
-    store(p.out[o] + begin, buf, len);
+    with_count<0, kMaxTerms>(nt, [&](auto NT) {
+      out_run<scalar_t, acc_t, decltype(NT)::value>(p.out[o] + begin, p.base[o] + begin, terms, c, e.c[o][kK], k, len);
+    });
   }
-  if (p.k) store(p.k + begin, k, len);
+  if (p.k) {
+    for (int64_t i = 0; i < len; ++i) p.k[begin + i] = static_cast<scalar_t>(k[i]);
+  }
 }
 
 at::MemoryFormat prepare(const at::Tensor& y, const std::optional<at::Tensor>& bias,
@@ -154,7 +208,7 @@ std::vector<at::Tensor> rk_epilogue_cpu(const at::Tensor& y_in, const std::optio
     for (int j = 0; j < n_terms; ++j) p.term[j] = terms[j].data_ptr<scalar_t>();
     p.k = return_k ? outs.back().data_ptr<scalar_t>() : nullptr;
     const int64_t numel = y.numel();
-    at::parallel_for(0, (numel + kChunk - 1) / kChunk, 16, [&](int64_t cb, int64_t ce) {
+    at::parallel_for(0, (numel + kChunk - 1) / kChunk, 1, [&](int64_t cb, int64_t ce) {
       for (int64_t c = cb; c < ce; ++c)
         epilogue_chunk<scalar_t, acc_t>(e, p, ci, c * kChunk, std::min(kChunk, numel - c * kChunk));
     });
@@ -199,29 +253,35 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> rk_epilogue_backward
     for (int64_t j = 0; j < n_terms; ++j) gtp[j] = grad_terms[j].data_ptr<scalar_t>();
     scalar_t* gyp = grad_y.data_ptr<scalar_t>();
     const int64_t numel = y.numel();
-    at::parallel_for(0, (numel + kChunk - 1) / kChunk, 16, [&](int64_t cb, int64_t ce) {
-      acc_t gk[kChunk], b[kChunk], tmp[kChunk], buf[kChunk];
-      for (int64_t c = cb; c < ce; ++c) {
-        const int64_t begin = c * kChunk, len = std::min(kChunk, numel - begin);
-        if (gkp) load(gk, gkp + begin, len);
-        else std::fill(gk, gk + len, acc_t(0));
+    at::parallel_for(0, (numel + kChunk - 1) / kChunk, 1, [&](int64_t cb, int64_t ce) {
+      for (int64_t ch = cb; ch < ce; ++ch) {
+        const int64_t begin = ch * kChunk, len = std::min(kChunk, numel - begin);
+        // gradient of y: the outputs that use k, with nonzero coefficients
+        const scalar_t* g[kMaxOutputs];
+        acc_t c[kMaxOutputs];
+        int no = 0;
         for (int o = 0; o < n_out; ++o) {
           if (e.c[o][kK] == acc_t(0)) continue;
-          load(tmp, gp[o] + begin, len);
-          axpy(gk, e.c[o][kK], tmp, len);
+          g[no] = gp[o] + begin;
+          c[no++] = e.c[o][kK];
         }
-        fill_bias(b, bp, ci, begin, len);
-        load(tmp, yp + begin, len);
-        with_act(e.act, [&](auto A) { tail_grad_run<acc_t, decltype(A)::value>(gk, tmp, b, e.scale, len); });
-        store(gyp + begin, gk, len);
+        alignas(64) acc_t buf[kChunk];
+        with_count<0, kMaxOutputs>(no, [&](auto NO) {
+          grad_k_run<scalar_t, acc_t, decltype(NO)::value>(buf, g, c, gkp ? gkp + begin : nullptr, len);
+        });
+        with_act(e.act, [&](auto A) {
+          grad_tail_run<scalar_t, acc_t, decltype(A)::value>(gyp + begin, buf, yp + begin, bp, ci, e.scale, begin, len);
+        });
         for (int64_t j = 0; j < n_terms; ++j) {
-          std::fill(buf, buf + len, acc_t(0));
+          int nj = 0;
           for (int o = 0; o < n_out; ++o) {
             if (e.c[o][j] == acc_t(0)) continue;
-            load(tmp, gp[o] + begin, len);
-            axpy(buf, e.c[o][j], tmp, len);
+            g[nj] = gp[o] + begin;
+            c[nj++] = e.c[o][j];
           }
-          store(gtp[j] + begin, buf, len);
+          with_count<0, kMaxOutputs>(nj, [&](auto NO) {
+            grad_term_run<scalar_t, acc_t, decltype(NO)::value>(gtp[j] + begin, g, c, len);
+          });
         }
       }
     });

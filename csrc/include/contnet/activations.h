@@ -24,48 +24,93 @@ C10_HOST_DEVICE inline T sigmoid(T z) {
   return T(1) / (T(1) + CONTNET_MATH(exp)(-z));
 }
 
-// act(z)
-template <typename T>
-C10_HOST_DEVICE inline T act_forward(int act, T z) {
-  switch (act) {
-    case kRelu:
-      return z > T(0) ? z : T(0);
-    case kTanh:
-      return CONTNET_MATH(tanh)(z);
-    case kGelu:  // exact (erf) form, as torch.nn.functional.gelu
-      return T(0.5) * z * (T(1) + CONTNET_MATH(erf)(z * T(0.70710678118654752440)));
-    case kSilu:
-      return z * sigmoid(z);
-    case kSoftplus:  // beta = 1, threshold = 20, as torch.nn.functional.softplus
-      return z > T(20) ? z : CONTNET_MATH(log1p)(CONTNET_MATH(exp)(z));
-    default:
-      return z;
+// act(z) for an activation known at compile time
+template <int ACT, typename T>
+C10_HOST_DEVICE inline T act_forward_t(T z) {
+  if constexpr (ACT == kRelu) {
+    return z > T(0) ? z : T(0);
+  } else if constexpr (ACT == kTanh) {
+    return CONTNET_MATH(tanh)(z);
+  } else if constexpr (ACT == kGelu) {  // exact (erf) form, as torch.nn.functional.gelu
+    return T(0.5) * z * (T(1) + CONTNET_MATH(erf)(z * T(0.70710678118654752440)));
+  } else if constexpr (ACT == kSilu) {
+    return z * sigmoid(z);
+  } else if constexpr (ACT == kSoftplus) {  // beta = 1, threshold = 20, as torch's softplus
+    return z > T(20) ? z : CONTNET_MATH(log1p)(CONTNET_MATH(exp)(z));
+  } else {
+    return z;
   }
 }
 
-// d act / d z at z
+// d act / d z at z, for an activation known at compile time
+template <int ACT, typename T>
+C10_HOST_DEVICE inline T act_grad_t(T z) {
+  if constexpr (ACT == kRelu) {
+    return z > T(0) ? T(1) : T(0);
+  } else if constexpr (ACT == kTanh) {
+    const T t = CONTNET_MATH(tanh)(z);
+    return T(1) - t * t;
+  } else if constexpr (ACT == kGelu) {
+    const T cdf = T(0.5) * (T(1) + CONTNET_MATH(erf)(z * T(0.70710678118654752440)));
+    const T pdf = CONTNET_MATH(exp)(T(-0.5) * z * z) * T(0.39894228040143267794);
+    return cdf + z * pdf;
+  } else if constexpr (ACT == kSilu) {
+    const T s = sigmoid(z);
+    return s * (T(1) + z * (T(1) - s));
+  } else if constexpr (ACT == kSoftplus) {
+    return z > T(20) ? T(1) : sigmoid(z);
+  } else {
+    return T(1);
+  }
+}
+
+// g * act'(z): for relu the select z > 0 ? g : 0 (as torch's threshold_backward), which
+// vectorises, where a multiplication by a 0/1 factor would not (NaN * 0, -0).
+template <int ACT, typename T>
+C10_HOST_DEVICE inline T act_backward_t(T g, T z) {
+  if constexpr (ACT == kRelu) {
+    return z > T(0) ? g : T(0);
+  } else if constexpr (ACT == kIdentity) {
+    return g;
+  } else {
+    return g * act_grad_t<ACT>(z);
+  }
+}
+
+// The same for an activation code known at run time.
+template <typename T>
+C10_HOST_DEVICE inline T act_forward(int act, T z) {
+  switch (act) {
+    case kRelu: return act_forward_t<kRelu>(z);
+    case kTanh: return act_forward_t<kTanh>(z);
+    case kGelu: return act_forward_t<kGelu>(z);
+    case kSilu: return act_forward_t<kSilu>(z);
+    case kSoftplus: return act_forward_t<kSoftplus>(z);
+    default: return z;
+  }
+}
+
+template <typename T>
+C10_HOST_DEVICE inline T act_backward(int act, T g, T z) {
+  switch (act) {
+    case kRelu: return act_backward_t<kRelu>(g, z);
+    case kTanh: return act_backward_t<kTanh>(g, z);
+    case kGelu: return act_backward_t<kGelu>(g, z);
+    case kSilu: return act_backward_t<kSilu>(g, z);
+    case kSoftplus: return act_backward_t<kSoftplus>(g, z);
+    default: return g;
+  }
+}
+
 template <typename T>
 C10_HOST_DEVICE inline T act_grad(int act, T z) {
   switch (act) {
-    case kRelu:
-      return z > T(0) ? T(1) : T(0);
-    case kTanh: {
-      const T t = CONTNET_MATH(tanh)(z);
-      return T(1) - t * t;
-    }
-    case kGelu: {
-      const T cdf = T(0.5) * (T(1) + CONTNET_MATH(erf)(z * T(0.70710678118654752440)));
-      const T pdf = CONTNET_MATH(exp)(T(-0.5) * z * z) * T(0.39894228040143267794);
-      return cdf + z * pdf;
-    }
-    case kSilu: {
-      const T s = sigmoid(z);
-      return s * (T(1) + z * (T(1) - s));
-    }
-    case kSoftplus:
-      return z > T(20) ? T(1) : sigmoid(z);
-    default:
-      return T(1);
+    case kRelu: return act_grad_t<kRelu>(z);
+    case kTanh: return act_grad_t<kTanh>(z);
+    case kGelu: return act_grad_t<kGelu>(z);
+    case kSilu: return act_grad_t<kSilu>(z);
+    case kSoftplus: return act_grad_t<kSoftplus>(z);
+    default: return T(1);
   }
 }
 

@@ -4,7 +4,8 @@
 //
 // Its backward is the same lookup with phi transposed (K x S), scattering the stage
 // gradients into the basis nodes. Zero coefficients (most of them, for local bases) are
-// skipped.
+// skipped; the CPU kernel adds the same products in the same (ascending k) order, a run of
+// elements at a time.
 #pragma once
 
 #include <c10/macros/Macros.h>

@@ -57,7 +57,7 @@ C10_HOST_DEVICE inline acc_t epilogue_grad_y(const Epilogue<acc_t>& e, acc_t y, 
   CONTNET_UNROLL
   for (int o = 0; o < kMaxOutputs; ++o)
     if (o < e.n_out && e.c[o][kK] != acc_t(0)) gk = madd(gk, e.c[o][kK], g[o]);
-  return gk * e.scale * act_grad(e.act, y + b);
+  return act_backward(e.act, gk * e.scale, y + b);
 }
 
 template <typename acc_t>

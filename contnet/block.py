@@ -79,21 +79,25 @@ class ContinuousBlock(nn.Module):
         )
 
     def _rate(self, x):
-        """The rate for one forward pass. For a unit with weights in a basis other than
-        ``piecewise_constant`` (whose lookups are views), the weights at every stage time
-        are interpolated up front, all tensors in one launch (:func:`contnet.ops.basis_interp`)."""
+        """The rate for one forward pass: the unit reading its weights at every stage time
+        from a table built up front. ``piecewise_constant`` weights are views of the nodes
+        (``unbind``, no copy); other bases are interpolated for all stage times and all
+        tensors in one launch (:func:`contnet.ops.basis_interp`)."""
         unit = self.unit
         basis = getattr(unit, "basis", None)
-        if (
-            not hasattr(unit, "basis_tensors")
-            or basis is None
-            or basis.family == "piecewise_constant"
-        ):
+        if not hasattr(unit, "basis_tensors") or basis is None:
             return unit
         times = rate_times(self.scheme, self.n_steps)
         groups = unit.basis_tensors()
         flat = [t for ts in groups.values() for t in ts]
-        rows = [w.unbind(0) for w in ops.basis_interp(self._phi(basis, times, x.device), flat)]
+        if basis.family == "piecewise_constant":
+            cells = self._lookup(basis, times, x.device)
+            nodes = [w.unbind(0) for w in flat]
+            rows = [[node[k] for k in cells] for node in nodes]
+        else:
+            rows = [
+                w.unbind(0) for w in ops.basis_interp(self._lookup(basis, times, x.device), flat)
+            ]
         table = [{} for _ in times]
         j = 0
         for name, ts in groups.items():
@@ -102,11 +106,15 @@ class ContinuousBlock(nn.Module):
             j += len(ts)
         return StageRate(unit, dict(zip(times, table)))
 
-    def _phi(self, basis, times, device) -> torch.Tensor:
-        """``phi[s, k] = phi_k(times[s])``, float64 on ``device``; cached per manifestation
-        outside of compilation (under ``torch.compile`` it is a graph constant)."""
+    def _lookup(self, basis, times, device):
+        """How each stage time reads the basis: the cell index per time for a
+        ``piecewise_constant`` basis, else ``phi[s, k] = phi_k(times[s])`` (float64 on
+        ``device``). Cached per manifestation outside of compilation (under
+        ``torch.compile`` a graph constant)."""
 
         def build():
+            if basis.family == "piecewise_constant":
+                return [basis.coefficients(t)[0][0] for t in times]
             dense = [[0.0] * basis.n_basis for _ in times]
             for s, t in enumerate(times):
                 for k, w in basis.coefficients(t):
@@ -115,7 +123,7 @@ class ContinuousBlock(nn.Module):
 
         if torch.compiler.is_compiling():
             return build()
-        cache = self.__dict__.setdefault("_phi_cache", {})
+        cache = self.__dict__.setdefault("_lookup_cache", {})
         key = (
             basis,
             self.scheme if isinstance(self.scheme, str) else id(self.scheme),

@@ -14,6 +14,7 @@ unrolls into one graph under ``torch.compile``.
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass
 
 import torch
 
@@ -44,6 +45,44 @@ def _split_of(f):
     return split
 
 
+@dataclass(frozen=True)
+class _Stage:
+    """What stage ``i`` of a fused step does with its ``k_i`` (see :func:`_rk_step_fused`)."""
+
+    prev: tuple[int, ...]  # earlier k_j in the next stage's input (a_{i+1,j} != 0, j < i)
+    coeffs: tuple[float, ...]  # rows of the epilogue's coefficients, flattened
+    next_input: bool  # writes the next stage's input x + h sum_j a_{i+1,j} k_j
+    update_acc: bool  # writes the running x + h sum_{j<=i} b_j k_j
+    keep_k: bool  # k_i is needed beyond the next stage
+
+
+_PLANS: dict = {}
+
+
+def _fused_plan(tab: schemes.ButcherTableau) -> tuple[_Stage, ...]:
+    """Per-stage epilogue layout of a tableau (computed once per tableau)."""
+    hit = _PLANS.get(id(tab))
+    if hit is not None and hit[0] is tab:
+        return hit[1]
+    s, a, b = tab.stages, tab.a, tab.b
+    stages = []
+    for i in range(s):
+        prev, rows = (), []
+        next_input = i + 1 < s
+        if next_input:
+            prev = tuple(j for j in range(i) if a[i + 1][j] != 0.0)
+            rows += [a[i + 1][j] for j in prev] + [a[i + 1][i]]
+        update_acc = b[i] != 0.0 or i + 1 == s
+        if update_acc:
+            rows += [0.0] * len(prev) + [b[i]]
+        keep_k = any(a[m][i] != 0.0 for m in range(i + 2, s))
+        stages.append(_Stage(prev, tuple(rows), next_input, update_acc, keep_k))
+    plan = tuple(stages)
+    if not torch.compiler.is_compiling():
+        _PLANS[id(tab)] = (tab, plan)
+    return plan
+
+
 def rk_step(f, x: torch.Tensor, times: list[float], h: float, tab: schemes.ButcherTableau):
     """One explicit Runge-Kutta step from ``x`` with stage times ``times`` and step ``h``."""
     split = _split_of(f)
@@ -51,9 +90,14 @@ def rk_step(f, x: torch.Tensor, times: list[float], h: float, tab: schemes.Butch
         return _rk_step_fused(split, x, times, h, tab)
     ks: list[torch.Tensor] = []
     for i in range(tab.stages):
-        xi = x if i == 0 else ops.rk_combine(x, ks, h, tab.a[i][:i])
+        if i == 0:
+            xi = x
+        else:
+            used = [(k, c) for k, c in zip(ks, tab.a[i][:i]) if c != 0.0]
+            xi = ops.combine_unchecked(x, [k for k, _ in used], h, [c for _, c in used])
         ks.append(_check_rate(f(times[i], xi), x, times[i]))
-    return ops.rk_combine(x, ks, h, tab.b)
+    used = [(k, c) for k, c in zip(ks, tab.b) if c != 0.0]
+    return ops.combine_unchecked(x, [k for k, _ in used], h, [c for _, c in used])
 
 
 def _rk_step_fused(split, x, times, h, tab):
@@ -61,29 +105,30 @@ def _rk_step_fused(split, x, times, h, tab):
     stage ``i`` reads the unit's pre-tail output once and writes the next stage's input
     ``x + h sum_j a_{i+1,j} k_j`` and the running ``x + h sum_{j<=i} b_j k_j``; ``k_i`` is
     kept only when a later stage beyond the next one needs it."""
-    s, a, b = tab.stages, tab.a, tab.b
     ks: dict[int, torch.Tensor] = {}
     acc, xi = x, x
-    for i in range(s):
+    for i, st in enumerate(_fused_plan(tab)):
         y, bias, act, scale = split(times[i], xi)
         _check_rate(y, x, times[i])
-        keep_k = any(a[m][i] != 0.0 for m in range(i + 2, s))
-        bases, rows, terms = [], [], []
-        if i + 1 < s:
-            prev = [j for j in range(i) if a[i + 1][j] != 0.0]
-            terms = [ks[j] for j in prev]
-            bases.append(x)
-            rows += [a[i + 1][j] for j in prev] + [a[i + 1][i]]
-        update_acc = b[i] != 0.0 or i + 1 == s
-        if update_acc:
+        bases = [x] if st.next_input else []
+        if st.update_acc:
             bases.append(acc)
-            rows += [0.0] * len(terms) + [b[i]]
-        outs = ops.rk_epilogue(y, bias, act, scale, bases, terms, h, rows, return_k=keep_k)
-        if i + 1 < s:
+        outs = ops.epilogue_unchecked(
+            y,
+            bias,
+            ops.ACT_CODES[act],
+            scale,
+            bases,
+            [ks[j] for j in st.prev],
+            h,
+            st.coeffs,
+            st.keep_k,
+        )
+        if st.next_input:
             xi = outs[0]
-        if update_acc:
+        if st.update_acc:
             acc = outs[len(bases) - 1]
-        if keep_k:
+        if st.keep_k:
             ks[i] = outs[-1]
     return acc
 
@@ -110,10 +155,10 @@ def _integrate_ab2(f, x0, n_steps, t0, t1, trajectory):
     for n, times in enumerate(all_times):
         fn = _check_rate(f(times[0], x), x, times[0])
         if n == 0:
-            k2 = _check_rate(f(times[1], ops.rk_combine(x, [fn], h, [1.0])), x, times[1])
-            x_next = ops.rk_combine(x, [fn, k2], h, heun.b)
+            k2 = _check_rate(f(times[1], ops.combine_unchecked(x, [fn], h, [1.0])), x, times[1])
+            x_next = ops.combine_unchecked(x, [fn, k2], h, list(heun.b))
         else:
-            x_next = ops.rk_combine(x, [fn, f_prev], h, [1.5, -0.5])
+            x_next = ops.combine_unchecked(x, [fn, f_prev], h, [1.5, -0.5])
         f_prev, x = fn, x_next
         if trajectory:
             path.append(x)

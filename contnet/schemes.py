@@ -21,6 +21,8 @@ import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+import torch
+
 __all__ = ["ButcherTableau", "Multistep", "get", "names", "stage_times", "step_times"]
 
 
@@ -240,14 +242,32 @@ def step_times(n_steps: int, t0: float = 0.0, t1: float = 1.0) -> list[float]:
     return [_time(t0, t1, Fraction(n, n_steps)) for n in range(n_steps + 1)]
 
 
+_STAGE_TIMES: dict = {}
+
+
 def stage_times(scheme, n_steps: int, t0: float = 0.0, t1: float = 1.0) -> list[list[float]]:
     """``times[n][i]``: the time at which stage ``i`` of step ``n`` evaluates the rate.
 
     ``t_n + c_i h`` for ``c_i < 1``; for ``c_i = 1`` the float just inside the step,
-    ``math.nextafter(t_{n+1}, t_n)`` (the open-interval rule).
+    ``math.nextafter(t_{n+1}, t_n)`` (the open-interval rule). Computed in exact
+    fractions once per (scheme, n_steps, t0, t1) and cached (do not modify the result).
     """
     sch = get(scheme)
     n_steps = check_n_steps(n_steps)
+    if torch.compiler.is_compiling():  # traced once into constants; no cache needed
+        return _stage_times(sch, n_steps, t0, t1)
+    key = (id(sch), n_steps, float(t0), float(t1))
+    hit = _STAGE_TIMES.get(key)
+    if hit is not None and hit[0] is sch:
+        return hit[1]
+    out = _stage_times(sch, n_steps, t0, t1)
+    if len(_STAGE_TIMES) > 256:
+        _STAGE_TIMES.clear()
+    _STAGE_TIMES[key] = (sch, out)
+    return out
+
+
+def _stage_times(sch, n_steps, t0, t1):
     cs = sch.exact_c if isinstance(sch, ButcherTableau) else (Fraction(0),)
     out = []
     for n in range(n_steps):

@@ -44,7 +44,7 @@ def test_block_matches_reference_path(basis, K, unit, scheme):
 
 
 def test_fused_tail_is_used_and_weights_are_one_launch(monkeypatch):
-    calls = {"rk_epilogue": 0, "basis_interp": 0}
+    calls = {"epilogue_unchecked": 0, "basis_interp": 0}
     for name in calls:
         original = getattr(ops, name)
 
@@ -55,8 +55,8 @@ def test_fused_tail_is_used_and_weights_are_one_launch(monkeypatch):
         monkeypatch.setattr(ops, name, counted)
     block = _block("fem_linear", 3, UNITS[0], "rk4", n_steps=4)
     block(torch.randn(2, 4, 5, 5, dtype=torch.float64))
-    assert calls == {"rk_epilogue": 4 * 4, "basis_interp": 1}
-    calls.update(rk_epilogue=0, basis_interp=0)
+    assert calls == {"epilogue_unchecked": 4 * 4, "basis_interp": 1}
+    calls.update(epilogue_unchecked=0, basis_interp=0)
     _block("piecewise_constant", 3, UNITS[0], "rk4")(torch.randn(2, 4, 5, 5, dtype=torch.float64))
     assert calls["basis_interp"] == 0  # piecewise constant: views of the nodes
 

@@ -2,9 +2,9 @@
 
 import sys
 
-from . import ops_bench
+from . import block_bench, ops_bench
 
-SUITES = {"ops": ops_bench.main}
+SUITES = {"ops": ops_bench.main, "block": block_bench.main}
 
 
 def main(argv=None):

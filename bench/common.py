@@ -16,6 +16,26 @@ import torch.utils.benchmark as tb
 import contnet
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+ALLOCATOR = "system allocator defaults"
+
+
+def keep_freed_memory() -> str:
+    """Ask glibc's malloc to keep freed memory in the process (mmap and trim thresholds at
+    1 GiB), as a caching allocator does. Without it, whether a freed tensor's pages go back
+    to the kernel -- and are faulted in again on the next allocation, costing up to ~15%
+    of a CPU forward pass here -- depends on allocation history, and flips between
+    implementations and runs. Applies to every implementation alike."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 30)
+    except (OSError, AttributeError):
+        ok = 0
+    return "glibc malloc: mmap/trim thresholds 1 GiB" if ok else "system allocator defaults"
 
 
 def device_name(device: str) -> str:
@@ -61,7 +81,15 @@ def environment(device: str) -> dict:
         "commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
+        "allocator": ALLOCATOR,
     }
+
+
+def setup(device: str) -> None:
+    """Call once before timing: a stable CPU allocator (see :func:`keep_freed_memory`)."""
+    global ALLOCATOR
+    if device == "cpu":
+        ALLOCATOR = keep_freed_memory()
 
 
 def time_side_by_side(

@@ -42,6 +42,7 @@ def run(
 ):
     if quick:
         terms, log2_sizes, rounds = (2, 5), (16, 20), 2
+    common.setup(device)
     h = 0.25
     results = []
     copy_gbps = common.copy_bandwidth(device) if device == "cuda" else None

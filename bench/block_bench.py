@@ -1,0 +1,417 @@
+"""A continuous block against pure-PyTorch stepping, forward and forward+backward.
+
+The rate is ContinuousNet's ``R(t, x) = scale * relu(conv(relu(conv(x; W1(t))); W2(t)))``
+(3x3 convolutions, no bias) with weights in a ``piecewise_constant`` or ``fem_linear``
+basis of ``K`` nodes, integrated over ``[0, 1]`` in ``n_steps`` steps. Implementations,
+timed side by side in one run:
+
+- ``contnet``: ``ContinuousBlock(ConvUnit(...))`` as a user calls it (fused stage
+  epilogues, one interpolation launch for all stage weights);
+- ``hand``: a straightforward pure-PyTorch Runge-Kutta loop over the Butcher tableau,
+  interpolating the weights at every stage;
+- ``torchdiffeq``: ``torchdiffeq.odeint`` with a fixed step (its ``rk4`` is the 3/8 rule;
+  classic rk4 runs through torchdiffeq's own ``rk4_step_func``), the rate indexing the
+  weights with tensor time as a torchdiffeq user writes it;
+- ``compile``: ``torch.compile`` of the hand loop;
+- ``floor``: only the convolutions and activations the scheme needs, back to back, with
+  the weights of every stage precomputed: the limit.
+
+Reported per configuration: median ms of forward (no grad) and forward+backward (grads of
+the input and the weights), their ratios to ``floor`` and to ``hand``, and the memory of
+forward+backward (CUDA: peak allocated; CPU: bytes of the tensors saved for backward,
+counted through ``torch.autograd.graph.saved_tensors_hooks``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+import torch.nn.functional as F
+
+import contnet
+from contnet import schemes
+
+from . import common
+
+SHAPES = {
+    # name: (batch, channels, pixels)
+    "stage1": (128, 16, 32),
+    "stage2": (128, 32, 16),
+    "stage3": (128, 64, 8),
+    "wide": (64, 256, 16),
+}
+IMPLS = ("floor", "contnet", "hand", "torchdiffeq", "compile")
+
+
+class Problem:
+    """One configuration: weights, input, and every implementation of the block."""
+
+    def __init__(
+        self, batch, channels, pixels, basis, K, scheme, n_steps, device, channels_last, scale=0.5
+    ):
+        g = torch.Generator().manual_seed(0)
+        std = 1.0 / math.sqrt(9 * channels)
+        shape = (K, channels, channels, 3, 3)
+        self.theta1 = (torch.randn(shape, generator=g) * std).to(device).requires_grad_()
+        self.theta2 = (torch.randn(shape, generator=g) * std).to(device).requires_grad_()
+        x = torch.randn(batch, channels, pixels, pixels, generator=g).to(device)
+        self.x = (
+            x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        ).requires_grad_()
+        self.basis = contnet.basis.get(basis, K)
+        self.scheme, self.n_steps, self.scale = scheme, n_steps, scale
+        self.tab = schemes.get(scheme)
+        unit = contnet.ConvUnit(
+            channels,
+            n_basis=K,
+            basis=basis,
+            act="relu",
+            norm=None,
+            preact=False,
+            bias=False,
+            scale=scale,
+        ).to(device)
+        with torch.no_grad():
+            unit.conv1.weight.copy_(self.theta1)
+            unit.conv2.weight.copy_(self.theta2)
+        if channels_last:
+            unit = unit.to(memory_format=torch.channels_last)
+        self.block = contnet.ContinuousBlock(unit, scheme=scheme, n_steps=n_steps)
+        # the stage times, in order of evaluation, and the floor's weights at each
+        times = [t for row in schemes.stage_times(self.tab, n_steps) for t in row]
+        self.floor_w = [
+            (
+                self._w(self.theta1, t).detach().clone().requires_grad_(),
+                self._w(self.theta2, t).detach().clone().requires_grad_(),
+            )
+            for t in times
+        ]
+        self._compiled = None
+
+    # the rate, as written by hand --------------------------------------------------
+    def _w(self, theta, t):
+        (k0, w0), *rest = self.basis.coefficients(t)
+        w = theta[k0] if not rest and w0 == 1.0 else theta[k0] * w0
+        for k, c in rest:
+            w = w + theta[k] * c
+        return w
+
+    def _rate_w(self, x, w1, w2):
+        return self.scale * F.relu(F.conv2d(F.relu(F.conv2d(x, w1, padding=1)), w2, padding=1))
+
+    def rate(self, t, x, theta1, theta2):
+        return self._rate_w(x, self._w(theta1, t), self._w(theta2, t))
+
+    # implementations -----------------------------------------------------------------
+    def hand(self, x, theta1, theta2):
+        tab, n = self.tab, self.n_steps
+        h = 1.0 / n
+        # the same stage times as contnet (the open-interval rule), so both compute one function
+        for times in schemes.stage_times(tab, n):
+            ks = []
+            for i in range(tab.stages):
+                xi = x
+                for j in range(i):
+                    if tab.a[i][j] != 0.0:
+                        xi = xi + (h * tab.a[i][j]) * ks[j]
+                ks.append(self.rate(times[i], xi, theta1, theta2))
+            for i in range(tab.stages):
+                if tab.b[i] != 0.0:
+                    x = x + (h * tab.b[i]) * ks[i]
+        return x
+
+    def contnet(self, x, theta1, theta2):
+        return self.block(x)
+
+    def floor(self, x, theta1, theta2):
+        for w1, w2 in self.floor_w:
+            x = self._rate_w(x, w1, w2)
+        return x
+
+    def torchdiffeq(self, x, theta1, theta2):
+        import torchdiffeq
+
+        K, fam = self.basis.n_basis, self.basis.family
+
+        def f(t, y):
+            # weights from tensor time, as a torchdiffeq user writes it (no host sync)
+            if fam == "piecewise_constant":
+                k = torch.clamp((t * K).floor().long(), max=K - 1)
+                return self._rate_w(y, theta1[k], theta2[k])
+            s = t * (K - 1)
+            j = torch.clamp(s.floor().long(), max=K - 2)
+            a = (s - j).to(theta1.dtype)
+            return self._rate_w(
+                y, theta1[j] * (1 - a) + theta1[j + 1] * a, theta2[j] * (1 - a) + theta2[j + 1] * a
+            )
+
+        method = {"rk4": "rk4_classic", "rk4_38": "rk4"}.get(self.scheme, self.scheme)
+        ts = torch.tensor([0.0, 1.0], device=x.device)
+        return torchdiffeq.odeint(
+            f, x, ts, method=method, options={"step_size": 1.0 / self.n_steps}
+        )[-1]
+
+    def compile(self, x, theta1, theta2):
+        if self._compiled is None:
+            torch._dynamo.reset()
+            self._compiled = torch.compile(self.hand)
+        return self._compiled(x, theta1, theta2)
+
+    def inputs(self, impl):
+        if impl == "floor":
+            return [self.x] + [w for pair in self.floor_w for w in pair]
+        if impl == "contnet":
+            return [self.x, self.block.unit.conv1.weight, self.block.unit.conv2.weight]
+        return [self.x, self.theta1, self.theta2]
+
+
+def _register_classic_rk4():
+    """torchdiffeq's fixed-grid rk4 is the 3/8 rule; classic rk4 through its own step function."""
+    import importlib
+
+    tde = importlib.import_module("torchdiffeq._impl.odeint")
+    from torchdiffeq._impl.fixed_grid import FixedGridODESolver
+    from torchdiffeq._impl.misc import Perturb
+    from torchdiffeq._impl.rk_common import rk4_step_func
+
+    class ClassicRK4(FixedGridODESolver):
+        order = 4
+
+        def _step_func(self, func, t0, dt, t1, y0):
+            f0 = func(t0, y0, perturb=Perturb.NEXT if self.perturb else Perturb.NONE)
+            return rk4_step_func(func, t0, dt, t1, y0, f0=f0, perturb=self.perturb), f0
+
+    tde.SOLVERS.setdefault("rk4_classic", ClassicRK4)
+
+
+def _saved_bytes(fn) -> int:
+    """Bytes of the distinct storages saved for backward while ``fn`` runs."""
+    seen = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    del out
+    return sum(seen.values())
+
+
+def measure(problem: Problem, impls, device, rounds, min_run_time):
+    fwd, fwdbwd, memory = {}, {}, {}
+    for impl in impls:
+        run = getattr(problem, impl)
+        ins = problem.inputs(impl)
+
+        def forward(run=run):
+            with torch.no_grad():
+                return run(*problem.inputs("hand"))
+
+        def train_step(run=run, ins=ins):
+            out = run(*problem.inputs("hand"))
+            return torch.autograd.grad(out.sum(), ins)
+
+        train_step()  # warm-up (compiles, caches the interpolation coefficients)
+        fwd[impl], fwdbwd[impl] = forward, train_step
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            train_step()
+            torch.cuda.synchronize()
+            memory[impl] = torch.cuda.max_memory_allocated() - base
+        else:
+            memory[impl] = _saved_bytes(lambda run=run: run(*problem.inputs("hand")))
+    t_fwd = common.time_side_by_side(fwd, rounds=rounds, min_run_time=min_run_time, device=device)
+    t_fb = common.time_side_by_side(fwdbwd, rounds=rounds, min_run_time=min_run_time, device=device)
+    with torch.no_grad():
+        ref = problem.hand(*problem.inputs("hand"))
+        check = (
+            problem.contnet(*problem.inputs("hand")) - ref
+        ).abs().max().item() / ref.abs().max().item()
+    return t_fwd, t_fb, memory, check
+
+
+def run(
+    device="cpu",
+    shapes=("stage1", "stage2", "stage3"),
+    batch=None,
+    bases=("piecewise_constant", "fem_linear"),
+    schemes_=("rk4",),
+    ks=(16,),
+    impls=IMPLS,
+    rounds=3,
+    min_run_time=0.5,
+    channels_last=None,
+    tag=None,
+):
+    if "torchdiffeq" in impls:
+        try:
+            _register_classic_rk4()
+        except ImportError:
+            print("torchdiffeq is not installed (pip install torchdiffeq): skipping it")
+            impls = tuple(i for i in impls if i != "torchdiffeq")
+    common.setup(device)
+    channels_last = device == "cuda" if channels_last is None else channels_last
+    results = []
+    for shape_name in shapes:
+        b, c, p = SHAPES[shape_name]
+        b = batch or b
+        for basis in bases:
+            for scheme in schemes_:
+                for K in ks:
+                    K_eff = max(K, 2) if basis == "fem_linear" else K
+                    prob = Problem(b, c, p, basis, K_eff, scheme, K, device, channels_last)
+                    t_fwd, t_fb, mem, check = measure(prob, impls, device, rounds, min_run_time)
+                    row = {
+                        "shape": shape_name,
+                        "batch": b,
+                        "channels": c,
+                        "pixels": p,
+                        "basis": basis,
+                        "K": K_eff,
+                        "scheme": scheme,
+                        "n_steps": K,
+                        "channels_last": channels_last,
+                        "forward_ms": {k: v["median_s"] * 1e3 for k, v in t_fwd.items()},
+                        "forward_backward_ms": {k: v["median_s"] * 1e3 for k, v in t_fb.items()},
+                        "timings": {"forward": t_fwd, "forward_backward": t_fb},
+                        "memory_bytes": mem,
+                        "memory_kind": "peak allocated"
+                        if device == "cuda"
+                        else "saved for backward",
+                        "contnet_vs_hand_rel_diff": check,
+                    }
+                    results.append(row)
+                    _print_row(row, impls)
+    payload = {"suite": "block", **common.environment(device), "results": results}
+    name = f"block-{tag or common.device_tag(device)}.json"
+    path = common.write(name, payload)
+    print(f"wrote {path}")
+    try:
+        plot(payload, path.with_suffix(".png"))
+        print(f"wrote {path.with_suffix('.png')}")
+    except ImportError:
+        pass
+    return payload
+
+
+def _print_row(row, impls):
+    fb, fw = row["forward_backward_ms"], row["forward_ms"]
+    print(
+        f"\n{row['shape']} (batch {row['batch']}, {row['channels']} ch, {row['pixels']} px), {row['basis']} K={row['K']}, "
+        f"{row['scheme']} n_steps={row['n_steps']}; contnet vs hand rel. diff {row['contnet_vs_hand_rel_diff']:.1e}"
+    )
+    rows = []
+    for impl in impls:
+        rows.append(
+            [
+                impl,
+                f"{fw[impl]:.2f}",
+                f"{fw[impl] / fw['floor']:.3f}",
+                f"{fb[impl]:.2f}",
+                f"{fb[impl] / fb['floor']:.3f}",
+                f"{fb['hand'] / fb[impl]:.2f}" if "hand" in fb else "",
+                f"{row['memory_bytes'][impl] / 2**20:.1f}",
+            ]
+        )
+    print(
+        common.table(
+            rows,
+            [
+                "impl",
+                "fwd ms",
+                "fwd/floor",
+                "fwd+bwd ms",
+                "fwd+bwd/floor",
+                "hand/impl",
+                f"MiB ({row['memory_kind']})",
+            ],
+        )
+    )
+
+
+def plot(payload, path):
+    from contnet.plots import _pyplot, _save
+
+    plt = _pyplot()
+    rows = payload["results"]
+    impls = [i for i in IMPLS if i in rows[0]["forward_backward_ms"]]
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 4))
+    width = 0.8 / len(impls)
+    for j, impl in enumerate(impls):
+        vals = [r["forward_backward_ms"][impl] / r["forward_backward_ms"]["floor"] for r in rows]
+        ax.bar([i + j * width for i in range(len(rows))], vals, width, label=impl)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(
+        [i + 0.4 - width / 2 for i in range(len(rows))],
+        [
+            f"{r['shape']}\n{r['basis'][:5]} K={r['K']}\n{r['scheme']} n={r['n_steps']}"
+            for r in rows
+        ],
+        fontsize=7,
+    )
+    ax.set_ylabel("forward+backward time / floor")
+    ax.set_title(f"{payload['device_name']} -- lower is better, 1 = convolutions only")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--shapes",
+        nargs="+",
+        default=None,
+        choices=list(SHAPES),
+        help="default: the three CIFAR stages (+ wide on a GPU)",
+    )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="override every shape's batch (the CPU default is 16)",
+    )
+    p.add_argument("--bases", nargs="+", default=["piecewise_constant", "fem_linear"])
+    p.add_argument(
+        "--schemes", nargs="+", default=None, help="default: rk4 (CPU); euler midpoint rk4 (GPU)"
+    )
+    p.add_argument(
+        "--K",
+        type=int,
+        nargs="+",
+        default=None,
+        help="K = n_steps values (default: 16 on the CPU, 4 16 on a GPU)",
+    )
+    p.add_argument("--impls", nargs="+", default=list(IMPLS), choices=list(IMPLS))
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--min-run-time", type=float, default=0.5)
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--tag", default=None, help="suffix of the JSON file name (default: the device)")
+    a = p.parse_args(argv)
+    gpu = a.device == "cuda"
+    run(
+        device=a.device,
+        shapes=a.shapes or (list(SHAPES) if gpu else ["stage1", "stage2", "stage3"]),
+        batch=a.batch or (None if gpu else 16),
+        bases=a.bases,
+        schemes_=a.schemes or (["euler", "midpoint", "rk4"] if gpu else ["rk4"]),
+        ks=a.K or ([4, 16] if gpu else [16]),
+        impls=tuple(a.impls),
+        rounds=a.rounds,
+        min_run_time=a.min_run_time,
+        channels_last=a.channels_last,
+        tag=a.tag,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,16 +1,23 @@
-"""python -m bench [ops] [options]: run a benchmark suite (see bench/README.md)."""
+"""python -m bench [ops|block|inference] [options]: run one suite, or every suite with no
+name (see bench/README.md)."""
 
 import sys
 
 from . import block_bench, ops_bench
 
-SUITES = {"ops": ops_bench.main, "block": block_bench.main}
+SUITES = {"ops": ops_bench.main, "block": block_bench.main, "inference": block_bench.inference_main}
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    suite = argv.pop(0) if argv and argv[0] in SUITES else "ops"
-    SUITES[suite](argv)
+    if argv and argv[0] in SUITES:
+        SUITES[argv.pop(0)](argv)
+        return
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return
+    for run in SUITES.values():
+        run(argv)
 
 
 if __name__ == "__main__":

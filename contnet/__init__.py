@@ -9,7 +9,7 @@ from . import basis, ops, schemes
 from .block import ContinuousBlock
 from .integrate import odeint
 from .layers import ConvUnit, TimeBatchNorm2d, TimeConv2d
-from .models import ContinuousNet, Stitch, from_resnet, project, refine
+from .models import ContinuousNet, GraphedInference, Stitch, cuda_graph, from_resnet, project, refine
 
 __version__ = "0.1.0"
 
@@ -27,4 +27,6 @@ __all__ = [
     "refine",
     "project",
     "from_resnet",
+    "cuda_graph",
+    "GraphedInference",
 ]

@@ -435,6 +435,22 @@ def cmd_demo(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- bench
+def cmd_bench(args) -> int:
+    """Run the microbenchmarks of the source tree's bench/ folder (python -m bench)."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    if not (root / "bench" / "__main__.py").is_file():
+        raise SystemExit(
+            "contnet bench: the benchmarks live in the bench/ folder of a contnet checkout; "
+            "install it from source (pip install -e .) to run them"
+        )
+    sys.path.insert(0, str(root))
+    from bench.__main__ import main as bench_main
+
+    bench_main(args.bench_args)
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 def _add_data(p, default="digits"):
     p.add_argument(
@@ -594,6 +610,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="a short run (6 epochs) for smoke tests")
     _add_train_options(d)
     d.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser(
+        "bench",
+        help="microbenchmarks against pure-PyTorch stepping (see bench/README.md)",
+        description="Run a benchmark suite: `contnet bench ops ...` or `contnet bench block ...` "
+        "(arguments go to `python -m bench`; add --help after the suite name for its options).",
+    )
+    b.add_argument("bench_args", nargs=argparse.REMAINDER, help="suite and its options")
+    b.set_defaults(func=cmd_bench)
     return p
 
 

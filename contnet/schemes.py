@@ -12,7 +12,8 @@ A step of an explicit Runge-Kutta scheme with tableau ``(A, b, c)`` and step ``h
 Open-interval rule: a step covers ``[t_n, t_{n+1})``. A stage with ``c_i = 1`` is
 evaluated at the largest float strictly inside the step (``math.nextafter(t_{n+1}, t_n)``),
 so a rate that is piecewise in time (a ``piecewise_constant`` weight basis, say) reads the
-piece of the step it belongs to, not the next one.
+piece of the step it belongs to, not the next one. Steps taken backwards in time read the
+same pieces as the forward step over their interval (see :func:`stage_times`).
 """
 
 from __future__ import annotations
@@ -248,9 +249,13 @@ _STAGE_TIMES: dict = {}
 def stage_times(scheme, n_steps: int, t0: float = 0.0, t1: float = 1.0) -> list[list[float]]:
     """``times[n][i]``: the time at which stage ``i`` of step ``n`` evaluates the rate.
 
-    ``t_n + c_i h`` for ``c_i < 1``; for ``c_i = 1`` the float just inside the step,
-    ``math.nextafter(t_{n+1}, t_n)`` (the open-interval rule). Computed in exact
-    fractions once per (scheme, n_steps, t0, t1) and cached (do not modify the result).
+    ``t_n + c_i h``, except at the step's upper end in forward time, which is read from
+    inside the step (the open-interval rule: a step covers ``[lo, hi)``): for ``t1 > t0``
+    the stage with ``c_i = 1`` gets ``math.nextafter(t_{n+1}, t_n)``; integrating backwards
+    (``t1 < t0``), the stage with ``c_i = 0`` gets ``math.nextafter(t_n, t_{n+1})``, so a step
+    taken backwards reads the same pieces of a piecewise rate as the forward step over the
+    same interval. Computed in exact fractions once per (scheme, n_steps, t0, t1) and
+    cached (do not modify the result).
     """
     sch = get(scheme)
     n_steps = check_n_steps(n_steps)
@@ -271,12 +276,13 @@ def _stage_times(sch, n_steps, t0, t1):
     cs = sch.exact_c if isinstance(sch, ButcherTableau) else (Fraction(0),)
     out = []
     for n in range(n_steps):
-        tn = _time(t0, t1, Fraction(n, n_steps))
+        ta, tb = _time(t0, t1, Fraction(n, n_steps)), _time(t0, t1, Fraction(n + 1, n_steps))
+        lo, hi = min(ta, tb), max(ta, tb)
         row = []
         for c in cs:
             t = _time(t0, t1, (n + c) / n_steps)
-            if c == 1:
-                t = math.nextafter(t, tn)
+            if t == hi and c in (0, 1):  # the step's upper end in forward time: from inside
+                t = math.nextafter(hi, lo)
             row.append(t)
         out.append(row)
     return out

@@ -92,8 +92,20 @@ def test_stage_times_open_interval_rule():
 
 
 def test_stage_times_general_interval_and_reverse():
+    # backwards, a step over [0.5, 1) starts just below 1 and ends exactly at 0.5
     times = schemes.stage_times("heun", 2, 1.0, 0.0)
-    assert times[0][0] == 1.0 and 0.5 < times[0][1] < 0.5 + 1e-15
+    assert times[0] == [math.nextafter(1.0, 0.0), 0.5] and times[1] == [
+        math.nextafter(0.5, 0.0),
+        0.0,
+    ]
+    # so it reads the same cells of a piecewise-constant basis as the forward step
+    b = contnet.basis.get("piecewise_constant", 4)
+    for scheme in RK:
+        fwd = schemes.stage_times(scheme, 8)
+        bwd = schemes.stage_times(scheme, 8, 1.0, 0.0)
+        for n in range(8):
+            cells = {b.coefficients(t)[0][0] for t in fwd[n] + bwd[7 - n]}
+            assert cells == {n // 2}, (scheme, n)
     assert schemes.step_times(4, 0.0, 2.0) == [0.0, 0.5, 1.0, 1.5, 2.0]
 
 

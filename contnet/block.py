@@ -7,6 +7,7 @@ from torch import nn
 
 from . import ops, schemes
 from .integrate import BACKPROP_MODES, odeint, rate_times
+from .layers import TimeScalar, frozen_batch_stats
 
 __all__ = ["ContinuousBlock"]
 
@@ -18,7 +19,13 @@ class ContinuousBlock(nn.Module):
     may be changed at any time: the weights describe ``theta(t)``, not a particular
     discretisation (manifestation invariance). ``n_steps=None`` takes one step per basis
     node, ``unit.n_basis`` (with a ``piecewise_constant`` basis: one step per cell, the
-    ResNet-like manifestation).
+    ResNet-like manifestation). ``backprop``: ``"direct"``, ``"checkpoint"`` (exact, keeps
+    only step states) or ``"adjoint"`` (memory independent of ``n_steps``, approximate);
+    see :func:`contnet.odeint`. Batch-norm statistics are updated once per forward in every
+    mode.
+
+    ``scheme="lm"`` (LM-ResNet) gives the block a learnable ``k(t)`` (``block.lm``, in the
+    unit's basis, refined and projected with it).
 
     Example::
 
@@ -35,6 +42,10 @@ class ContinuousBlock(nn.Module):
         if not callable(unit):
             raise TypeError(f"unit must be callable as unit(t, x), got {type(unit).__name__}")
         self.unit = unit
+        self.lm = None
+        if schemes.get(scheme).name == "lm":
+            basis = getattr(unit, "basis", None)
+            self.lm = TimeScalar(basis.n_basis, basis.family) if basis is not None else TimeScalar()
         self.scheme = scheme
         if n_steps is None:
             n_basis = getattr(unit, "n_basis", None)
@@ -53,6 +64,10 @@ class ContinuousBlock(nn.Module):
     @scheme.setter
     def scheme(self, value):
         sch = schemes.get(value)
+        if sch.name == "lm" and getattr(self, "lm", None) is None:
+            raise ValueError(
+                "scheme 'lm' has a learnable k(t): build the block with scheme='lm' so that it owns one"
+            )
         self._scheme = value if isinstance(value, str) else sch
 
     @property
@@ -74,20 +89,38 @@ class ContinuousBlock(nn.Module):
         self._backprop = value
 
     def forward(self, x):
+        rate = self._rate(x)
+        kw = {}
+        if schemes.get(self.scheme).name == "lm":
+            kw["lm_k"] = self.lm.at(rate_times(self.scheme, self.n_steps))
+        if self.backprop != "direct":
+            # what the rate reads: the stage-weight table, and the unit's parameters that
+            # are not behind it (a tensor and one computed from it must not both be listed)
+            tables, behind = [], set()
+            if isinstance(rate, StageRate):
+                tables = rate.tensors()
+                behind = {id(t) for ts in self.unit.basis_tensors().values() for t in ts}
+            kw["params"] = tables + [p for p in self.unit.parameters() if id(p) not in behind]
+            kw["recompute"] = lambda: frozen_batch_stats(self.unit)
         return odeint(
-            self._rate(x), x, scheme=self.scheme, n_steps=self.n_steps, backprop=self.backprop
+            rate, x, scheme=self.scheme, n_steps=self.n_steps, backprop=self.backprop, **kw
         )
 
     def _rate(self, x):
         """The rate for one forward pass: the unit reading its weights at every stage time
         from a table built up front. ``piecewise_constant`` weights are views of the nodes
         (``unbind``, no copy); other bases are interpolated for all stage times and all
-        tensors in one launch (:func:`contnet.ops.basis_interp`)."""
+        tensors in one launch (:func:`contnet.ops.basis_interp`), except with
+        ``checkpoint``/``adjoint`` backprop, where each step interpolates its own."""
         unit = self.unit
         basis = getattr(unit, "basis", None)
         if not hasattr(unit, "basis_tensors") or basis is None:
             return unit
-        times = rate_times(self.scheme, self.n_steps)
+        if self.backprop != "direct" and basis.family != "piecewise_constant":
+            # interpolated weights for every stage time would be held for backward, memory
+            # growing with n_steps: checkpoint and adjoint interpolate inside each step
+            return unit
+        times = rate_times(self.scheme, self.n_steps, adjoint=self.backprop == "adjoint")
         groups = unit.basis_tensors()
         flat = [t for ts in groups.values() for t in ts]
         if basis.family == "piecewise_constant":
@@ -124,12 +157,8 @@ class ContinuousBlock(nn.Module):
         if torch.compiler.is_compiling():
             return build()
         cache = self.__dict__.setdefault("_lookup_cache", {})
-        key = (
-            basis,
-            self.scheme if isinstance(self.scheme, str) else id(self.scheme),
-            self.n_steps,
-            device,
-        )
+        scheme = self.scheme if isinstance(self.scheme, str) else id(self.scheme)
+        key = (basis, scheme, self.n_steps, len(times), device)
         if key not in cache:
             cache.clear()
             cache[key] = build()
@@ -153,3 +182,13 @@ class StageRate:
 
     def split(self, t, x):
         return self.unit.split(t, x, self.table[t])
+
+    def tensors(self) -> list:
+        """Every distinct tensor of the table (the weights the rate reads)."""
+        seen = {}
+        for entry in self.table.values():
+            for ws in entry.values():
+                for w in ws:
+                    if w is not None:
+                        seen[id(w)] = w
+        return list(seen.values())

@@ -13,16 +13,19 @@ unrolls into one graph under ``torch.compile``.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
 
 from . import ops, schemes
 
 __all__ = ["odeint", "rate_times", "BACKPROP_MODES"]
 
-BACKPROP_MODES = ("direct",)
+BACKPROP_MODES = ("direct", "checkpoint", "adjoint")
 
 
 def _check_rate(k, x: torch.Tensor, t: float) -> torch.Tensor:
@@ -133,40 +136,185 @@ def _rk_step_fused(split, x, times, h, tab):
     return acc
 
 
-def _integrate_rk(f, x0, tab, n_steps, t0, t1, trajectory):
-    h = (t1 - t0) / n_steps
-    x = x0
-    path = [x0] if trajectory else None
-    for times in schemes.stage_times(tab, n_steps, t0, t1):
-        x = rk_step(f, x, times, h, tab)
-        if trajectory:
-            path.append(x)
-    return x, path
+# ----------------------------------------------------------------------------- steppers
+# A stepper advances a state -- a tuple of tensors -- by one step: (x,) for Runge-Kutta
+# schemes; (x, f_{n-1}) for ab2 and (x, x_{n-1}) for lm, whose second entry is None
+# before the first step. The loop, checkpointing and the adjoint all drive steppers.
+class _RKStepper:
+    def __init__(self, f, tab, n_steps, t0, t1):
+        self.f, self.tab, self.n_steps = f, tab, n_steps
+        self.h = (t1 - t0) / n_steps
+        self.times = schemes.stage_times(tab, n_steps, t0, t1)
+        self.back_times = schemes.stage_times(tab, n_steps, t1, t0)
+
+    def start(self, x0):
+        return (x0,)
+
+    def step(self, n, state):
+        return (rk_step(self.f, state[0], self.times[n], self.h, self.tab),)
+
+    def back(self, n, state):
+        """The state before step ``n`` from the state after it: the same scheme stepped
+        with ``-h`` over the same interval (exact up to the scheme's local error)."""
+        return (
+            rk_step(self.f, state[0], self.back_times[self.n_steps - 1 - n], -self.h, self.tab),
+        )
 
 
-def _integrate_ab2(f, x0, n_steps, t0, t1, trajectory):
-    """Adams-Bashforth 2; the first step is a Heun step (keeps order 2)."""
-    h = (t1 - t0) / n_steps
-    heun = schemes.get("heun")
-    all_times = schemes.stage_times(heun, n_steps, t0, t1)
-    x = x0
-    path = [x0] if trajectory else None
-    f_prev = None
-    for n, times in enumerate(all_times):
-        fn = _check_rate(f(times[0], x), x, times[0])
-        if n == 0:
-            k2 = _check_rate(f(times[1], ops.combine_unchecked(x, [fn], h, [1.0])), x, times[1])
-            x_next = ops.combine_unchecked(x, [fn, k2], h, list(heun.b))
-        else:
-            x_next = ops.combine_unchecked(x, [fn, f_prev], h, [1.5, -0.5])
-        f_prev, x = fn, x_next
-        if trajectory:
-            path.append(x)
-    return x, path
+class _AB2Stepper:
+    """Adams-Bashforth 2: ``x_{n+1} = x_n + h (3/2 f_n - 1/2 f_{n-1})``; the first step is a
+    Heun step (keeps order 2)."""
+
+    def __init__(self, f, n_steps, t0, t1):
+        self.f, self.n_steps = f, n_steps
+        self.h = (t1 - t0) / n_steps
+        self.heun = schemes.get("heun")
+        self.times = schemes.stage_times(self.heun, n_steps, t0, t1)
+
+    def start(self, x0):
+        return (x0, None)
+
+    def step(self, n, state):
+        x, f_prev = state
+        times, h = self.times[n], self.h
+        fn = _check_rate(self.f(times[0], x), x, times[0])
+        if f_prev is None:
+            k2 = _check_rate(
+                self.f(times[1], ops.combine_unchecked(x, [fn], h, [1.0])), x, times[1]
+            )
+            return ops.combine_unchecked(x, [fn, k2], h, list(self.heun.b)), fn
+        return ops.combine_unchecked(x, [fn, f_prev], h, [1.5, -0.5]), fn
 
 
-def rate_times(scheme, n_steps: int, t0: float = 0.0, t1: float = 1.0) -> list[float]:
-    """Every distinct time at which :func:`odeint` evaluates the rate, in order of first use."""
+class _LMStepper:
+    """LM-ResNet (Lu et al. 2018): ``x_{n+1} = (1 - k_n) x_n + k_n x_{n-1} + h f(t_n, x_n)``,
+    ``k_n`` learnable; the first step is an Euler step. The update goes through the
+    stage-accumulation op with learned coefficients ``(k_n, -k_n, h)`` on
+    ``(x_{n-1}, x_n, f_n)``, so ``k`` gets its gradient from the op."""
+
+    def __init__(self, f, n_steps, t0, t1, lm_k):
+        self.f, self.n_steps = f, n_steps
+        self.h = (t1 - t0) / n_steps
+        self.times = schemes.stage_times("euler", n_steps, t0, t1)
+        k = _lm_coefficients(lm_k, n_steps, self.times)
+        self.coeffs = torch.stack([k, -k, torch.full_like(k, self.h)], 1)  # (n_steps, 3)
+
+    def start(self, x0):
+        return (x0, None)
+
+    def step(self, n, state):
+        x, x_prev = state
+        t = self.times[n][0]
+        fn = _check_rate(self.f(t, x), x, t)
+        if x_prev is None:
+            return ops.combine_unchecked(x, [fn], self.h, [1.0]), x
+        c = self.coeffs[n].to(x.dtype) if self.coeffs.dtype != x.dtype else self.coeffs[n]
+        return ops.rk_combine(x, [x_prev, x, fn], 1.0, c), x
+
+
+def _lm_coefficients(lm_k, n_steps, times):
+    if lm_k is None:
+        raise ValueError(
+            "scheme 'lm' needs lm_k: its learnable k_n, a tensor of n_steps values or a "
+            "callable of t (ContinuousBlock(scheme='lm') owns one)"
+        )
+    if callable(lm_k):
+        return torch.stack([torch.as_tensor(lm_k(row[0])).reshape(()) for row in times])
+    if not isinstance(lm_k, torch.Tensor) or lm_k.shape != (n_steps,):
+        shape = tuple(lm_k.shape) if isinstance(lm_k, torch.Tensor) else type(lm_k).__name__
+        raise ValueError(
+            f"lm_k must be a tensor of shape ({n_steps},) (one k per step), got {shape}"
+        )
+    return lm_k
+
+
+def _stepper(f, sch, n_steps, t0, t1, lm_k):
+    if isinstance(sch, schemes.ButcherTableau):
+        return _RKStepper(f, sch, n_steps, t0, t1)
+    if sch.name == "ab2":
+        return _AB2Stepper(f, n_steps, t0, t1)
+    return _LMStepper(f, n_steps, t0, t1, lm_k)
+
+
+# ----------------------------------------------------------------------------- backprop modes
+class _Stepwise(torch.autograd.Function):
+    """Forward without a graph; backward step by step, each step's graph rebuilt from its
+    input state and differentiated exactly. The input state comes from the states kept at
+    step boundaries (``checkpoint``) or from stepping back from the output (``adjoint``)."""
+
+    @staticmethod
+    def forward(ctx, stepper, mode, recompute, x0, *params):
+        kept = []
+        with torch.no_grad():
+            state = stepper.start(x0)
+            for n in range(stepper.n_steps):
+                if mode == "checkpoint":
+                    kept.append(state)
+                state = stepper.step(n, state)
+        ctx.stepper, ctx.mode, ctx.recompute, ctx.params = stepper, mode, recompute, params
+        ctx.layout = (
+            [[t is not None for t in s] for s in kept] if mode == "checkpoint" else [[True]]
+        )
+        tensors = (
+            [t for s in kept for t in s if t is not None] if mode == "checkpoint" else [state[0]]
+        )
+        ctx.save_for_backward(*tensors)
+        return state[0]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        stepper, params = ctx.stepper, ctx.params
+        saved = iter(ctx.saved_tensors)
+        kept = [tuple(next(saved) if has else None for has in layout) for layout in ctx.layout]
+        wanted = [i for i, p in enumerate(params) if p.requires_grad]
+        grad_params = [None] * len(params)
+        state_after = kept[0] if ctx.mode == "adjoint" else None
+        g_state = (grad,) + (None,) * (len(stepper.start(grad)) - 1)
+        for n in reversed(range(stepper.n_steps)):
+            with ctx.recompute():
+                if ctx.mode == "checkpoint":
+                    state = kept[n]
+                else:
+                    with torch.no_grad():
+                        state = stepper.back(n, state_after)
+                with torch.enable_grad():
+                    inputs = tuple(
+                        None if t is None else t.detach().requires_grad_() for t in state
+                    )
+                    out = stepper.step(n, inputs)
+                    pairs = [
+                        (o, g)
+                        for o, g in zip(out, g_state)
+                        if g is not None and o is not None and o.requires_grad
+                    ]
+                    targets = [t for t in inputs if t is not None] + [params[i] for i in wanted]
+                    grads = (
+                        torch.autograd.grad(
+                            [o for o, _ in pairs], targets, [g for _, g in pairs], allow_unused=True
+                        )
+                        if pairs
+                        else [None] * len(targets)
+                    )
+            it = iter(grads)
+            g_state = tuple(None if t is None else next(it) for t in inputs)
+            for i in wanted:
+                g = next(it)
+                if g is not None:
+                    grad_params[i] = g if grad_params[i] is None else grad_params[i] + g
+            state_after = state
+        return (None, None, None, g_state[0], *grad_params)
+
+
+def _no_context():
+    return contextlib.nullcontext()
+
+
+def rate_times(
+    scheme, n_steps: int, t0: float = 0.0, t1: float = 1.0, *, adjoint: bool = False
+) -> list[float]:
+    """Every distinct time at which :func:`odeint` evaluates the rate, in order of first
+    use; with ``adjoint``, also those of the steps taken back in ``backprop="adjoint"``."""
     sch = schemes.get(scheme)
     if isinstance(sch, schemes.Multistep) and sch.name == "ab2":
         # the first step is a Heun step
@@ -174,6 +322,8 @@ def rate_times(scheme, n_steps: int, t0: float = 0.0, t1: float = 1.0) -> list[f
         rows = [first] + schemes.stage_times(sch, n_steps, t0, t1)[1:]
     else:
         rows = schemes.stage_times(sch, n_steps, t0, t1)
+        if adjoint:
+            rows = rows + schemes.stage_times(sch, n_steps, t1, t0)
     return list(dict.fromkeys(t for row in rows for t in row))
 
 
@@ -187,6 +337,9 @@ def odeint(
     t1: float = 1.0,
     backprop: str = "direct",
     trajectory: bool = False,
+    params=None,
+    recompute=None,
+    lm_k=None,
 ) -> torch.Tensor:
     """Integrate ``dx/dt = f(t, x)`` from ``x(t0) = x0`` to ``t1`` in ``n_steps`` equal steps.
 
@@ -197,9 +350,29 @@ def odeint(
         scheme: a name from :func:`contnet.schemes.names` or a ``ButcherTableau``.
         n_steps: number of equal steps, ``h = (t1 - t0) / n_steps``.
         t0, t1: integration interval (``t1 < t0`` integrates backwards).
-        backprop: how gradients flow; ``"direct"`` differentiates through every stage.
+        backprop: how gradients flow:
+
+            - ``"direct"``: autograd through every stage (memory grows with steps x stages
+              x the rate's intermediates);
+            - ``"checkpoint"``: exact gradients, keeping only the states at step boundaries
+              and recomputing each step's stages during backward;
+            - ``"adjoint"``: memory independent of ``n_steps`` (Sander, Ablin, Peyre 2022):
+              backward reconstructs ``x_n`` from ``x_{n+1}`` by stepping the same scheme
+              with ``-h``, then differentiates that step exactly at the reconstructed
+              state. Approximate: the error falls with ``n_steps`` when the rate is smooth
+              in time (order 1 for euler, 2 for heun). Runge-Kutta schemes only.
+
+            With ``checkpoint`` and ``adjoint`` gradients flow to ``x0`` and to ``params``.
         trajectory: if true, return the states at the ``n_steps + 1`` step boundaries
-            stacked along a new first dimension instead of the final state.
+            stacked along a new first dimension instead of the final state (``direct``).
+        params: tensors the rate depends on that need gradients, for ``checkpoint`` and
+            ``adjoint`` (default: ``f.parameters()`` if ``f`` is an ``nn.Module``; tensors a
+            plain function closes over get no gradient unless listed). List the tensors
+            the rate reads: none may be computed from another one listed.
+        recompute: a callable returning a context manager entered while steps are
+            recomputed in backward (e.g. to keep batch-norm statistics from updating twice).
+        lm_k: for ``scheme="lm"``, the coefficients ``k_n``: a tensor of ``n_steps`` values
+            (differentiable) or a callable of ``t``.
 
     A stage at a step's right end (``c_i = 1``) receives the float just inside the step
     (the open-interval rule; see :func:`contnet.schemes.stage_times`).
@@ -219,14 +392,25 @@ def odeint(
         raise ValueError(f"unknown backprop {backprop!r}; expected one of {list(BACKPROP_MODES)}")
     sch = schemes.get(scheme)
     n_steps = schemes.check_n_steps(n_steps)
-    t0, t1 = float(t0), float(t1)
-    if isinstance(sch, schemes.ButcherTableau):
-        x, path = _integrate_rk(f, x0, sch, n_steps, t0, t1, trajectory)
-    elif sch.name == "ab2":
-        x, path = _integrate_ab2(f, x0, n_steps, t0, t1, trajectory)
-    else:
+    stepper = _stepper(f, sch, n_steps, float(t0), float(t1), lm_k)
+    if backprop == "direct" or not torch.is_grad_enabled():
+        state = stepper.start(x0)
+        path = [x0] if trajectory else None
+        for n in range(n_steps):
+            state = stepper.step(n, state)
+            if trajectory:
+                path.append(state[0])
+        return torch.stack(path) if trajectory else state[0]
+    if trajectory:
+        raise ValueError(f"trajectory=True needs backprop='direct', got backprop={backprop!r}")
+    if backprop == "adjoint" and not isinstance(sch, schemes.ButcherTableau):
         raise ValueError(
-            f"scheme {sch.name!r} has a learnable coefficient k(t) and runs inside a "
-            "ContinuousBlock (which owns k), not through odeint alone"
+            f"backprop='adjoint' needs a Runge-Kutta scheme (it steps back with -h); scheme "
+            f"{sch.name!r} is multistep: use backprop='checkpoint'"
         )
-    return torch.stack(path) if trajectory else x
+    if params is None:
+        params = list(f.parameters()) if isinstance(f, nn.Module) else []
+    params = [p for p in params if isinstance(p, torch.Tensor)]
+    if isinstance(stepper, _LMStepper) and stepper.coeffs.requires_grad:
+        params.append(stepper.coeffs)
+    return _Stepwise.apply(stepper, backprop, recompute or _no_context, x0, *params)

@@ -14,6 +14,7 @@ lookup is a view of one node (no copy).
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -22,7 +23,15 @@ from torch import nn
 
 from . import basis as basis_lib
 
-__all__ = ["TimeDependent", "TimeConv2d", "TimeBatchNorm2d", "ConvUnit", "ACTIVATIONS"]
+__all__ = [
+    "TimeDependent",
+    "TimeConv2d",
+    "TimeBatchNorm2d",
+    "TimeScalar",
+    "ConvUnit",
+    "ACTIVATIONS",
+    "frozen_batch_stats",
+]
 
 ACTIVATIONS = {
     "relu": F.relu,
@@ -288,6 +297,58 @@ class TimeBatchNorm2d(TimeDependent):
 
     def extra_repr(self) -> str:
         return f"{self.channels}, n_cells={self.n_basis}, eps={self.eps}, momentum={self.momentum}"
+
+
+class TimeScalar(TimeDependent):
+    """A learnable scalar function of depth, ``k(t) = sum_k phi_k(t) theta_k`` (LM-ResNet's
+    coefficient). Node values start uniform in ``init`` (LM-ResNet draws ``k_n`` from
+    ``U(-0.1, 0)``, Lu et al. 2018)."""
+
+    _basis_tensors = ("theta",)
+
+    def __init__(
+        self,
+        n_basis: int = 1,
+        basis: str = "piecewise_constant",
+        *,
+        init=(-0.1, 0.0),
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(basis_lib.get(basis, n_basis))
+        lo, hi = init
+        values = torch.empty(self.n_basis, device=device, dtype=dtype).uniform_(lo, hi)
+        self.theta = nn.Parameter(self.basis.from_values(values))
+
+    def at(self, times) -> torch.Tensor:
+        """``k(t)`` at every time of ``times``, a tensor of ``len(times)`` values."""
+        return torch.stack([interpolate(self.theta, self.coefficients(t)) for t in times])
+
+    def forward(self, t: float) -> torch.Tensor:
+        return interpolate(self.theta, self.coefficients(_check_time(t)))
+
+
+@contextlib.contextmanager
+def frozen_batch_stats(module: nn.Module):
+    """Within the block, batch norms in ``module`` (contnet's and torch's) normalise as
+    usual but leave their running statistics alone: for steps recomputed during backward,
+    whose statistics the forward pass already counted."""
+    norms = [
+        m
+        for m in module.modules()
+        if isinstance(m, (TimeBatchNorm2d, nn.modules.batchnorm._BatchNorm))
+    ]
+    saved = [(m, m.momentum, getattr(m, "num_batches_tracked", None)) for m in norms]
+    counts = [None if n is None else n.clone() for _, _, n in saved]
+    try:
+        for m in norms:
+            m.momentum = 0.0
+        yield
+    finally:
+        for (m, momentum, n), c in zip(saved, counts):
+            m.momentum = momentum
+            if n is not None:
+                n.copy_(c)
 
 
 class ConvUnit(nn.Module):

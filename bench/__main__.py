@@ -1,11 +1,16 @@
-"""python -m bench [ops|block|inference] [options]: run one suite, or every suite with no
+"""python -m bench [ops|block|inference|backprop] [options]: run one suite, or every suite with no
 name (see bench/README.md)."""
 
 import sys
 
-from . import block_bench, ops_bench
+from . import backprop_bench, block_bench, ops_bench
 
-SUITES = {"ops": ops_bench.main, "block": block_bench.main, "inference": block_bench.inference_main}
+SUITES = {
+    "ops": ops_bench.main,
+    "block": block_bench.main,
+    "inference": block_bench.inference_main,
+    "backprop": backprop_bench.main,
+}
 
 
 def main(argv=None):

@@ -362,7 +362,9 @@ def plot(payload, path):
     return _save(fig, path)
 
 
-def inference(device="cuda", shapes=("stage1", "stage2", "stage3"), batch=8, scheme="rk4", K=16, rounds=5):
+def inference(
+    device="cuda", shapes=("stage1", "stage2", "stage3"), batch=8, scheme="rk4", K=16, rounds=5
+):
     """Small-batch inference (no grad): contnet eager, contnet replayed from a CUDA graph
     (:func:`contnet.cuda_graph`), the hand loop eager. Launches and Python dominate here."""
     if device != "cuda":
@@ -378,7 +380,7 @@ def inference(device="cuda", shapes=("stage1", "stage2", "stage3"), batch=8, sch
         graphed = contnet.cuda_graph(prob.block, x)
         th1, th2 = prob.theta1.detach(), prob.theta2.detach()
 
-        def eager(f):
+        def eager(f, x=x, th1=th1, th2=th2):
             def run():
                 with torch.no_grad():
                     return f(x, th1, th2)
@@ -386,13 +388,26 @@ def inference(device="cuda", shapes=("stage1", "stage2", "stage3"), batch=8, sch
             return run
 
         t = common.time_side_by_side(
-            {"contnet": eager(prob.contnet), "contnet_graph": lambda: graphed(x), "hand": eager(prob.hand)},
+            {
+                "contnet": eager(prob.contnet),
+                "contnet_graph": lambda g=graphed, x=x: g(x),
+                "hand": eager(prob.hand),
+            },
             rounds=rounds,
             min_run_time=0.3,
             device=device,
         )
         ms = {k: v["median_s"] * 1e3 for k, v in t.items()}
-        row = {"shape": shape_name, "batch": batch, "channels": c, "pixels": p, "scheme": scheme, "n_steps": K, "median_ms": ms, "timings": t}
+        row = {
+            "shape": shape_name,
+            "batch": batch,
+            "channels": c,
+            "pixels": p,
+            "scheme": scheme,
+            "n_steps": K,
+            "median_ms": ms,
+            "timings": t,
+        }
         row["hand_over_graph"] = ms["hand"] / ms["contnet_graph"]
         results.append(row)
         print(

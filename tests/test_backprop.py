@@ -1,0 +1,219 @@
+"""Backprop modes (checkpoint, adjoint) and the multistep schemes (ab2, lm)."""
+
+import math
+
+import pytest
+import torch
+
+import contnet
+from contnet.train import fitted_order
+
+from .test_schemes import _exact, _rate
+
+
+def _block(scheme, n_steps, basis="fem_linear", K=3, norm=None, act="tanh", backprop="direct"):
+    unit = contnet.ConvUnit(3, n_basis=K, basis=basis, norm=norm, act=act).double()
+    return contnet.ContinuousBlock(unit, scheme=scheme, n_steps=n_steps, backprop=backprop).double()
+
+
+def _grads(block, x, mode):
+    block.backprop = mode
+    params = [x, *block.parameters()]
+    out = block(x)
+    g = torch.autograd.grad((out * torch.sin(out)).sum(), params, allow_unused=True)
+    return torch.cat(
+        [(v if v is not None else torch.zeros_like(p)).flatten() for v, p in zip(g, params)]
+    )
+
+
+def _reset_stats(block):
+    for m in block.modules():
+        if isinstance(m, contnet.TimeBatchNorm2d):
+            m.running_mean.zero_()
+            m.running_var.fill_(1.0)
+
+
+@pytest.mark.parametrize("scheme", ["euler", "rk4", "rk4_38", "ssprk3", "ab2", "lm"])
+@pytest.mark.parametrize("norm", [None, "batch"])
+@pytest.mark.parametrize("basis,K", [("fem_linear", 3), ("piecewise_constant", 4)])
+def test_checkpoint_gradients_equal_direct(scheme, norm, basis, K):
+    block = _block(scheme, 6, basis, K, norm).train()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    _reset_stats(block)
+    direct = _grads(block, x, "direct")
+    stats_direct = [
+        m.running_mean.clone() for m in block.modules() if isinstance(m, contnet.TimeBatchNorm2d)
+    ]
+    _reset_stats(block)
+    ckpt = _grads(block, x, "checkpoint")
+    stats_ckpt = [
+        m.running_mean.clone() for m in block.modules() if isinstance(m, contnet.TimeBatchNorm2d)
+    ]
+    assert (ckpt - direct).abs().max() <= 1e-10 * direct.abs().max()
+    for a, b in zip(stats_direct, stats_ckpt):  # counted once (twice would differ by ~momentum)
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("scheme,order", [("euler", 1), ("heun", 2)])
+def test_adjoint_error_falls_with_steps(scheme, order):
+    torch.manual_seed(0)
+    block = _block(scheme, 4)
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    steps = [8, 16, 32]
+    errs = []
+    for n in steps:
+        block.n_steps = n
+        direct = _grads(block, x, "direct")
+        errs.append(((_grads(block, x, "adjoint") - direct).norm() / direct.norm()).item())
+    assert errs[0] > errs[1] > errs[2]
+    assert fitted_order(steps, errs) > order - 0.3, errs
+
+
+def test_adjoint_with_batch_norm_in_training_mode():
+    block = _block("heun", 16, norm="batch").train()
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    _reset_stats(block)
+    direct = _grads(block, x, "direct")
+    stats = [
+        m.running_var.clone() for m in block.modules() if isinstance(m, contnet.TimeBatchNorm2d)
+    ]
+    _reset_stats(block)
+    adjoint = _grads(block, x, "adjoint")
+    assert (adjoint - direct).norm() / direct.norm() < 1e-2
+    for a, m in zip(stats, [m for m in block.modules() if isinstance(m, contnet.TimeBatchNorm2d)]):
+        torch.testing.assert_close(m.running_var, a, rtol=1e-12, atol=1e-12)
+
+
+def test_backprop_modes_through_odeint_with_params():
+    w = torch.randn(4, 4, dtype=torch.float64, requires_grad=True)
+    f = lambda t, x: torch.tanh(x @ w) * (1 + t)  # noqa: E731
+    x0 = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    ref = torch.autograd.grad(contnet.odeint(f, x0, scheme="rk4", n_steps=8).sum(), [x0, w])
+    ck = torch.autograd.grad(
+        contnet.odeint(f, x0, scheme="rk4", n_steps=8, backprop="checkpoint", params=[w]).sum(),
+        [x0, w],
+    )
+    for a, b in zip(ref, ck):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    adj = torch.autograd.grad(
+        contnet.odeint(f, x0, scheme="rk4", n_steps=8, backprop="adjoint", params=[w]).sum(),
+        [x0, w],
+    )
+    for a, b in zip(ref, adj):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def _saved_peak(fn):
+    from bench.backprop_bench import SavedBytes
+
+    with SavedBytes() as counter:
+        fn()
+    return counter.peak
+
+
+def test_activation_memory_by_mode():
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    peaks = {}
+    for mode in ("direct", "checkpoint", "adjoint"):
+        block = _block("rk4", 4).float()
+        block.backprop = mode
+        for n in (4, 16):
+            block.n_steps = n
+            peaks[mode, n] = _saved_peak(
+                lambda b=block: torch.autograd.grad(b(x).sum(), [x, *b.parameters()])
+            )
+    state = x.numel() * x.element_size()
+    assert peaks["adjoint", 16] == peaks["adjoint", 4]  # flat in n_steps
+    ckpt_slope = (peaks["checkpoint", 16] - peaks["checkpoint", 4]) / 12
+    direct_slope = (peaks["direct", 16] - peaks["direct", 4]) / 12
+    assert 0.5 * state <= ckpt_slope <= 2 * state  # one state per step
+    assert direct_slope > 8 * ckpt_slope
+
+
+def test_backprop_mode_errors():
+    block = _block("ab2", 4)
+    with pytest.raises(ValueError, match="adjoint' needs a Runge-Kutta scheme"):
+        block.backprop = "adjoint"
+        block(torch.randn(1, 3, 4, 4, dtype=torch.float64, requires_grad=True)).sum().backward()
+    with pytest.raises(ValueError, match="trajectory=True needs backprop='direct'"):
+        contnet.odeint(
+            lambda t, x: x,
+            torch.randn(2, requires_grad=True),
+            backprop="checkpoint",
+            trajectory=True,
+        )
+    x = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    out = contnet.odeint(lambda t, x: torch.sin(x), x, backprop="adjoint", n_steps=2)
+    (g,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    with pytest.raises(
+        RuntimeError, match="once_differentiable|does not require grad|double backward"
+    ):
+        torch.autograd.grad(g.sum(), x)
+
+
+# ---------------------------------------------------------------------------- multistep
+def test_ab2_order_two():
+    x0 = torch.stack([torch.rand(5) + 0.5, torch.rand(5) * 0.4 + 0.1], 1).double()
+    steps = [16, 32, 64, 128]
+    errs = [
+        (contnet.odeint(_rate, x0, scheme="ab2", n_steps=n) - _exact(1.0, x0)).abs().max().item()
+        for n in steps
+    ]
+    assert abs(fitted_order(steps, errs) - 2) < 0.3
+
+
+def test_lm_converges_at_order_one_to_its_modified_equation():
+    """With constant k, x_{n+1} = (1-k) x_n + k x_{n-1} + h f is consistent with
+    (1 + k) x' = f: order 1 (Lu et al. 2018)."""
+    k = -0.3
+    x0 = torch.rand(4, dtype=torch.float64) + 0.5
+    exact = x0 * math.exp(-1.0 / (1 + k))  # x' = -x / (1 + k)
+    steps = [32, 64, 128, 256]
+    errs = []
+    for n in steps:
+        out = contnet.odeint(
+            lambda t, x: -x,
+            x0,
+            scheme="lm",
+            n_steps=n,
+            lm_k=torch.full((n,), k, dtype=torch.float64),
+        )
+        errs.append((out - exact).abs().max().item())
+    assert abs(fitted_order(steps, errs) - 1) < 0.3, errs
+
+
+def test_lm_gradcheck_of_learnable_k():
+    f = lambda t, x: torch.tanh(x) * (1 + t)  # noqa: E731
+    x0 = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    k = (torch.rand(5, dtype=torch.float64) * -0.1).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda x, k: contnet.odeint(f, x, scheme="lm", n_steps=5, lm_k=k), (x0, k)
+    )
+    block = _block("lm", 4, basis="piecewise_constant", K=4)
+    assert (
+        block.lm.theta.shape == (4,)
+        and (block.lm.theta <= 0).all()
+        and (block.lm.theta >= -0.1).all()
+    )
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    (gk,) = torch.autograd.grad(block(x).square().sum(), block.lm.theta)
+    assert gk.abs().sum() > 0
+    contnet.refine(block)
+    assert block.lm.theta.shape == (8,)  # k(t) is refined with the unit
+    with pytest.raises(ValueError, match="build the block with scheme='lm'"):
+        _block("rk4", 4).scheme = "lm"
+    with pytest.raises(ValueError, match="needs lm_k"):
+        contnet.odeint(f, x0, scheme="lm")
+
+
+def test_lm_resnet_trains_on_digits_from_the_cli(tmp_path):
+    from contnet import cli, train
+
+    out = tmp_path / "lm"
+    args = ["train", "--scheme", "lm", "--n-basis", "1", "--epochs", "4", "--refine-at", "2"]
+    assert cli.main([*args, "--widths", "8", "16", "--out", str(out), "--no-progress"]) == 0
+    payload = train.load_checkpoint(out / "checkpoint.pt")
+    hist = payload["meta"]["history"]
+    assert hist[-1]["train_loss"] < 0.5 * hist[0]["train_loss"] and hist[-1]["test_acc"] > 0.9
+    model = train.model_from_checkpoint(payload)
+    assert model.stages[0].scheme == "lm" and model.stages[0].lm.theta.shape == (2,)

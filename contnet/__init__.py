@@ -9,7 +9,15 @@ from . import basis, ops, schemes
 from .block import ContinuousBlock
 from .integrate import odeint
 from .layers import ConvUnit, TimeBatchNorm2d, TimeConv2d
-from .models import ContinuousNet, GraphedInference, Stitch, cuda_graph, from_resnet, project, refine
+from .models import (
+    ContinuousNet,
+    GraphedInference,
+    Stitch,
+    cuda_graph,
+    from_resnet,
+    project,
+    refine,
+)
 
 __version__ = "0.1.0"
 

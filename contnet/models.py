@@ -11,7 +11,15 @@ from . import basis as basis_lib
 from .block import ContinuousBlock
 from .layers import ACTIVATIONS, NORMS, ConvUnit, TimeBatchNorm2d, TimeDependent, _positive_int
 
-__all__ = ["ContinuousNet", "Stitch", "refine", "project", "from_resnet", "cuda_graph", "GraphedInference"]
+__all__ = [
+    "ContinuousNet",
+    "Stitch",
+    "refine",
+    "project",
+    "from_resnet",
+    "cuda_graph",
+    "GraphedInference",
+]
 
 
 class Stitch(nn.Module):
@@ -326,7 +334,9 @@ def from_resnet(stage) -> ContinuousBlock:
 class GraphedInference:
     """Inference of a module replayed from a captured CUDA graph (see :func:`cuda_graph`)."""
 
-    def __init__(self, module: nn.Module, example: torch.Tensor, warmup: int = 3, copy_output: bool = True):
+    def __init__(
+        self, module: nn.Module, example: torch.Tensor, warmup: int = 3, copy_output: bool = True
+    ):
         self.module, self.copy_output = module, copy_output
         self.static_in = example.detach().clone()
         side = torch.cuda.Stream(device=example.device)
@@ -352,7 +362,9 @@ class GraphedInference:
         return self.static_out.clone() if self.copy_output else self.static_out
 
 
-def cuda_graph(module: nn.Module, example: torch.Tensor, *, warmup: int = 3, copy_output: bool = True) -> GraphedInference:
+def cuda_graph(
+    module: nn.Module, example: torch.Tensor, *, warmup: int = 3, copy_output: bool = True
+) -> GraphedInference:
     """Capture ``module``'s inference forward on inputs shaped like ``example`` in a CUDA
     graph; calling the result replays it (one launch instead of every kernel's).
 

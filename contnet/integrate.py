@@ -208,8 +208,7 @@ class _LMStepper:
         fn = _check_rate(self.f(t, x), x, t)
         if x_prev is None:
             return ops.combine_unchecked(x, [fn], self.h, [1.0]), x
-        c = self.coeffs[n].to(x.dtype) if self.coeffs.dtype != x.dtype else self.coeffs[n]
-        return ops.rk_combine(x, [x_prev, x, fn], 1.0, c), x
+        return ops.combine_learned_unchecked(x, [x_prev, x, fn], 1.0, self.coeffs[n]), x
 
 
 def _lm_coefficients(lm_k, n_steps, times):

@@ -163,6 +163,13 @@ def _opmath(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+def _vanishes(hc: float, dtype: torch.dtype) -> bool:
+    """Whether the step coefficient ``hc`` rounds to zero in the kernels' accumulation type
+    for ``dtype`` (float32 below float64); such a term is skipped, so a non-finite operand
+    with a zero coefficient has no effect."""
+    return hc == 0.0 or (_opmath(dtype) != torch.float64 and abs(hc) <= 2.0**-150)
+
+
 def _dense_format(t: torch.Tensor) -> torch.memory_format:
     """The layout the flat kernels use (mirrors csrc/include/contnet/layout.h)."""
     if (
@@ -183,16 +190,46 @@ def _empty_dense(t: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------- internal
 # Unchecked entry points for callers inside contnet whose arguments are consistent by
 # construction (the integrator): no Python-side validation, coefficients already floats
-# without zeros. The kernels still check their inputs.
+# without zeros. The kernels still check their inputs. Mixed dtypes -- as under
+# torch.autocast, where convolutions return half precision while the state stays float32
+# -- are promoted to the widest, as autocast does for pointwise ops.
+def _promoted(tensors):
+    dtype = None
+    for t in tensors:
+        if t is not None:
+            dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+def _cast(t, dtype):
+    return t if t is None or t.dtype == dtype else t.to(dtype)
+
+
 def combine_unchecked(x, terms, h: float, coeffs) -> torch.Tensor:
+    dtype = _promoted([x, *terms])
+    if x.dtype != dtype or any(t.dtype != dtype for t in terms):
+        x, terms = _cast(x, dtype), [_cast(t, dtype) for t in terms]
     if _use_extension("rk_combine", x):
         return torch.ops.contnet.rk_combine.default(x, terms, h, coeffs)
+    return rk_combine_reference(x, terms, h, coeffs)
+
+
+def combine_learned_unchecked(x, terms, h: float, coeffs: torch.Tensor) -> torch.Tensor:
+    dtype = _promoted([x, *terms])
+    x, terms, coeffs = _cast(x, dtype), [_cast(t, dtype) for t in terms], _cast(coeffs, dtype)
+    if _use_extension("rk_combine_learned", x):
+        return torch.ops.contnet.rk_combine_learned.default(x, terms, h, coeffs)
     return rk_combine_reference(x, terms, h, coeffs)
 
 
 def epilogue_unchecked(
     y, bias, act: int, scale: float, bases, terms, h: float, coeffs, return_k: bool
 ):
+    others = (bias, *bases, *terms)
+    dtype = _promoted([y, *others])
+    if y.dtype != dtype or any(t is not None and t.dtype != dtype for t in others):
+        y, bias = _cast(y, dtype), _cast(bias, dtype)
+        bases, terms = [_cast(t, dtype) for t in bases], [_cast(t, dtype) for t in terms]
     if _use_extension("rk_epilogue", y):
         return torch.ops.contnet.rk_epilogue.default(
             y, bias, act, scale, bases, terms, h, coeffs, return_k
@@ -203,13 +240,18 @@ def epilogue_unchecked(
 # ---------------------------------------------------------------------------- rk_combine
 def rk_combine_reference(x, terms, h, coeffs) -> torch.Tensor:
     """Pure-PyTorch ``x + h * sum_j coeffs[j] * terms[j]`` (``coeffs`` floats or a 1-d
-    tensor), accumulated in float for float16/bfloat16 as the kernels do."""
+    tensor), accumulated in float for float16/bfloat16 as the kernels do. Terms with a
+    float coefficient that rounds to zero are skipped, as :func:`rk_combine` skips them."""
     acc = _opmath(x.dtype)
     out = x.to(acc)
     for j, k in enumerate(terms):
         c = coeffs[j]
-        # h * c rounded once from float64, as the kernels do
-        hc = (h * c.to(torch.float64)).to(acc) if isinstance(c, torch.Tensor) else h * float(c)
+        if isinstance(c, torch.Tensor):  # h * c rounded once from float64, as the kernels do
+            hc = (h * c.to(torch.float64)).to(acc)
+        elif _vanishes(h * float(c), x.dtype):
+            continue
+        else:
+            hc = h * float(c)
         out = out + hc * k.to(acc)
     return out.to(x.dtype)
 
@@ -246,7 +288,7 @@ def rk_combine(x: torch.Tensor, terms: Sequence[torch.Tensor], h: float, coeffs)
         raise ValueError(
             f"terms and coeffs must have the same length, got {len(terms)} and {len(coeffs)}"
         )
-    kept = [(k, c) for k, c in zip(terms, coeffs) if c != 0.0 and h != 0.0]
+    kept = [(k, c) for k, c in zip(terms, coeffs) if not _vanishes(h * c, x.dtype)]
     terms, coeffs = [k for k, _ in kept], [c for _, c in kept]
     if _use_extension("rk_combine", x):
         return torch.ops.contnet.rk_combine(x, terms, h, coeffs)
@@ -269,7 +311,7 @@ def rk_epilogue_reference(y, bias, act, scale, bases, terms, h, coeffs, return_k
         row = coeffs[o * (n_terms + 1) : (o + 1) * (n_terms + 1)]
         out = base.to(acc)
         for j, t in enumerate(terms):
-            if row[j] != 0.0:
+            if not _vanishes(h * row[j], y.dtype):
                 out = out + (h * row[j]) * t.to(acc)
         outs.append((out + (h * row[n_terms]) * k).to(y.dtype))
     if return_k:
@@ -332,11 +374,17 @@ def rk_epilogue(
 
 # ---------------------------------------------------------------------------- basis_interp
 def basis_interp_reference(phi: torch.Tensor, thetas: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Pure-PyTorch ``[einsum("sk,k...->s...", phi, theta) for theta in thetas]``."""
+    """Pure-PyTorch ``[einsum("sk,k...->s...", phi, theta) for theta in thetas]``, summed
+    over ascending ``k`` and skipping zero entries of ``phi`` as the kernels do (a non-finite
+    weight at a node whose basis function vanishes at a time has no effect there)."""
     outs = []
     for theta in thetas:
         acc = _opmath(theta.dtype)
-        w = phi.to(acc) @ theta.reshape(theta.shape[0], -1).to(acc)
+        flat = theta.reshape(theta.shape[0], -1).to(acc)
+        w = flat.new_zeros(phi.shape[0], flat.shape[1])
+        for k in range(phi.shape[1]):
+            col = phi[:, k : k + 1].to(acc)
+            w = w + torch.where(col != 0, col * flat[k], 0.0)
         outs.append(w.reshape((phi.shape[0],) + tuple(theta.shape[1:])).to(theta.dtype))
     return outs
 

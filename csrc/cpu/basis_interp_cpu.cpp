@@ -55,7 +55,10 @@ std::vector<at::Tensor> basis_interp_cpu(const at::Tensor& phi_in, at::TensorLis
         for (int64_t idx = b; idx < e; ++idx) {
           const int64_t s = idx / chunks, begin = (idx % chunks) * kChunk, len = std::min(kChunk, M - begin);
           std::fill(buf, buf + len, acc_t(0));
-          for (const auto& [k, w] : nz[s]) axpy_run<scalar_t, acc_t>(buf, static_cast<acc_t>(w), tp + k * M + begin, len);
+          for (const auto& [k, w] : nz[s]) {
+            const acc_t wa = static_cast<acc_t>(w);  // may underflow to zero below float64
+            if (wa != acc_t(0)) axpy_run<scalar_t, acc_t>(buf, wa, tp + k * M + begin, len);
+          }
           scalar_t* out = op + s * M + begin;
           for (int64_t i = 0; i < len; ++i) out[i] = static_cast<scalar_t>(buf[i]);
         }

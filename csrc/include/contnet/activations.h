@@ -28,7 +28,7 @@ C10_HOST_DEVICE inline T sigmoid(T z) {
 template <int ACT, typename T>
 C10_HOST_DEVICE inline T act_forward_t(T z) {
   if constexpr (ACT == kRelu) {
-    return z > T(0) ? z : T(0);
+    return z < T(0) ? T(0) : z;  // NaN passes through, as torch.relu
   } else if constexpr (ACT == kTanh) {
     return CONTNET_MATH(tanh)(z);
   } else if constexpr (ACT == kGelu) {  // exact (erf) form, as torch.nn.functional.gelu
@@ -46,7 +46,7 @@ C10_HOST_DEVICE inline T act_forward_t(T z) {
 template <int ACT, typename T>
 C10_HOST_DEVICE inline T act_grad_t(T z) {
   if constexpr (ACT == kRelu) {
-    return z > T(0) ? T(1) : T(0);
+    return z <= T(0) ? T(0) : T(1);
   } else if constexpr (ACT == kTanh) {
     const T t = CONTNET_MATH(tanh)(z);
     return T(1) - t * t;
@@ -64,12 +64,12 @@ C10_HOST_DEVICE inline T act_grad_t(T z) {
   }
 }
 
-// g * act'(z): for relu the select z > 0 ? g : 0 (as torch's threshold_backward), which
+// g * act'(z): for relu the select z <= 0 ? 0 : g (as torch's threshold_backward), which
 // vectorises, where a multiplication by a 0/1 factor would not (NaN * 0, -0).
 template <int ACT, typename T>
 C10_HOST_DEVICE inline T act_backward_t(T g, T z) {
   if constexpr (ACT == kRelu) {
-    return z > T(0) ? g : T(0);
+    return z <= T(0) ? T(0) : g;  // as torch's threshold_backward (NaN input: g)
   } else if constexpr (ACT == kIdentity) {
     return g;
   } else {

@@ -3,8 +3,8 @@
 //   out[s, i] = sum_k phi[s, k] * theta[k, i]       (phi: S x K, theta: K x M, out: S x M)
 //
 // Its backward is the same lookup with phi transposed (K x S), scattering the stage
-// gradients into the basis nodes. Zero coefficients (most of them, for local bases) are
-// skipped; the CPU kernel adds the same products in the same (ascending k) order, a run of
+// gradients into the basis nodes. Coefficients that are zero in the accumulation type
+// (most of them, for local bases) are skipped; the CPU kernel adds the same products in the same (ascending k) order, a run of
 // elements at a time.
 #pragma once
 
@@ -21,8 +21,8 @@ C10_HOST_DEVICE inline acc_t interp_element(const double* phi_row, int64_t K,
                                             const scalar_t* theta, int64_t M, int64_t i) {
   acc_t acc = acc_t(0);
   for (int64_t k = 0; k < K; ++k) {
-    const double p = phi_row[k];
-    if (p != 0.0) acc += static_cast<acc_t>(p) * static_cast<acc_t>(theta[k * M + i]);
+    const acc_t p = static_cast<acc_t>(phi_row[k]);  // zero also when it underflows
+    if (p != acc_t(0)) acc += p * static_cast<acc_t>(theta[k * M + i]);
   }
   return acc;
 }

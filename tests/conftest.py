@@ -3,6 +3,7 @@ when it fails (set CONTNET_TEST_SEED to replay one); CUDA tests skip without a G
 
 import os
 import random
+import sys
 
 import pytest
 import torch
@@ -33,3 +34,11 @@ def pytest_runtest_makereport(item, call):
     seed = getattr(item, "contnet_seed", None)
     if report.failed and seed is not None:
         report.sections.append(("seed", f"replay with CONTNET_TEST_SEED={seed}"))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How many property-based cases ran (tests/test_properties.py)."""
+    mod = sys.modules.get("tests.test_properties")
+    if mod is not None and mod.CASES:
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(mod.CASES.items()))
+        terminalreporter.write_line(f"property-based cases run: {counts}")

@@ -96,6 +96,10 @@ class TimeDependent(nn.Module):
         """Non-zero ``(k, phi_k(t))`` of this layer's basis at time ``t``."""
         return self.basis.coefficients(t)
 
+    def _format_like(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """The layout a replacement tensor takes (subclasses keep memory formats)."""
+        return new
+
     def _tensors(self):
         for name in self._basis_tensors:
             v = getattr(self, name)
@@ -107,7 +111,7 @@ class TimeDependent(nn.Module):
         changes = []
         with torch.no_grad():
             for name, old in list(self._tensors()):
-                value = basis_lib.apply_matrix(M, old.detach())
+                value = self._format_like(old, basis_lib.apply_matrix(M, old.detach()))
                 if isinstance(old, nn.Parameter):
                     new = nn.Parameter(value, requires_grad=old.requires_grad)
                     setattr(self, name, new)
@@ -199,6 +203,30 @@ class TimeConv2d(TimeDependent):
                 self.bias.copy_(
                     self.basis.from_values(torch.empty_like(self.bias).uniform_(-bound, bound))
                 )
+
+    def _apply(self, fn, recurse=True):
+        # nn.Module.to(memory_format=torch.channels_last) gives every 4-d and 5-d tensor the
+        # 2-d channels_last layout, which a 5-d stack of K filter banks cannot take. The
+        # stack goes through its 4-d view (K * out, in, kh, kw), so each node becomes a
+        # channels_last filter bank; parameter identities are kept.
+        def per_filter(t):
+            if t.dim() == 5:
+                return fn(t.flatten(0, 1)).unflatten(0, t.shape[:2])
+            return fn(t)
+
+        return super()._apply(per_filter, recurse)
+
+    def _format_like(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """A refined or projected weight keeps the node layout of the one it replaces."""
+        if old.dim() == 5:
+            flat = old.flatten(0, 1)
+            if not flat.is_contiguous() and flat.is_contiguous(memory_format=torch.channels_last):
+                return (
+                    new.flatten(0, 1)
+                    .contiguous(memory_format=torch.channels_last)
+                    .unflatten(0, new.shape[:2])
+                )
+        return new
 
     def weight_at(self, t: float):
         """``(W(t), b(t))``; ``b`` is None without bias. A ``piecewise_constant`` basis

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 import time
@@ -104,17 +105,25 @@ def run_train(args, cfg=None, out=None, dataset=None, log=print) -> dict:
     cfg = cfg or _train_config(args)
     out = pathlib.Path(out or args.out)
     dataset = dataset or _load_dataset(args)
-    log(f"training on {dataset.describe()}; kernels: {ops.backend()}; output: {out}")
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if main_rank:
+        log(f"training on {dataset.describe()}; kernels: {ops.backend()}; output: {out}")
     result = train(cfg, out, dataset, resume=getattr(args, "resume", False), log=log)
     hist = result["history"]
-    log("\n" + _history_table(hist))
     summary = {
         "config": cfg.to_json(),
         "history": hist,
         "test_acc": result["test_acc"],
         "wall_time_s": result["wall_time_s"],
         "checkpoint": result["checkpoint"],
+        "world_size": result["world_size"],
     }
+    for key in ("weight_spread", "buffer_spread"):
+        if key in result:
+            summary[key] = result[key]
+    if result["rank"] != 0:  # rank 0 reports for every process
+        return {**summary, "model": result["model"]}
+    log("\n" + _history_table(hist))
     _write_json(out / "train.json", summary)
     plots.training_curves({"run": hist}, out / "training_curves.png")
     plots.theta_over_depth(result["model"], out / "theta.png")

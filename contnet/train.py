@@ -238,6 +238,7 @@ def save_checkpoint(
     epoch=0,
     history=(),
     extra=None,
+    loader_states=None,
 ) -> pathlib.Path:
     """Write a checkpoint atomically (temporary file, then rename): the previous file stays
     intact if anything fails. A human-readable ``.json`` of the metadata goes beside it."""
@@ -264,6 +265,7 @@ def save_checkpoint(
         "rng": {
             "torch": torch.get_rng_state(),
             "loader": loader.generator.get_state() if loader is not None else None,
+            "loader_ranks": loader_states,
         },
     }
     _atomic_write(path, lambda p: torch.save(payload, p))
@@ -343,25 +345,96 @@ def model_from_checkpoint(
 
 
 # ----------------------------------------------------------------------------- training
+class Distributed:
+    """The process group of a ``torchrun`` launch (``WORLD_SIZE > 1`` in the environment):
+    gloo on the CPU, NCCL on GPUs. Each rank trains on its share of the data; gradients
+    are averaged by ``DistributedDataParallel``, which also keeps batch-norm statistics in
+    step (rank 0's are broadcast every forward)."""
+
+    def __init__(self, device: str):
+        import torch.distributed as dist
+
+        self.dist = dist
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend)
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.local_rank = int(os.environ.get("LOCAL_RANK", self.rank))
+        self.device = (
+            torch.device(f"cuda:{self.local_rank}") if backend == "nccl" else torch.device(device)
+        )
+        if backend == "nccl":
+            torch.cuda.set_device(self.device)
+
+    @staticmethod
+    def from_env(device: str):
+        return Distributed(device) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.local_rank] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+
+    def sum(self, *values: float) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        self.dist.all_reduce(t)
+        return t.tolist()
+
+    def gather(self, obj) -> list:
+        out = [None] * self.world_size
+        self.dist.all_gather_object(out, obj)
+        return out
+
+    def spread(self, tensors) -> float:
+        """Largest difference of any element of ``tensors`` between ranks (0: in step)."""
+        tensors = [t.detach().double().flatten() for t in tensors if t.is_floating_point()]
+        if not tensors:
+            return 0.0
+        flat = torch.cat(tensors)
+        hi, lo = flat.clone(), flat.clone()
+        self.dist.all_reduce(hi, op=self.dist.ReduceOp.MAX)
+        self.dist.all_reduce(lo, op=self.dist.ReduceOp.MIN)
+        return (hi - lo).abs().max().item()
+
+    def sync_buffers(self, model: nn.Module) -> None:
+        """Rank 0's buffers everywhere (what DDP does at the start of every forward: after
+        the last one, each rank's batch-norm statistics hold its own last batch)."""
+        for b in model.buffers():
+            self.dist.broadcast(b, 0)
+
+    def close(self):
+        self.dist.barrier()
+        self.dist.destroy_process_group()
+
+
 def train(cfg: TrainConfig, out_dir, dataset: Dataset, *, resume: bool = False, log=print) -> dict:
     """Train a ContinuousNet on ``dataset``; checkpoint to ``out_dir/checkpoint.pt`` after
     every epoch. At the start of each epoch in ``cfg.refine_at`` the model is refined in
     depth (``K`` and ``n_steps`` double) and the optimiser state is mapped the same way.
 
     ``resume``: continue from ``out_dir/checkpoint.pt`` (bitwise the same as an
-    uninterrupted run on the same machine). Returns ``{"history", "model", ...}``.
+    uninterrupted run on the same machine). Under ``torchrun`` with several processes the
+    run is data parallel (see :class:`Distributed`): rank 0 logs and writes checkpoints;
+    after a refinement the DDP wrapper is built anew. Returns ``{"history", "model", ...}``.
     """
     out_dir = pathlib.Path(out_dir)
     ckpt_path = out_dir / "checkpoint.pt"
-    device = torch.device(cfg.device)
+    ddp = Distributed.from_env(cfg.device)
+    rank, world = (ddp.rank, ddp.world_size) if ddp else (0, 1)
+    device = ddp.device if ddp else torch.device(cfg.device)
+    if rank != 0:
+        log = _silent
     torch.manual_seed(cfg.seed)
+    # every rank gets the same number of samples (DDP needs the same number of batches)
+    n = len(dataset.x_train) // world * world
     loader = Loader(
-        dataset.x_train,
-        dataset.y_train,
+        dataset.x_train[rank:n:world],
+        dataset.y_train[rank:n:world],
         cfg.batch_size,
         shuffle=True,
         augment=dataset.augment,
-        seed=cfg.seed,
+        seed=cfg.seed + rank,
     )
     start, history = 0, []
     if resume and ckpt_path.exists():
@@ -375,36 +448,46 @@ def train(cfg: TrainConfig, out_dir, dataset: Dataset, *, resume: bool = False, 
                 )
         model = model_from_checkpoint(payload, device=device)
         start, history = payload["meta"]["epoch"] + 1, payload["meta"]["history"]
-        optimizer, scheduler = make_optimizer(model, cfg), None
+        optimizer = make_optimizer(model, cfg)
         optimizer.load_state_dict(payload["optimizer"])
         scheduler = make_scheduler(optimizer, cfg)
         scheduler.load_state_dict(payload["scheduler"])
-        torch.set_rng_state(payload["rng"]["torch"])
-        loader.generator.set_state(payload["rng"]["loader"])
+        rng = payload["rng"]
+        loader_states = rng.get("loader_ranks") or [rng["loader"]]
+        if len(loader_states) != world:
+            raise CheckpointError(
+                f"cannot resume from {ckpt_path}: it was written by {len(loader_states)} process(es), this run has {world}"
+            )
+        torch.set_rng_state(rng["torch"])
+        loader.generator.set_state(loader_states[rank])
         log(f"resumed from {ckpt_path} after epoch {start}")
     else:
         model = build_model(cfg.model_kwargs(dataset.in_channels, dataset.num_classes)).to(device)
         optimizer = make_optimizer(model, cfg)
         scheduler = make_scheduler(optimizer, cfg)
+    net = ddp.wrap(model) if ddp else model
     t_start = time.perf_counter() - sum(h["epoch_time_s"] for h in history)
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         refined = epoch in cfg.refine_at
         if refined:
             refine(model, optimizer=optimizer)
-        model.train()
+            net = ddp.wrap(model) if ddp else model  # the wrapper holds the old parameters
+        net.train()
         tot_loss, tot_correct, seen = 0.0, 0, 0
         desc = f"epoch {epoch + 1}/{cfg.epochs} K={_n_basis(model)}"
-        for xb, yb in _progress(loader, cfg.progress, desc=desc, total=len(loader)):
+        for xb, yb in _progress(loader, cfg.progress and rank == 0, desc=desc, total=len(loader)):
             xb, yb = xb.to(device), yb.to(device)
             optimizer.zero_grad(set_to_none=True)
-            out = model(xb)
+            out = net(xb)
             loss = F.cross_entropy(out, yb)
             loss.backward()
             optimizer.step()
             tot_loss += loss.item() * len(xb)
             tot_correct += (out.argmax(1) == yb).sum().item()
             seen += len(xb)
+        if ddp:
+            tot_loss, tot_correct, seen = ddp.sum(tot_loss, tot_correct, seen)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         test_loss, test_acc = evaluate(model, dataset.x_test, dataset.y_test, device=device)
@@ -421,22 +504,48 @@ def train(cfg: TrainConfig, out_dir, dataset: Dataset, *, resume: bool = False, 
             "epoch_time_s": time.perf_counter() - t0,
         }
         history.append(entry)
-        save_checkpoint(
-            ckpt_path, model, optimizer, scheduler, loader, config=cfg, epoch=epoch, history=history
-        )
+        loader_states = ddp.gather(loader.generator.get_state()) if ddp else None
+        if rank == 0:
+            save_checkpoint(
+                ckpt_path,
+                model,
+                optimizer,
+                scheduler,
+                loader,
+                config=cfg,
+                epoch=epoch,
+                history=history,
+                loader_states=loader_states,
+            )
         log(
             f"epoch {epoch + 1:3d}/{cfg.epochs}  K={entry['n_basis']:<3d} n_steps={entry['n_steps']:<3d} "
             f"lr {lr:.4f}  train loss {entry['train_loss']:.4f} acc {entry['train_acc']:.4f}  "
             f"test loss {test_loss:.4f} acc {test_acc:.4f}  {entry['epoch_time_s']:.1f}s"
             + ("  (refined)" if refined else "")
         )
-    return {
+    result = {
         "history": history,
         "model": model,
         "checkpoint": str(ckpt_path),
         "wall_time_s": time.perf_counter() - t_start,
         "test_acc": history[-1]["test_acc"] if history else float("nan"),
+        "rank": rank,
+        "world_size": world,
     }
+    if ddp:
+        ddp.sync_buffers(model)
+        result["weight_spread"] = ddp.spread(model.parameters())
+        result["buffer_spread"] = ddp.spread(model.buffers())
+        log(
+            f"data parallel over {world} processes; largest difference between ranks: parameters "
+            f"{result['weight_spread']:.3g}, buffers {result['buffer_spread']:.3g}"
+        )
+        ddp.close()
+    return result
+
+
+def _silent(*args, **kwargs):
+    pass
 
 
 # ----------------------------------------------------------------------------- manifestations

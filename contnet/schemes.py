@@ -83,6 +83,8 @@ class ButcherTableau:
         object.__setattr__(self, "a", tuple(tuple(float(v) for v in row) for row in a))
         object.__setattr__(self, "b", tuple(float(v) for v in b))
         object.__setattr__(self, "c", tuple(float(v) for v in c))
+        # c_i as (numerator, denominator): stage times in integer arithmetic (traceable)
+        object.__setattr__(self, "_c_ratios", tuple((v.numerator, v.denominator) for v in c))
 
     @property
     def stages(self) -> int:
@@ -229,18 +231,19 @@ def check_n_steps(n_steps) -> int:
     return n_steps
 
 
-def _time(t0: float, t1: float, frac: Fraction) -> float:
-    # On [0, 1] the time is the correctly rounded rational, so equal rationals give
-    # identical floats (stage times meet basis cell edges k/K exactly).
+def _time(t0: float, t1: float, num: int, den: int) -> float:
+    # On [0, 1] the time is the correctly rounded rational num/den (Python's int / int is
+    # correctly rounded), so equal rationals give identical floats: stage times meet basis
+    # cell edges k/K exactly. Integers only, so that torch.compile traces it to constants.
     if t0 == 0.0 and t1 == 1.0:
-        return float(frac)
-    return t0 + (t1 - t0) * float(frac)
+        return num / den
+    return t0 + (t1 - t0) * (num / den)
 
 
 def step_times(n_steps: int, t0: float = 0.0, t1: float = 1.0) -> list[float]:
     """The ``n_steps + 1`` step boundaries ``t_0 < ... < t_N`` (or descending if t1 < t0)."""
     n_steps = check_n_steps(n_steps)
-    return [_time(t0, t1, Fraction(n, n_steps)) for n in range(n_steps + 1)]
+    return [_time(t0, t1, n, n_steps) for n in range(n_steps + 1)]
 
 
 _STAGE_TIMES: dict = {}
@@ -273,15 +276,15 @@ def stage_times(scheme, n_steps: int, t0: float = 0.0, t1: float = 1.0) -> list[
 
 
 def _stage_times(sch, n_steps, t0, t1):
-    cs = sch.exact_c if isinstance(sch, ButcherTableau) else (Fraction(0),)
+    cs = sch._c_ratios if isinstance(sch, ButcherTableau) else ((0, 1),)
     out = []
     for n in range(n_steps):
-        ta, tb = _time(t0, t1, Fraction(n, n_steps)), _time(t0, t1, Fraction(n + 1, n_steps))
+        ta, tb = _time(t0, t1, n, n_steps), _time(t0, t1, n + 1, n_steps)
         lo, hi = min(ta, tb), max(ta, tb)
         row = []
-        for c in cs:
-            t = _time(t0, t1, (n + c) / n_steps)
-            if t == hi and c in (0, 1):  # the step's upper end in forward time: from inside
+        for p, q in cs:  # c = p / q; the stage at (n + c) / n_steps
+            t = _time(t0, t1, n * q + p, n_steps * q)
+            if t == hi and p in (0, q):  # the step's upper end in forward time: from inside
                 t = math.nextafter(hi, lo)
             row.append(t)
         out.append(row)

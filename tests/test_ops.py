@@ -161,12 +161,13 @@ def test_rk_epilogue_matches_reference(device, dtype, layout, shape, case):
         _check_error(out, ex, ea, dtype, n_terms + 2)
 
 
+@pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("case", EPILOGUE_CASES, ids=lambda c: c[0])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_rk_epilogue_gradcheck_and_opcheck(case, layout):
+def test_rk_epilogue_gradcheck_and_opcheck(case, layout, device):
     act, n_bases, n_terms, bias, return_k = case
     y, b, bases, terms, coeffs = _epilogue_inputs(
-        (2, 3, 4, 5), torch.float64, "cpu", layout, n_bases, n_terms, bias
+        (2, 3, 4, 5), torch.float64, device, layout, n_bases, n_terms, bias
     )
     y = y + 0.05 * torch.sign(y)  # keep relu's kink away from finite-difference probes
     leaves = [t.requires_grad_() for t in [y, *bases, *terms] + ([b] if bias else [])]
@@ -214,12 +215,13 @@ def test_basis_interp_matches_reference(device, dtype, layout, shape):
         _check_error(out, ex, eager, dtype, K)
 
 
+@pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("family,K", [("fem_linear", 4), ("legendre", 3), ("piecewise_linear", 4)])
-def test_basis_interp_gradcheck_and_opcheck(family, K):
-    phi = contnet.basis.get(family, K)(torch.rand(5).tolist())
+def test_basis_interp_gradcheck_and_opcheck(family, K, device):
+    phi = contnet.basis.get(family, K)(torch.rand(5).tolist()).to(device)
     thetas = [
-        torch.randn(K, 3, 2, dtype=torch.float64, requires_grad=True),
-        torch.randn(K, 4, dtype=torch.float64, requires_grad=True),
+        torch.randn(K, 3, 2, dtype=torch.float64, device=device, requires_grad=True),
+        torch.randn(K, 4, dtype=torch.float64, device=device, requires_grad=True),
     ]
     f = lambda *ts: tuple(ops.basis_interp(phi, list(ts)))  # noqa: E731
     assert torch.autograd.gradcheck(f, tuple(thetas))
@@ -237,27 +239,31 @@ def test_basis_interp_backward_scatters_into_nodes():
 
 
 # ---------------------------------------------------------------------------- autograd, opcheck
-def test_rk_combine_gradcheck_and_opcheck():
-    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
-    ks = [torch.randn(3, 4, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+@pytest.mark.parametrize("device", devices())
+def test_rk_combine_gradcheck_and_opcheck(device):
+    f64 = {"dtype": torch.float64, "device": device}
+    x = torch.randn(3, 4, **f64, requires_grad=True)
+    ks = [torch.randn(3, 4, **f64, requires_grad=True) for _ in range(3)]
     cs = [0.5, -1.25, 2.0]
     f = lambda x, *ks: ops.rk_combine(x, ks, 0.7, cs)  # noqa: E731
     assert torch.autograd.gradcheck(f, (x, *ks))
     assert torch.autograd.gradgradcheck(f, (x, *ks))
     torch.library.opcheck(torch.ops.contnet.rk_combine.default, (x, ks, 0.7, cs))
-    g = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(3, 4, **f64, requires_grad=True)
     torch.library.opcheck(torch.ops.contnet.rk_combine_backward.default, (g, 0.7, cs))
 
 
-def test_rk_combine_learned_gradcheck_and_opcheck():
-    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
-    ks = [torch.randn(3, 4, dtype=torch.float64, requires_grad=True) for _ in range(3)]
-    c = torch.randn(3, dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("device", devices())
+def test_rk_combine_learned_gradcheck_and_opcheck(device):
+    f64 = {"dtype": torch.float64, "device": device}
+    x = torch.randn(3, 4, **f64, requires_grad=True)
+    ks = [torch.randn(3, 4, **f64, requires_grad=True) for _ in range(3)]
+    c = torch.randn(3, **f64, requires_grad=True)
     f = lambda x, c, *ks: ops.rk_combine(x, ks, 0.7, c)  # noqa: E731
     assert torch.autograd.gradcheck(f, (x, c, *ks))
     assert torch.autograd.gradgradcheck(f, (x, c, *ks))
     torch.library.opcheck(torch.ops.contnet.rk_combine_learned.default, (x, ks, 0.7, c))
-    g = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(3, 4, **f64, requires_grad=True)
     torch.library.opcheck(torch.ops.contnet.rk_combine_learned_backward.default, (g, ks, 0.7, c))
 
 
@@ -370,14 +376,12 @@ def test_cuda_matches_cpu(dtype, layout):
 
 @pytest.mark.cuda
 def test_cuda_backward_matches_cpu():
+    # the same fresh inputs on both devices (drawn on the CPU: the devices' generators differ)
+    inputs = [torch.randn(2, 8, 5, 5, dtype=torch.float64) for _ in range(3)]
+    inputs += [torch.randn(8, dtype=torch.float64), torch.randn(2, dtype=torch.float64)]
+
     def run(device):
-        torch.manual_seed(0)
-        y, x, t = (
-            torch.randn(2, 8, 5, 5, dtype=torch.float64, device=device, requires_grad=True)
-            for _ in range(3)
-        )
-        b = torch.randn(8, dtype=torch.float64, device=device, requires_grad=True)
-        c = torch.randn(2, dtype=torch.float64, device=device, requires_grad=True)
+        y, x, t, b, c = (v.to(device).requires_grad_() for v in inputs)
         outs = ops.rk_epilogue(y, b, "silu", 1.5, [x, x], [t], 0.5, [0.1, 0.2, 0.3, 0.4], True)
         z = ops.rk_combine(outs[0], [outs[1], outs[2]], 0.3, c)
         return torch.autograd.grad(z.square().sum(), (y, x, t, b, c))

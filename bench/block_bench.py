@@ -257,6 +257,7 @@ def run(
             impls = tuple(i for i in impls if i != "torchdiffeq")
     common.setup(device)
     channels_last = device == "cuda" if channels_last is None else channels_last
+    name = f"block-{tag or common.device_tag(device)}.json"
     results = []
     for shape_name in shapes:
         b, c, p = SHAPES[shape_name]
@@ -288,8 +289,10 @@ def run(
                     }
                     results.append(row)
                     _print_row(row, impls)
+                    # written after every configuration, so a cut-off run keeps what it measured
+                    payload = {"suite": "block", **common.environment(device), "results": results}
+                    path = common.write(name, payload)
     payload = {"suite": "block", **common.environment(device), "results": results}
-    name = f"block-{tag or common.device_tag(device)}.json"
     path = common.write(name, payload)
     print(f"wrote {path}")
     try:

@@ -53,20 +53,23 @@ def device_name(device: str) -> str:
 
 
 def git_commit() -> str:
+    """The checkout's commit (``+dirty`` if contnet/ or csrc/ differ from it); outside a git
+    checkout, ``CONTNET_COMMIT`` if set, else ``unknown``."""
     root = pathlib.Path(__file__).resolve().parents[1]
+    fallback = os.environ.get("CONTNET_COMMIT", "unknown")
+
+    def git(*args):
+        r = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else None
+
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "contnet", "csrc"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        return sha + ("+dirty" if dirty else "") if sha else "unknown"
+        sha = git("rev-parse", "--verify", "HEAD")
+        if not sha:
+            return fallback
+        dirty = git("status", "--porcelain", "--", "contnet", "csrc")
+        return sha + ("+dirty" if dirty else "")
     except OSError:
-        return "unknown"
+        return fallback
 
 
 def environment(device: str) -> dict:

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# On a CUDA machine: build contnet, run the CUDA tests, run GPU benchmarks.
+#
+#   bash bench/gpu.sh OUTDIR STEP...
+#
+# STEP: build | test | ops | block | block-wide | block-k4 | inference | backprop. Each step's output is
+# appended to OUTDIR/log.txt (and the end of it printed); the JSON and PNG results the
+# benchmarks write under bench/results/ are packed into OUTDIR/results.tar.gz at the end.
+# TORCH_CUDA_ARCH_LIST defaults to the GPU's own architecture, MAX_JOBS to every core.
+set -uo pipefail
+out=${1:?usage: bash bench/gpu.sh OUTDIR STEP...}
+shift
+mkdir -p "$out"
+py=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-$(nproc)}
+if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
+    TORCH_CUDA_ARCH_LIST=$($py -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')
+    export TORCH_CUDA_ARCH_LIST
+fi
+
+step() {
+    local name=$1 start rc
+    shift
+    start=$(date +%s)
+    echo "== $name: $*" | tee -a "$out/log.txt"
+    "$@" >"$out/step.txt" 2>&1
+    rc=$?
+    cat "$out/step.txt" >>"$out/log.txt"
+    tail -n 25 "$out/step.txt"
+    rm -f "$out/step.txt"
+    echo "== $name: exit $rc after $(($(date +%s) - start)) s" | tee -a "$out/log.txt"
+    return $rc
+}
+
+status=0
+for s in "$@"; do
+    case $s in
+    build) step build $py -m pip install -q --no-build-isolation --no-deps -e . || exit 1 ;;
+    test) step test env CONTNET_CUDA=1 $py -m pytest -q -m cuda -p no:cacheprovider || status=1 ;;
+    ops) step ops $py -m bench ops || status=1 ;;
+    block)
+        step block $py -m bench block --shapes stage1 stage2 stage3 --schemes rk4 --K 16 \
+            --bases piecewise_constant --min-run-time 0.2 || status=1
+        ;;
+    block-wide)
+        step block-wide $py -m bench block --shapes wide --schemes rk4 --K 16 \
+            --bases piecewise_constant --min-run-time 0.2 --tag "$(
+                $py -c 'import bench.common as c; print(c.device_tag("cuda"))'
+            )-wide" || status=1
+        ;;
+    block-k4)
+        step block-k4 $py -m bench block --shapes stage1 stage2 stage3 --schemes rk4 --K 4 \
+            --bases piecewise_constant fem_linear --min-run-time 0.2 --tag "$(
+                $py -c 'import bench.common as c; print(c.device_tag("cuda"))'
+            )-k4" || status=1
+        ;;
+    inference) step inference $py -m bench inference || status=1 ;;
+    backprop) step backprop $py -m bench backprop || status=1 ;;
+    *)
+        echo "unknown step $s"
+        status=2
+        ;;
+    esac
+done
+tar czf "$out/results.tar.gz" bench/results
+exit $status

@@ -1,8 +1,29 @@
 """Helpers shared by the tests."""
 
 import pytest
+import torch
+
+from contnet import ops
 
 
 def devices():
     """CPU always; CUDA as a parameter marked `cuda` (skipped without a GPU)."""
     return ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+def _autocast_error(model, x, dtype):
+    """|y_autocast - y_float64| / |y_float64| for the model as it stands."""
+    with torch.no_grad():
+        ref = model.double()(x.double())
+        model.float()
+        with torch.autocast(x.device.type, dtype=dtype):
+            out = model(x)
+    return ((out.double() - ref).norm() / ref.norm()).item()
+
+
+def autocast_errors(model, x, dtype):
+    """The autocast error of ``model`` with the fused ops and with eager PyTorch ops."""
+    fused = _autocast_error(model, x, dtype)
+    with ops.use_reference():
+        eager = _autocast_error(model, x, dtype)
+    return fused, eager

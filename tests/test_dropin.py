@@ -17,6 +17,8 @@ import contnet
 from contnet import ops, train
 from contnet.data import load_digits
 
+from .helpers import autocast_errors
+
 
 def _seq():
     block = contnet.ContinuousBlock(contnet.ConvUnit(4, n_basis=2, norm="batch"), scheme="rk4")
@@ -73,16 +75,6 @@ def test_compile_continuous_net_forward_backward_fullgraph(backend):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
 
 
-def _error_against_float64(model, x, dtype):
-    """|y_autocast - y_float64| / |y_float64| for the model as it stands."""
-    with torch.no_grad():
-        ref = model.double()(x.double())
-        model.float()
-        with torch.autocast("cpu", dtype=dtype):
-            out = model(x)
-    return ((out.double() - ref).norm() / ref.norm()).item()
-
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_autocast_error_within_twice_eager_pytorch(dtype):
     torch.manual_seed(0)
@@ -90,9 +82,7 @@ def test_autocast_error_within_twice_eager_pytorch(dtype):
         3, 10, widths=(8, 16), n_basis=2, basis="fem_linear", scheme="rk4"
     ).eval()
     x = torch.randn(4, 3, 16, 16)
-    fused = _error_against_float64(net, x, dtype)
-    with ops.use_reference():
-        eager = _error_against_float64(net, x, dtype)
+    fused, eager = autocast_errors(net, x, dtype)
     assert fused <= 2 * eager + 1e-6, (fused, eager)
 
 

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 import contnet
 from contnet import ops
 
+from .helpers import autocast_errors
+
 pytestmark = pytest.mark.cuda
 
 
@@ -45,18 +47,7 @@ def test_autocast_on_cuda_error_within_twice_eager_pytorch(dtype):
     net = contnet.ContinuousNet(3, 10, widths=(16, 32), n_basis=2, basis="fem_linear").cuda()
     net = net.eval()
     x = torch.randn(8, 3, 16, 16, device="cuda")
-
-    def error():
-        with torch.no_grad():
-            ref = net.double()(x.double())
-            net.float()
-            with torch.autocast("cuda", dtype=dtype):
-                out = net(x)
-        return ((out.double() - ref).norm() / ref.norm()).item()
-
-    fused = error()
-    with ops.use_reference():
-        eager = error()
+    fused, eager = autocast_errors(net, x, dtype)
     assert fused <= 2 * eager + 1e-6, (fused, eager)
 
 

@@ -5,7 +5,6 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/sum.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -186,28 +185,13 @@ void launch_vectorized(std::initializer_list<const void*> ptrs, int64_t numel, L
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-at::MemoryFormat prepare(const at::Tensor& y, const std::optional<at::Tensor>& bias,
-                         at::TensorList bases, at::TensorList terms) {
-  TORCH_CHECK(y.defined(), "y is undefined");
-  check_float_dtype(y, "y");
-  TORCH_CHECK(y.is_cuda(), "y must be a CUDA tensor for the CUDA kernel, got ", y.device());
-  TORCH_CHECK(y.dim() >= 2, "y must have a channel dimension (dim >= 2), got shape ", y.sizes());
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == y.size(1),
-                "bias must have shape (", y.size(1), ",) for y's channels, got ", bias->sizes());
-    TORCH_CHECK(bias->scalar_type() == y.scalar_type() && bias->device() == y.device(),
-                "bias must have y's dtype and device");
-  }
-  check_same_kind(bases, "bases", y, "y");
-  check_same_kind(terms, "terms", y, "y");
-  return dense_format(y);
-}
-
 std::vector<at::Tensor> rk_epilogue_cuda(const at::Tensor& y_in, const std::optional<at::Tensor>& bias_in,
                                          int64_t act, double scale, at::TensorList bases_in,
                                          at::TensorList terms_in, double h, at::ArrayRef<double> coeffs,
                                          bool return_k) {
-  const auto fmt = prepare(y_in, bias_in, bases_in, terms_in);
+  check_epilogue(y_in, bias_in, bases_in, terms_in);
+  TORCH_CHECK(y_in.is_cuda(), "y must be a CUDA tensor for the CUDA kernel, got ", y_in.device());
+  const auto fmt = dense_format(y_in);
   const c10::cuda::CUDAGuard guard(y_in.device());
   const at::Tensor y = in_format(y_in, fmt);
   const at::Tensor bias = bias_in.has_value() && bias_in->defined() ? bias_in->contiguous() : at::Tensor();
@@ -239,18 +223,13 @@ std::vector<at::Tensor> rk_epilogue_cuda(const at::Tensor& y_in, const std::opti
   return outs;
 }
 
-at::Tensor channel_sum(const at::Tensor& t) {
-  std::vector<int64_t> dims;
-  for (int64_t d = 0; d < t.dim(); ++d)
-    if (d != 1) dims.push_back(d);
-  return at::sum(t, dims);
-}
-
 std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> rk_epilogue_backward_cuda(
     at::TensorList grads_in, const std::optional<at::Tensor>& grad_k_in, const at::Tensor& y_in,
     const std::optional<at::Tensor>& bias_in, int64_t act, double scale, int64_t n_terms, double h,
     at::ArrayRef<double> coeffs) {
-  const auto fmt = prepare(y_in, bias_in, grads_in, {});
+  check_epilogue(y_in, bias_in, grads_in, {});
+  TORCH_CHECK(y_in.is_cuda(), "y must be a CUDA tensor for the CUDA kernel, got ", y_in.device());
+  const auto fmt = dense_format(y_in);
   const c10::cuda::CUDAGuard guard(y_in.device());
   const bool has_gk = grad_k_in.has_value() && grad_k_in->defined();
   if (has_gk) check_like(*grad_k_in, y_in, "grad_k", "y");

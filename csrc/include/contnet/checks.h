@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <optional>
 #include <string>
 
 #include "contnet/rk_combine.h"
@@ -58,6 +59,23 @@ inline void check_same_kind(at::TensorList ts, const char* name, const at::Tenso
                             const char* ref_name) {
   for (size_t j = 0; j < ts.size(); ++j)
     check_like(ts[j], ref, std::string(name) + "[" + std::to_string(j) + "]", ref_name);
+}
+
+// The fused epilogue's operands: `y` float with a channel dimension (dim 1); `bias`, if
+// given, one value per channel in y's dtype and device; `bases` and `terms` like `y`.
+inline void check_epilogue(const at::Tensor& y, const std::optional<at::Tensor>& bias,
+                           at::TensorList bases, at::TensorList terms) {
+  TORCH_CHECK(y.defined(), "y is undefined");
+  check_float_dtype(y, "y");
+  TORCH_CHECK(y.dim() >= 2, "y must have a channel dimension (dim >= 2), got shape ", y.sizes());
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == y.size(1),
+                "bias must have shape (", y.size(1), ",) for y's channels, got ", bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == y.scalar_type() && bias->device() == y.device(),
+                "bias must have y's dtype and device");
+  }
+  check_same_kind(bases, "bases", y, "y");
+  check_same_kind(terms, "terms", y, "y");
 }
 
 }  // namespace contnet

@@ -4,8 +4,10 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/sum.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace contnet {
 
@@ -35,6 +37,14 @@ inline ChannelIndex channel_index(const at::Tensor& t, at::MemoryFormat f) {
   int64_t inner = 1;
   for (int64_t d = 2; d < t.dim(); ++d) inner *= t.size(d);
   return {inner, c};
+}
+
+// Sum over every dimension but the channel dimension 1 (a per-channel bias's gradient).
+inline at::Tensor channel_sum(const at::Tensor& t) {
+  std::vector<int64_t> dims;
+  for (int64_t d = 0; d < t.dim(); ++d)
+    if (d != 1) dims.push_back(d);
+  return at::sum(t, dims);
 }
 
 }  // namespace contnet

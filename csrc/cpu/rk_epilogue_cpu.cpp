@@ -48,21 +48,46 @@ void with_act(int act, F&& f) {
   }
 }
 
+// Calls seg(i0, i1, add) over [0, len), the elements begin .. begin + len of the flat order,
+// cut where the bias changes form: add(v, i) is v plus the bias of element i. No bias: one
+// segment, add(v, i) = v. Channels not innermost (contiguous NCHW): runs of one channel,
+// one bias value per run. Channels innermost (channels_last, inner == 1): rows of C
+// elements whose biases are bias[0..C) in order. Each seg instance sees one form, so its
+// loop vectorises.
+template <typename acc_t, typename scalar_t, typename Seg>
+CONTNET_FORCE_INLINE inline void for_bias_segments(const scalar_t* bias, ChannelIndex ci, int64_t begin, int64_t len, Seg&& seg) {
+  if (bias == nullptr) {
+    seg(int64_t(0), len, [](acc_t v, int64_t) CONTNET_FORCE_INLINE { return v; });
+    return;
+  }
+  int64_t i = 0;
+  if (ci.inner == 1) {
+    while (i < len) {
+      const int64_t c0 = (begin + i) % ci.channels;
+      const int64_t end = i + std::min(len - i, ci.channels - c0);
+      const scalar_t* row = bias + c0;  // row[j - i0] is the bias of local element j
+      const int64_t i0 = i;
+      seg(i, end, [row, i0](acc_t v, int64_t j) CONTNET_FORCE_INLINE { return v + static_cast<acc_t>(row[j - i0]); });
+      i = end;
+    }
+    return;
+  }
+  while (i < len) {
+    const int64_t pos = begin + i;
+    const acc_t b = static_cast<acc_t>(bias[(pos / ci.inner) % ci.channels]);
+    const int64_t end = i + std::min(len - i, ci.inner - pos % ci.inner);
+    seg(i, end, [b](acc_t v, int64_t) CONTNET_FORCE_INLINE { return v + b; });
+    i = end;
+  }
+}
+
 // k[i] = scale * act(y[i] + bias[channel of begin + i])
 template <typename scalar_t, typename acc_t, int ACT>
 CONTNET_CPU_CLONES void tail_run(acc_t* __restrict__ k, const scalar_t* __restrict__ y, const scalar_t* bias,
                                  ChannelIndex ci, acc_t scale, int64_t begin, int64_t len) {
-  if (bias == nullptr) {
-    for (int64_t i = 0; i < len; ++i) k[i] = scale * act_forward_t<ACT>(static_cast<acc_t>(y[i]));
-    return;
-  }
-  int64_t i = 0;
-  while (i < len) {  // runs of one channel
-    const int64_t pos = begin + i;
-    const acc_t b = static_cast<acc_t>(bias[(pos / ci.inner) % ci.channels]);
-    const int64_t end = i + std::min(len - i, ci.inner - pos % ci.inner);
-    for (; i < end; ++i) k[i] = scale * act_forward_t<ACT>(static_cast<acc_t>(y[i]) + b);
-  }
+  for_bias_segments<acc_t>(bias, ci, begin, len, [&](int64_t i0, int64_t i1, auto add) CONTNET_FORCE_INLINE {
+    for (int64_t i = i0; i < i1; ++i) k[i] = scale * act_forward_t<ACT>(add(static_cast<acc_t>(y[i]), i));
+  });
 }
 
 // out[i] = base[i] + sum_{j<NT} c_j term_j[i] + ck * k[i]   (zero c_j already dropped)
@@ -104,18 +129,10 @@ template <typename scalar_t, typename acc_t, int ACT>
 CONTNET_CPU_CLONES void grad_tail_run(scalar_t* __restrict__ gy, const acc_t* __restrict__ buf,
                                       const scalar_t* __restrict__ y, const scalar_t* bias, ChannelIndex ci,
                                       acc_t scale, int64_t begin, int64_t len) {
-  if (bias == nullptr) {
-    for (int64_t i = 0; i < len; ++i)
-      gy[i] = static_cast<scalar_t>(act_backward_t<ACT>(buf[i] * scale, static_cast<acc_t>(y[i])));
-    return;
-  }
-  int64_t i = 0;
-  while (i < len) {  // runs of one channel
-    const int64_t pos = begin + i;
-    const acc_t b = static_cast<acc_t>(bias[(pos / ci.inner) % ci.channels]);
-    const int64_t end = i + std::min(len - i, ci.inner - pos % ci.inner);
-    for (; i < end; ++i) gy[i] = static_cast<scalar_t>(act_backward_t<ACT>(buf[i] * scale, static_cast<acc_t>(y[i]) + b));
-  }
+  for_bias_segments<acc_t>(bias, ci, begin, len, [&](int64_t i0, int64_t i1, auto add) CONTNET_FORCE_INLINE {
+    for (int64_t i = i0; i < i1; ++i)
+      gy[i] = static_cast<scalar_t>(act_backward_t<ACT>(buf[i] * scale, add(static_cast<acc_t>(y[i]), i)));
+  });
 }
 
 // out[i] = sum_{o<NO} c_o g_o[i]

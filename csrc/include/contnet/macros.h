@@ -15,3 +15,12 @@
 #else
 #define CONTNET_CPU_CLONES
 #endif
+
+// On helpers and lambdas that a CONTNET_CPU_CLONES function calls: inlined into each clone,
+// their loops are compiled for that clone's target (a helper left out of line would run
+// baseline code).
+#if !defined(__CUDACC__) && (defined(__GNUC__) || defined(__clang__))
+#define CONTNET_FORCE_INLINE __attribute__((always_inline))
+#else
+#define CONTNET_FORCE_INLINE
+#endif

@@ -89,6 +89,24 @@ def test_rk_combine_any_number_of_terms(n_terms):
     )
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_terms", [6, 11])
+def test_rk_combine_larger_than_cache(dtype, n_terms):
+    # Over 64 MiB of operands: the CPU kernel streams its output past the cache (aligned
+    # blocks, unaligned heads where the threads' ranges begin, odd tails; 11 terms take a
+    # second pass that reads the output back).
+    numel = (1 << 22) + 3
+    x = torch.randn(numel).to(dtype)
+    ks = [torch.randn(numel).to(dtype) for _ in range(n_terms)]
+    cs = torch.randn(n_terms).tolist()
+    out = ops.rk_combine(x, ks, 0.3, cs)
+    exact = ops.rk_combine_reference(x.double(), [k.double() for k in ks], 0.3, cs)
+    eager = x
+    for k, c in zip(ks, cs):
+        eager = eager + (0.3 * c) * k
+    _check_error(out, exact, eager, dtype, n_terms)
+
+
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", LAYOUTS)

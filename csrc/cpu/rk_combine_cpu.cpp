@@ -10,9 +10,20 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
 #include <utility>
 #include <vector>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "contnet/checks.h"
 #include "contnet/layout.h"
@@ -20,6 +31,50 @@
 
 namespace contnet {
 namespace {
+
+// Bytes of the last-level cache one core sees: sysfs's size of cpu0's highest cache level
+// (per cache instance, where sysconf may report all instances together); sysconf; 32 MiB.
+int64_t llc_bytes() {
+  static const int64_t bytes = [] {
+    int64_t best = 0;
+    int best_level = 0;
+    for (int index = 0; index < 8; ++index) {
+      const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/";
+      std::ifstream level_file(dir + "level"), size_file(dir + "size");
+      int level = 0;
+      std::string size;
+      if (!(level_file >> level) || !(size_file >> size) || size.empty()) continue;
+      int64_t v = std::atoll(size.c_str());
+      if (size.back() == 'K') v <<= 10;
+      if (size.back() == 'M') v <<= 20;
+      if (v > 0 && level >= best_level) best = v, best_level = level;
+    }
+#ifdef _SC_LEVEL3_CACHE_SIZE
+    if (best <= 0) best = sysconf(_SC_LEVEL3_CACHE_SIZE);
+#endif
+    return best > 0 ? best : int64_t(32) << 20;
+  }();
+  return bytes;
+}
+
+// Copies `bytes` (a multiple of 16) from `src` to 16-byte-aligned `dst` with non-temporal
+// stores: the lines go to memory without being read first (no read-for-ownership).
+inline void stream_copy(void* dst, const void* src, int64_t bytes) {
+#if defined(__SSE2__)
+  auto* d = static_cast<__m128i*>(dst);
+  const auto* s = static_cast<const __m128i*>(src);
+  for (int64_t i = 0; i < bytes / 16; ++i) _mm_stream_si128(d + i, _mm_loadu_si128(s + i));
+#else
+  std::memcpy(dst, src, static_cast<size_t>(bytes));
+#endif
+}
+
+// Orders this thread's non-temporal stores before whatever it does next.
+inline void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
 
 // out[i] = x[i] + sum_j c_j k_j[i] over `len` contiguous elements.
 template <typename scalar_t, typename acc_t, int N>
@@ -33,6 +88,31 @@ CONTNET_CPU_CLONES void combine_run(scalar_t* __restrict__ out, const scalar_t* 
     for (int j = 0; j < N; ++j) kv[j] = static_cast<acc_t>(k[j][i]);
     out[i] = static_cast<scalar_t>(combine_n<N>(static_cast<acc_t>(x[i]), kv, cc));
   }
+}
+
+// combine_run for operands larger than the cache: blocks are computed into an L1 buffer
+// and streamed to `out`, which saves the read of every output line before its write (an
+// eighth of the traffic of a 5-term update). The output would not stay in cache anyway.
+template <typename scalar_t, typename acc_t, int N>
+void combine_run_streaming(scalar_t* out, const scalar_t* x, const scalar_t* const* k, const acc_t* c,
+                           int64_t len) {
+  constexpr int64_t kBlock = 4096 / sizeof(scalar_t);
+  alignas(64) scalar_t buf[kBlock];
+  const auto misalign = reinterpret_cast<std::uintptr_t>(out) % 16;
+  int64_t head = misalign ? (16 - misalign) / sizeof(scalar_t) : 0;
+  if (misalign % sizeof(scalar_t) != 0 || head > len) head = len;  // no aligned stores possible
+  combine_run<scalar_t, acc_t, N>(out, x, k, c, head);
+  const scalar_t* kb[N > 0 ? N : 1];
+  for (int64_t i = head; i < len; i += kBlock) {
+    const int64_t m = std::min(kBlock, len - i);
+    for (int j = 0; j < N; ++j) kb[j] = k[j] + i;
+    const int64_t vec = m * static_cast<int64_t>(sizeof(scalar_t)) / 16 * 16;
+    combine_run<scalar_t, acc_t, N>(buf, x + i, kb, c, m);
+    stream_copy(out + i, buf, vec);
+    std::memcpy(reinterpret_cast<char*>(out + i) + vec, reinterpret_cast<const char*>(buf) + vec,
+                static_cast<size_t>(m * static_cast<int64_t>(sizeof(scalar_t)) - vec));
+  }
+  stream_fence();
 }
 
 // out_j[i] = c_j g[i] over `len` contiguous elements.
@@ -75,6 +155,8 @@ void combine_pass(const at::Tensor& out, const at::Tensor& base, at::TensorList 
   cfg.add_output(out).add_const_input(base).resize_outputs(false).check_all_same_dtype(true);
   for (int j = 0; j < n; ++j) cfg.add_const_input(terms[start + j]);
   auto iter = cfg.build();
+  // Operands larger than the cache: the output goes straight to memory.
+  const bool stream = (n + 2) * out.numel() * static_cast<int64_t>(out.element_size()) > llc_bytes();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "rk_combine_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto c = make_coefs<acc_t>(h, coeffs, start, n);
@@ -87,8 +169,12 @@ void combine_pass(const at::Tensor& out, const at::Tensor& base, at::TensorList 
           const scalar_t* k[kMaxTerms];
           for (int j = 0; j < n; ++j) k[j] = reinterpret_cast<const scalar_t*>(ptr[2 + j]);
           with_count<0>(n, [&](auto N) {
-            combine_run<scalar_t, acc_t, decltype(N)::value>(
-                reinterpret_cast<scalar_t*>(ptr[0]), reinterpret_cast<const scalar_t*>(ptr[1]), k, c.v, n0);
+            auto* o = reinterpret_cast<scalar_t*>(ptr[0]);
+            const auto* b = reinterpret_cast<const scalar_t*>(ptr[1]);
+            if (stream)
+              combine_run_streaming<scalar_t, acc_t, decltype(N)::value>(o, b, k, c.v, n0);
+            else
+              combine_run<scalar_t, acc_t, decltype(N)::value>(o, b, k, c.v, n0);
           });
           continue;
         }

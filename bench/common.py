@@ -88,10 +88,11 @@ def environment(device: str) -> dict:
     }
 
 
-def setup(device: str) -> None:
-    """Call once before timing: a stable CPU allocator (see :func:`keep_freed_memory`)."""
+def setup(device: str, pin_allocator: bool = True) -> None:
+    """Call once before timing: a stable CPU allocator (see :func:`keep_freed_memory`);
+    ``pin_allocator=False`` keeps the system's defaults, as a user's process has them."""
     global ALLOCATOR
-    if device == "cpu":
+    if device == "cpu" and pin_allocator:
         ALLOCATOR = keep_freed_memory()
 
 

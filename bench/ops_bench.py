@@ -39,10 +39,11 @@ def run(
     log2_sizes=(16, 18, 20, 22, 24),
     rounds: int = 5,
     quick: bool = False,
+    allocator: str = "pinned",
 ):
     if quick:
         terms, log2_sizes, rounds = (2, 5), (16, 20), 2
-    common.setup(device)
+    common.setup(device, pin_allocator=allocator == "pinned")
     h = 0.25
     results = []
     copy_gbps = common.copy_bandwidth(device) if device == "cuda" else None
@@ -95,7 +96,8 @@ def run(
         "copy_bandwidth_gbps": copy_gbps,
         "results": results,
     }
-    path = common.write(f"ops-{common.device_tag(device)}.json", payload)
+    suffix = "-system" if device == "cpu" and allocator == "system" else ""
+    path = common.write(f"ops-{common.device_tag(device)}{suffix}.json", payload)
     print(f"wrote {path}")
     return payload
 
@@ -107,8 +109,25 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="a short run (2 term counts, 2 sizes)")
+    p.add_argument(
+        "--allocator",
+        choices=("pinned", "system"),
+        default="pinned",
+        help="CPU: pin glibc's malloc thresholds (default) or keep the system's defaults, "
+        "under which the eager chain's fresh allocations are faulted in again "
+        "(results to ops-cpu-system.json)",
+    )
+    p.add_argument("--terms", type=int, nargs="+", default=[2, 3, 4, 5])
+    p.add_argument("--log2-sizes", type=int, nargs="+", default=[16, 18, 20, 22, 24])
     a = p.parse_args(argv)
-    run(a.device, rounds=a.rounds, quick=a.quick)
+    run(
+        a.device,
+        terms=a.terms,
+        log2_sizes=a.log2_sizes,
+        rounds=a.rounds,
+        quick=a.quick,
+        allocator=a.allocator,
+    )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import torch
 import contnet
 from contnet.train import fitted_order
 
-from .test_schemes import _exact, _rate
+from .test_schemes import _exact, _initial, _rate
 
 
 def _block(scheme, n_steps, basis="fem_linear", K=3, norm=None, act="tanh", backprop="direct"):
@@ -160,7 +160,7 @@ def test_backprop_mode_errors():
 
 # ---------------------------------------------------------------------------- multistep
 def test_ab2_order_two():
-    x0 = torch.stack([torch.rand(5) + 0.5, torch.rand(5) * 0.4 + 0.1], 1).double()
+    x0 = _initial()
     steps = [16, 32, 64, 128]
     errs = [
         (contnet.odeint(_rate, x0, scheme="ab2", n_steps=n) - _exact(1.0, x0)).abs().max().item()

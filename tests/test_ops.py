@@ -2,6 +2,8 @@
 float64 gradcheck (gradgradcheck for the linear ops), errors, CPU/CUDA parity."""
 
 import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -330,18 +332,49 @@ def test_errors_name_the_argument():
         ops.basis_interp(torch.rand(2, 3), [torch.randn(3, 2)])
     with pytest.raises(ValueError, match=r"thetas\[0\] must have 3 nodes"):
         ops.basis_interp(torch.rand(2, 3, dtype=torch.float64), [torch.randn(2, 2)])
-    # the kernels check too, for callers of torch.ops directly
-    with pytest.raises(RuntimeError, match=r"terms\[0\] must have the shape of x"):
-        torch.ops.contnet.rk_combine(x, [torch.randn(2)], 1.0, [1.0])
-    with pytest.raises(RuntimeError, match="coeffs must hold"):
-        torch.ops.contnet.rk_epilogue(x, None, 1, 1.0, [x], [], 1.0, [1.0, 2.0], False)
-    with pytest.raises(RuntimeError, match="phi must be float64"):
-        torch.ops.contnet.basis_interp(torch.rand(2, 3), [torch.randn(3, 2)])
-    with pytest.raises(RuntimeError, match="at least one node"):
-        torch.ops.contnet.basis_interp(torch.rand(2, 0, dtype=torch.float64), [torch.randn(0, 2)])
-    nine = [x] * 9
-    with pytest.raises(RuntimeError, match="at most 8 tensors with learned coefficients"):
-        torch.ops.contnet.rk_combine_learned(x, nine, 1.0, torch.ones(9))
+
+
+# Direct callers of torch.ops reach the kernels' own checks (C++ exceptions through the
+# dispatcher). Run in a child process: a crash there fails this test with its signal and
+# traceback instead of ending the whole session.
+_KERNEL_ERRORS = r"""
+import sys, torch, contnet
+dev = sys.argv[1]
+x = torch.randn(4, 3, device=dev)
+cases = [
+    (r"terms[0] must have the shape of x",
+     lambda: torch.ops.contnet.rk_combine(x, [torch.randn(2, device=dev)], 1.0, [1.0])),
+    ("coeffs must hold",
+     lambda: torch.ops.contnet.rk_epilogue(x, None, 1, 1.0, [x], [], 1.0, [1.0, 2.0], False)),
+    ("phi must be float64",
+     lambda: torch.ops.contnet.basis_interp(torch.rand(2, 3, device=dev),
+                                            [torch.randn(3, 2, device=dev)])),
+    ("at least one node",
+     lambda: torch.ops.contnet.basis_interp(torch.rand(2, 0, dtype=torch.float64, device=dev),
+                                            [torch.randn(0, 2, device=dev)])),
+    ("at most 8 tensors with learned coefficients",
+     lambda: torch.ops.contnet.rk_combine_learned(x, [x] * 9, 1.0, torch.ones(9, device=dev))),
+]
+for expected, call in cases:
+    try:
+        call()
+    except RuntimeError as e:
+        assert expected in str(e), (expected, str(e))
+    else:
+        raise AssertionError(f"no error: {expected}")
+print("ok", len(cases))
+"""
+
+
+@pytest.mark.parametrize("device", devices())
+def test_kernel_errors_name_the_argument(device):
+    r = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", _KERNEL_ERRORS, device],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0 and "ok 5" in r.stdout, (r.returncode, r.stdout, r.stderr[-4000:])
 
 
 def test_reference_fallback_warns_once(monkeypatch):

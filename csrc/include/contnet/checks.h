@@ -1,81 +1,36 @@
 // Input checks shared by every backend: each names the argument and what was expected.
+// Defined once, in csrc/checks.cpp, by the host compiler: the CUDA sources call the same
+// compiled code instead of carrying their own copy.
 #pragma once
 
 #include <ATen/core/Tensor.h>
-#include <c10/util/Exception.h>
 
+#include <cstddef>
 #include <optional>
 #include <string>
 
-#include "contnet/rk_combine.h"
-
 namespace contnet {
 
-inline void check_float_dtype(const at::Tensor& t, const char* name) {
-  const auto dt = t.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
-              name, " must be float32, float64, float16 or bfloat16, got ", dt);
-}
+void check_float_dtype(const at::Tensor& t, const char* name);
 
 // `t` has the shape, dtype and device of `ref`.
-inline void check_like(const at::Tensor& t, const at::Tensor& ref, const std::string& name,
-                       const char* ref_name) {
-  TORCH_CHECK(t.defined(), name, " is undefined");
-  TORCH_CHECK(t.sizes() == ref.sizes(), name, " must have the shape of ", ref_name, " ",
-              ref.sizes(), ", got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, " must have the dtype of ", ref_name,
-              " (", ref.scalar_type(), "), got ", t.scalar_type());
-  TORCH_CHECK(t.device() == ref.device(), name, " must be on the device of ", ref_name, " (",
-              ref.device(), "), got ", t.device());
-}
+void check_like(const at::Tensor& t, const at::Tensor& ref, const std::string& name,
+                const char* ref_name);
 
 // Every tensor of `ts` is like `ref`; `n` coefficients are given for them.
-inline void check_terms(const at::Tensor& ref, const char* ref_name, at::TensorList ts,
-                        const char* name, size_t n, const char* coef_name) {
-  TORCH_CHECK(ref.defined(), ref_name, " is undefined");
-  check_float_dtype(ref, ref_name);
-  TORCH_CHECK(ts.size() == n, name, " and ", coef_name, " must have the same length, got ",
-              ts.size(), " and ", n);
-  for (size_t j = 0; j < ts.size(); ++j) {
-    check_like(ts[j], ref, std::string(name) + "[" + std::to_string(j) + "]", ref_name);
-  }
-}
+void check_terms(const at::Tensor& ref, const char* ref_name, at::TensorList ts,
+                 const char* name, size_t n, const char* coef_name);
 
 // `coeffs` is a 1-d float tensor of `n` learned coefficients on `ref`'s device.
-inline void check_learned_coeffs(const at::Tensor& coeffs, const at::Tensor& ref, size_t n) {
-  TORCH_CHECK(n <= static_cast<size_t>(kMaxTerms), "terms must hold at most ", kMaxTerms,
-              " tensors with learned coefficients, got ", n);
-  TORCH_CHECK(coeffs.defined(), "coeffs is undefined");
-  check_float_dtype(coeffs, "coeffs");
-  TORCH_CHECK(coeffs.dim() == 1 && static_cast<size_t>(coeffs.size(0)) == n,
-              "coeffs must be a 1-d tensor with one value per term (", n, "), got shape ",
-              coeffs.sizes());
-  TORCH_CHECK(coeffs.device() == ref.device(), "coeffs must be on the device of x (",
-              ref.device(), "), got ", coeffs.device());
-}
+void check_learned_coeffs(const at::Tensor& coeffs, const at::Tensor& ref, size_t n);
 
-// Every tensor of `ts` is defined, of `ref`'s dtype and device, and has `shape`.
-inline void check_same_kind(at::TensorList ts, const char* name, const at::Tensor& ref,
-                            const char* ref_name) {
-  for (size_t j = 0; j < ts.size(); ++j)
-    check_like(ts[j], ref, std::string(name) + "[" + std::to_string(j) + "]", ref_name);
-}
+// Every tensor of `ts` is like `ref` (check_like), named `name[j]` in errors.
+void check_same_kind(at::TensorList ts, const char* name, const at::Tensor& ref,
+                     const char* ref_name);
 
 // The fused epilogue's operands: `y` float with a channel dimension (dim 1); `bias`, if
 // given, one value per channel in y's dtype and device; `bases` and `terms` like `y`.
-inline void check_epilogue(const at::Tensor& y, const std::optional<at::Tensor>& bias,
-                           at::TensorList bases, at::TensorList terms) {
-  TORCH_CHECK(y.defined(), "y is undefined");
-  check_float_dtype(y, "y");
-  TORCH_CHECK(y.dim() >= 2, "y must have a channel dimension (dim >= 2), got shape ", y.sizes());
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == y.size(1),
-                "bias must have shape (", y.size(1), ",) for y's channels, got ", bias->sizes());
-    TORCH_CHECK(bias->scalar_type() == y.scalar_type() && bias->device() == y.device(),
-                "bias must have y's dtype and device");
-  }
-  check_same_kind(bases, "bases", y, "y");
-  check_same_kind(terms, "terms", y, "y");
-}
+void check_epilogue(const at::Tensor& y, const std::optional<at::Tensor>& bias,
+                    at::TensorList bases, at::TensorList terms);
 
 }  // namespace contnet

@@ -60,6 +60,19 @@ def test_backend_reports_the_extension():
         assert ops.backend() == "reference (forced)"
 
 
+@pytest.mark.skipif(
+    not torch.backends.openmp.is_available() or not sys.platform.startswith("linux"),
+    reason="torch without OpenMP: at::parallel_for does not use OpenMP pragmas",
+)
+def test_extension_kernels_use_torchs_thread_pool():
+    # at::parallel_for is inlined into the kernels: built without -fopenmp, they would run
+    # on one thread. Built with it, the extension calls the OpenMP runtime torch loaded.
+    import contnet._C
+
+    with open(contnet._C.__file__, "rb") as f:
+        assert b"GOMP_parallel" in f.read()
+
+
 # ---------------------------------------------------------------------------- rk_combine
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("dtype", DTYPES)

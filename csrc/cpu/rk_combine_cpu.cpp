@@ -90,29 +90,32 @@ CONTNET_CPU_CLONES void combine_run(scalar_t* __restrict__ out, const scalar_t* 
   }
 }
 
-// combine_run for operands larger than the cache: blocks are computed into an L1 buffer
-// and streamed to `out`, which saves the read of every output line before its write (an
-// eighth of the traffic of a 5-term update). The output would not stay in cache anyway.
+// combine_run through an L1 buffer, block by block, then copied to `out`: for a pass that
+// reads `out` as its base (sums of more than kMaxTerms terms; combine_run's operands must
+// not overlap), and, with `nontemporal`, for operands larger than the cache: then the
+// copy streams to memory, which saves the read of every output line before its write (an
+// eighth of the traffic of a 5-term update; the output would not stay in cache anyway).
 template <typename scalar_t, typename acc_t, int N>
-void combine_run_streaming(scalar_t* out, const scalar_t* x, const scalar_t* const* k, const acc_t* c,
-                           int64_t len) {
+void combine_run_buffered(scalar_t* out, const scalar_t* x, const scalar_t* const* k, const acc_t* c,
+                          int64_t len, bool nontemporal) {
   constexpr int64_t kBlock = 4096 / sizeof(scalar_t);
+  constexpr int64_t kElem = sizeof(scalar_t);
   alignas(64) scalar_t buf[kBlock];
-  const auto misalign = reinterpret_cast<std::uintptr_t>(out) % 16;
-  int64_t head = misalign ? (16 - misalign) / sizeof(scalar_t) : 0;
-  if (misalign % sizeof(scalar_t) != 0 || head > len) head = len;  // no aligned stores possible
-  combine_run<scalar_t, acc_t, N>(out, x, k, c, head);
   const scalar_t* kb[N > 0 ? N : 1];
-  for (int64_t i = head; i < len; i += kBlock) {
-    const int64_t m = std::min(kBlock, len - i);
+  // a first, short block up to where `out` is 16-byte aligned: the later blocks stream
+  const auto misalign = static_cast<int64_t>(reinterpret_cast<std::uintptr_t>(out) % 16);
+  const bool can_stream = nontemporal && misalign % kElem == 0;
+  int64_t m = can_stream && misalign ? (16 - misalign) / kElem : kBlock;
+  for (int64_t i = 0; i < len; i += m, m = kBlock) {
+    m = std::min(m, len - i);
     for (int j = 0; j < N; ++j) kb[j] = k[j] + i;
-    const int64_t vec = m * static_cast<int64_t>(sizeof(scalar_t)) / 16 * 16;
     combine_run<scalar_t, acc_t, N>(buf, x + i, kb, c, m);
-    stream_copy(out + i, buf, vec);
-    std::memcpy(reinterpret_cast<char*>(out + i) + vec, reinterpret_cast<const char*>(buf) + vec,
-                static_cast<size_t>(m * static_cast<int64_t>(sizeof(scalar_t)) - vec));
+    const bool aligned = reinterpret_cast<std::uintptr_t>(out + i) % 16 == 0;
+    const int64_t streamed = can_stream && aligned ? m * kElem / 16 * 16 : 0;
+    stream_copy(out + i, buf, streamed);
+    std::memcpy(out + i + streamed / kElem, buf + streamed / kElem, static_cast<size_t>(m * kElem - streamed));
   }
-  stream_fence();
+  if (can_stream) stream_fence();
 }
 
 // out_j[i] = c_j g[i] over `len` contiguous elements.
@@ -171,8 +174,8 @@ void combine_pass(const at::Tensor& out, const at::Tensor& base, at::TensorList 
           with_count<0>(n, [&](auto N) {
             auto* o = reinterpret_cast<scalar_t*>(ptr[0]);
             const auto* b = reinterpret_cast<const scalar_t*>(ptr[1]);
-            if (stream)
-              combine_run_streaming<scalar_t, acc_t, decltype(N)::value>(o, b, k, c.v, n0);
+            if (stream || o == b)
+              combine_run_buffered<scalar_t, acc_t, decltype(N)::value>(o, b, k, c.v, n0, stream);
             else
               combine_run<scalar_t, acc_t, decltype(N)::value>(o, b, k, c.v, n0);
           });

@@ -107,9 +107,9 @@ def test_rk_combine_any_number_of_terms(n_terms):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n_terms", [6, 11])
 def test_rk_combine_larger_than_cache(dtype, n_terms):
-    # Over 64 MiB of operands: the CPU kernel streams its output past the cache (aligned
-    # blocks, unaligned heads where the threads' ranges begin, odd tails; 11 terms take a
-    # second pass that reads the output back).
+    # Over 64 MiB of operands: where that exceeds the last-level cache, the CPU kernel
+    # streams its output past it (aligned blocks, unaligned heads where the threads' ranges
+    # begin, odd tails; 11 terms take a second pass that reads the output back).
     numel = (1 << 22) + 3
     x = torch.randn(numel).to(dtype)
     ks = [torch.randn(numel).to(dtype) for _ in range(n_terms)]

@@ -14,6 +14,7 @@ import glob
 import os
 import shutil
 import subprocess
+import sys
 
 from setuptools import setup
 
@@ -81,11 +82,12 @@ sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
 # -fno-trapping-math: floating-point exceptions are never observed, so selects such as
 # relu's gradient (z > 0 ? g : 0) vectorise; results are unchanged (no reassociation).
 extra = {"cxx": ["-O3", "-fno-trapping-math"]}
-if torch.backends.openmp.is_available():
+if torch.backends.openmp.is_available() and sys.platform.startswith("linux"):
     # at::parallel_for is an inline template over `#pragma omp parallel` in a torch built with
     # OpenMP: without -fopenmp here the kernels that call it would run on one thread. Compile
     # flag only: the OpenMP calls resolve at load time to the runtime torch ships and has
     # loaded (linking -fopenmp would pull in the system's libgomp, a second thread pool).
+    # Elsewhere (Apple clang takes no -fopenmp) those kernels stay on one thread.
     extra["cxx"].append("-fopenmp")
 include_dirs = [os.path.join(HERE, "csrc", "include")]
 if cuda_home:

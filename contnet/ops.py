@@ -119,7 +119,8 @@ def _use_extension(op: str, t: torch.Tensor) -> bool:
                 stacklevel=3,
             )
         return False
-    return _has_kernel(op, t.device.type)
+    device_type = "cuda" if t.is_cuda else "cpu" if t.is_cpu else t.device.type
+    return _has_kernel(op, device_type)
 
 
 # ---------------------------------------------------------------------------- checks
@@ -205,9 +206,18 @@ def _cast(t, dtype):
     return t if t is None or t.dtype == dtype else t.to(dtype)
 
 
+def _mixed(first, others) -> bool:
+    """Whether any tensor of ``others`` (None allowed) differs in dtype from ``first``."""
+    dtype = first.dtype
+    for t in others:
+        if t is not None and t.dtype != dtype:
+            return True
+    return False
+
+
 def combine_unchecked(x, terms, h: float, coeffs) -> torch.Tensor:
-    dtype = _promoted([x, *terms])
-    if x.dtype != dtype or any(t.dtype != dtype for t in terms):
+    if _mixed(x, terms):
+        dtype = _promoted([x, *terms])
         x, terms = _cast(x, dtype), [_cast(t, dtype) for t in terms]
     if _use_extension("rk_combine", x):
         return torch.ops.contnet.rk_combine.default(x, terms, h, coeffs)
@@ -226,8 +236,8 @@ def epilogue_unchecked(
     y, bias, act: int, scale: float, bases, terms, h: float, coeffs, return_k: bool
 ):
     others = (bias, *bases, *terms)
-    dtype = _promoted([y, *others])
-    if y.dtype != dtype or any(t is not None and t.dtype != dtype for t in others):
+    if _mixed(y, others):
+        dtype = _promoted([y, *others])
         y, bias = _cast(y, dtype), _cast(bias, dtype)
         bases, terms = [_cast(t, dtype) for t in bases], [_cast(t, dtype) for t in terms]
     if _use_extension("rk_epilogue", y):

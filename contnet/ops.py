@@ -194,30 +194,23 @@ def _empty_dense(t: torch.Tensor) -> torch.Tensor:
 # without zeros. The kernels still check their inputs. Mixed dtypes -- as under
 # torch.autocast, where convolutions return half precision while the state stays float32
 # -- are promoted to the widest, as autocast does for pointwise ops.
-def _promoted(tensors):
-    dtype = None
-    for t in tensors:
-        if t is not None:
-            dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
-    return dtype
+def _common_dtype(first, others):
+    """The dtype ``first`` and ``others`` (None allowed) promote to, or None when they all
+    have ``first``'s (the common case: no promotion to compute)."""
+    dtype, mixed = first.dtype, False
+    for t in others:
+        if t is not None and t.dtype != dtype:
+            dtype, mixed = torch.promote_types(dtype, t.dtype), True
+    return dtype if mixed else None
 
 
 def _cast(t, dtype):
     return t if t is None or t.dtype == dtype else t.to(dtype)
 
 
-def _mixed(first, others) -> bool:
-    """Whether any tensor of ``others`` (None allowed) differs in dtype from ``first``."""
-    dtype = first.dtype
-    for t in others:
-        if t is not None and t.dtype != dtype:
-            return True
-    return False
-
-
 def combine_unchecked(x, terms, h: float, coeffs) -> torch.Tensor:
-    if _mixed(x, terms):
-        dtype = _promoted([x, *terms])
+    dtype = _common_dtype(x, terms)
+    if dtype is not None:
         x, terms = _cast(x, dtype), [_cast(t, dtype) for t in terms]
     if _use_extension("rk_combine", x):
         return torch.ops.contnet.rk_combine.default(x, terms, h, coeffs)
@@ -225,7 +218,7 @@ def combine_unchecked(x, terms, h: float, coeffs) -> torch.Tensor:
 
 
 def combine_learned_unchecked(x, terms, h: float, coeffs: torch.Tensor) -> torch.Tensor:
-    dtype = _promoted([x, *terms])
+    dtype = _common_dtype(x, terms) or x.dtype
     x, terms, coeffs = _cast(x, dtype), [_cast(t, dtype) for t in terms], _cast(coeffs, dtype)
     if _use_extension("rk_combine_learned", x):
         return torch.ops.contnet.rk_combine_learned.default(x, terms, h, coeffs)
@@ -235,9 +228,8 @@ def combine_learned_unchecked(x, terms, h: float, coeffs: torch.Tensor) -> torch
 def epilogue_unchecked(
     y, bias, act: int, scale: float, bases, terms, h: float, coeffs, return_k: bool
 ):
-    others = (bias, *bases, *terms)
-    if _mixed(y, others):
-        dtype = _promoted([y, *others])
+    dtype = _common_dtype(y, (bias, *bases, *terms))
+    if dtype is not None:
         y, bias = _cast(y, dtype), _cast(bias, dtype)
         bases, terms = [_cast(t, dtype) for t in bases], [_cast(t, dtype) for t in terms]
     if _use_extension("rk_epilogue", y):

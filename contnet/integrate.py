@@ -305,10 +305,6 @@ class _Stepwise(torch.autograd.Function):
         return (None, None, None, g_state[0], *grad_params)
 
 
-def _no_context():
-    return contextlib.nullcontext()
-
-
 def rate_times(
     scheme, n_steps: int, t0: float = 0.0, t1: float = 1.0, *, adjoint: bool = False
 ) -> list[float]:
@@ -412,4 +408,4 @@ def odeint(
     params = [p for p in params if isinstance(p, torch.Tensor)]
     if isinstance(stepper, _LMStepper) and stepper.coeffs.requires_grad:
         params.append(stepper.coeffs)
-    return _Stepwise.apply(stepper, backprop, recompute or _no_context, x0, *params)
+    return _Stepwise.apply(stepper, backprop, recompute or contextlib.nullcontext, x0, *params)

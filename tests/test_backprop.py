@@ -26,11 +26,14 @@ def _grads(block, x, mode):
     )
 
 
+def _norms(block):
+    return [m for m in block.modules() if isinstance(m, contnet.TimeBatchNorm2d)]
+
+
 def _reset_stats(block):
-    for m in block.modules():
-        if isinstance(m, contnet.TimeBatchNorm2d):
-            m.running_mean.zero_()
-            m.running_var.fill_(1.0)
+    for m in _norms(block):
+        m.running_mean.zero_()
+        m.running_var.fill_(1.0)
 
 
 @pytest.mark.parametrize("scheme", ["euler", "rk4", "rk4_38", "ssprk3", "ab2", "lm"])
@@ -41,14 +44,10 @@ def test_checkpoint_gradients_equal_direct(scheme, norm, basis, K):
     x = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
     _reset_stats(block)
     direct = _grads(block, x, "direct")
-    stats_direct = [
-        m.running_mean.clone() for m in block.modules() if isinstance(m, contnet.TimeBatchNorm2d)
-    ]
+    stats_direct = [m.running_mean.clone() for m in _norms(block)]
     _reset_stats(block)
     ckpt = _grads(block, x, "checkpoint")
-    stats_ckpt = [
-        m.running_mean.clone() for m in block.modules() if isinstance(m, contnet.TimeBatchNorm2d)
-    ]
+    stats_ckpt = [m.running_mean.clone() for m in _norms(block)]
     assert (ckpt - direct).abs().max() <= 1e-10 * direct.abs().max()
     for a, b in zip(stats_direct, stats_ckpt):  # counted once (twice would differ by ~momentum)
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
@@ -74,13 +73,11 @@ def test_adjoint_with_batch_norm_in_training_mode():
     x = torch.randn(4, 3, 5, 5, dtype=torch.float64, requires_grad=True)
     _reset_stats(block)
     direct = _grads(block, x, "direct")
-    stats = [
-        m.running_var.clone() for m in block.modules() if isinstance(m, contnet.TimeBatchNorm2d)
-    ]
+    stats = [m.running_var.clone() for m in _norms(block)]
     _reset_stats(block)
     adjoint = _grads(block, x, "adjoint")
     assert (adjoint - direct).norm() / direct.norm() < 1e-2
-    for a, m in zip(stats, [m for m in block.modules() if isinstance(m, contnet.TimeBatchNorm2d)]):
+    for a, m in zip(stats, _norms(block)):
         torch.testing.assert_close(m.running_var, a, rtol=1e-12, atol=1e-12)
 
 

@@ -188,17 +188,11 @@ std::vector<at::Tensor> rk_epilogue_cpu(const at::Tensor& y_in, const std::optio
                                         int64_t act, double scale, at::TensorList bases_in,
                                         at::TensorList terms_in, double h, at::ArrayRef<double> coeffs,
                                         bool return_k) {
-  check_epilogue(y_in, bias_in, bases_in, terms_in);
-  const auto fmt = dense_format(y_in);
-  TORCH_CHECK(y_in.device().is_cpu(), "y must be a CPU tensor for the CPU kernel, got ", y_in.device());
-  const at::Tensor y = in_format(y_in, fmt);
-  const at::Tensor bias = bias_in.has_value() && bias_in->defined() ? bias_in->contiguous() : at::Tensor();
-  std::vector<at::Tensor> bases, terms, outs;
-  for (const auto& t : bases_in) bases.push_back(in_format(t, fmt)), outs.push_back(at::empty_like(y));
-  for (const auto& t : terms_in) terms.push_back(in_format(t, fmt));
-  if (return_k) outs.push_back(at::empty_like(y));
+  auto a = epilogue_operands(y_in, bias_in, bases_in, terms_in, return_k, at::kCPU);
+  const at::Tensor &y = a.y, &bias = a.bias;
+  const auto &bases = a.bases, &terms = a.terms, &outs = a.outs;
   const int n_out = static_cast<int>(bases.size()), n_terms = static_cast<int>(terms.size());
-  const ChannelIndex ci = channel_index(y, fmt);
+  const ChannelIndex ci = a.ci;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "rk_epilogue_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto e = make_epilogue<acc_t>(static_cast<int>(act), scale, n_out, n_terms, h, coeffs);
@@ -214,27 +208,19 @@ std::vector<at::Tensor> rk_epilogue_cpu(const at::Tensor& y_in, const std::optio
         epilogue_chunk<scalar_t, acc_t>(e, p, ci, c * kChunk, std::min(kChunk, numel - c * kChunk));
     });
   });
-  return outs;
+  return std::move(a.outs);
 }
 
 std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> rk_epilogue_backward_cpu(
     at::TensorList grads_in, const std::optional<at::Tensor>& grad_k_in, const at::Tensor& y_in,
     const std::optional<at::Tensor>& bias_in, int64_t act, double scale, int64_t n_terms, double h,
     at::ArrayRef<double> coeffs) {
-  check_epilogue(y_in, bias_in, grads_in, {});
-  const auto fmt = dense_format(y_in);
-  TORCH_CHECK(y_in.device().is_cpu(), "y must be a CPU tensor for the CPU kernel, got ", y_in.device());
-  const bool has_gk = grad_k_in.has_value() && grad_k_in->defined();
-  if (has_gk) check_like(*grad_k_in, y_in, "grad_k", "y");
-  const at::Tensor y = in_format(y_in, fmt);
-  const at::Tensor bias = bias_in.has_value() && bias_in->defined() ? bias_in->contiguous() : at::Tensor();
-  const at::Tensor gk_t = has_gk ? in_format(*grad_k_in, fmt) : at::Tensor();
-  std::vector<at::Tensor> grads, grad_terms;
-  for (const auto& t : grads_in) grads.push_back(in_format(t, fmt));
-  for (int64_t j = 0; j < n_terms; ++j) grad_terms.push_back(at::empty_like(y));
-  at::Tensor grad_y = at::empty_like(y);
+  auto a = epilogue_grad_operands(grads_in, grad_k_in, y_in, bias_in, n_terms, at::kCPU);
+  const at::Tensor &y = a.y, &bias = a.bias, &gk_t = a.grad_k, &grad_y = a.grad_y;
+  const auto &grads = a.grads, &grad_terms = a.grad_terms;
+  const bool has_gk = gk_t.defined();
   const int n_out = static_cast<int>(grads.size());
-  const ChannelIndex ci = channel_index(y, fmt);
+  const ChannelIndex ci = a.ci;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "rk_epilogue_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto e = make_epilogue<acc_t>(static_cast<int>(act), scale, n_out, static_cast<int>(n_terms), h, coeffs);
@@ -280,8 +266,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> rk_epilogue_backward
       }
     });
   });
-  at::Tensor grad_bias = bias.defined() ? channel_sum(grad_y).to(bias.scalar_type()) : at::empty({0}, y.options());
-  return {grad_y, grad_terms, grad_bias};
+  return {a.grad_y, a.grad_terms, a.grad_bias()};
 }
 
 }  // namespace

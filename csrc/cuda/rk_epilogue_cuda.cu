@@ -189,16 +189,10 @@ std::vector<at::Tensor> rk_epilogue_cuda(const at::Tensor& y_in, const std::opti
                                          int64_t act, double scale, at::TensorList bases_in,
                                          at::TensorList terms_in, double h, at::ArrayRef<double> coeffs,
                                          bool return_k) {
-  check_epilogue(y_in, bias_in, bases_in, terms_in);
-  TORCH_CHECK(y_in.is_cuda(), "y must be a CUDA tensor for the CUDA kernel, got ", y_in.device());
-  const auto fmt = dense_format(y_in);
+  auto a = epilogue_operands(y_in, bias_in, bases_in, terms_in, return_k, at::kCUDA);
   const c10::cuda::CUDAGuard guard(y_in.device());
-  const at::Tensor y = in_format(y_in, fmt);
-  const at::Tensor bias = bias_in.has_value() && bias_in->defined() ? bias_in->contiguous() : at::Tensor();
-  std::vector<at::Tensor> bases, terms, outs;
-  for (const auto& t : bases_in) bases.push_back(in_format(t, fmt)), outs.push_back(at::empty_like(y));
-  for (const auto& t : terms_in) terms.push_back(in_format(t, fmt));
-  if (return_k) outs.push_back(at::empty_like(y));
+  const at::Tensor &y = a.y, &bias = a.bias;
+  const auto &bases = a.bases, &terms = a.terms, &outs = a.outs;
   const int n_out = static_cast<int>(bases.size()), n_terms = static_cast<int>(terms.size());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "rk_epilogue_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -210,7 +204,7 @@ std::vector<at::Tensor> rk_epilogue_cuda(const at::Tensor& y_in, const std::opti
     for (int o = 0; o < n_out; ++o) p.base[o] = bases[o].data_ptr<scalar_t>(), p.out[o] = outs[o].data_ptr<scalar_t>();
     for (int j = 0; j < n_terms; ++j) p.term[j] = terms[j].data_ptr<scalar_t>();
     p.k = return_k ? outs.back().data_ptr<scalar_t>() : nullptr;
-    p.ci = channel_index(y, fmt);
+    p.ci = a.ci;
     p.numel = y.numel();
     launch_vectorized<scalar_t>(
         {p.y, p.base[0], p.base[1], p.base[2], p.term[0], p.term[1], p.term[2], p.term[3], p.term[4],
@@ -220,26 +214,18 @@ std::vector<at::Tensor> rk_epilogue_cuda(const at::Tensor& y_in, const std::opti
               <<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(p, e);
         });
   });
-  return outs;
+  return std::move(a.outs);
 }
 
 std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> rk_epilogue_backward_cuda(
     at::TensorList grads_in, const std::optional<at::Tensor>& grad_k_in, const at::Tensor& y_in,
     const std::optional<at::Tensor>& bias_in, int64_t act, double scale, int64_t n_terms, double h,
     at::ArrayRef<double> coeffs) {
-  check_epilogue(y_in, bias_in, grads_in, {});
-  TORCH_CHECK(y_in.is_cuda(), "y must be a CUDA tensor for the CUDA kernel, got ", y_in.device());
-  const auto fmt = dense_format(y_in);
+  auto a = epilogue_grad_operands(grads_in, grad_k_in, y_in, bias_in, n_terms, at::kCUDA);
   const c10::cuda::CUDAGuard guard(y_in.device());
-  const bool has_gk = grad_k_in.has_value() && grad_k_in->defined();
-  if (has_gk) check_like(*grad_k_in, y_in, "grad_k", "y");
-  const at::Tensor y = in_format(y_in, fmt);
-  const at::Tensor bias = bias_in.has_value() && bias_in->defined() ? bias_in->contiguous() : at::Tensor();
-  const at::Tensor gk = has_gk ? in_format(*grad_k_in, fmt) : at::Tensor();
-  std::vector<at::Tensor> grads, grad_terms;
-  for (const auto& t : grads_in) grads.push_back(in_format(t, fmt));
-  for (int64_t j = 0; j < n_terms; ++j) grad_terms.push_back(at::empty_like(y));
-  at::Tensor grad_y = at::empty_like(y);
+  const at::Tensor &y = a.y, &bias = a.bias, &gk = a.grad_k, &grad_y = a.grad_y;
+  const auto &grads = a.grads, &grad_terms = a.grad_terms;
+  const bool has_gk = gk.defined();
   const int n_out = static_cast<int>(grads.size());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "rk_epilogue_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -252,7 +238,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> rk_epilogue_backward
     p.bias = bias.defined() ? bias.data_ptr<scalar_t>() : nullptr;
     p.grad_y = grad_y.data_ptr<scalar_t>();
     for (int64_t j = 0; j < n_terms; ++j) p.grad_term[j] = grad_terms[j].data_ptr<scalar_t>();
-    p.ci = channel_index(y, fmt);
+    p.ci = a.ci;
     p.numel = y.numel();
     launch_vectorized<scalar_t>(
         {p.g[0], p.g[1], p.g[2], p.gk, p.y, p.grad_y, p.grad_term[0], p.grad_term[1], p.grad_term[2],
@@ -262,8 +248,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> rk_epilogue_backward
               <<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(p, e);
         });
   });
-  at::Tensor grad_bias = bias.defined() ? channel_sum(grad_y).to(bias.scalar_type()) : at::empty({0}, y.options());
-  return {grad_y, grad_terms, grad_bias};
+  return {a.grad_y, a.grad_terms, a.grad_bias()};
 }
 
 }  // namespace

@@ -1,50 +1,66 @@
 // Host-side layout handling for kernels that walk operands as flat arrays: every operand is
 // brought to one dense memory format (contiguous, or channels_last for 4-d tensors). Dense
 // operands in that format are used as they are (no copy); others are copied once.
+// Defined once, in csrc/layout.cpp, by the host compiler; the CUDA sources call that code.
 #pragma once
 
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/sum.h>
+#include <c10/core/DeviceType.h>
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 namespace contnet {
 
 // channels_last if `t` is a 4-d tensor stored that way (and not also contiguous), else contiguous.
-inline at::MemoryFormat dense_format(const at::Tensor& t) {
-  if (t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast))
-    return at::MemoryFormat::ChannelsLast;
-  return at::MemoryFormat::Contiguous;
-}
+at::MemoryFormat dense_format(const at::Tensor& t);
 
-inline at::Tensor in_format(const at::Tensor& t, at::MemoryFormat f) {
-  if (!t.defined()) return t;
-  if (t.dim() != 4 && f == at::MemoryFormat::ChannelsLast) return t.contiguous();
-  return t.contiguous(f);
-}
+// `t` dense in format `f` (4-d only for channels_last; others contiguous); undefined stays so.
+at::Tensor in_format(const at::Tensor& t, at::MemoryFormat f);
 
 // Where channel dim 1 sits in the flat order of a dense tensor: element i has channel
-// (i / inner) % channels.
+// (i / inner) % channels. Plain data: the CUDA kernels take it by value.
 struct ChannelIndex {
   int64_t inner;
   int64_t channels;
 };
 
-inline ChannelIndex channel_index(const at::Tensor& t, at::MemoryFormat f) {
-  const int64_t c = t.dim() >= 2 ? t.size(1) : 1;
-  if (f == at::MemoryFormat::ChannelsLast) return {1, c};
-  int64_t inner = 1;
-  for (int64_t d = 2; d < t.dim(); ++d) inner *= t.size(d);
-  return {inner, c};
-}
+ChannelIndex channel_index(const at::Tensor& t, at::MemoryFormat f);
 
 // Sum over every dimension but the channel dimension 1 (a per-channel bias's gradient).
-inline at::Tensor channel_sum(const at::Tensor& t) {
-  std::vector<int64_t> dims;
-  for (int64_t d = 0; d < t.dim(); ++d)
-    if (d != 1) dims.push_back(d);
-  return at::sum(t, dims);
-}
+at::Tensor channel_sum(const at::Tensor& t);
+
+// The fused epilogue's operands, checked (check_epilogue, and y on `device`) and brought to
+// y's dense format, with the outputs allocated: one per base, then k if asked for.
+struct EpilogueOperands {
+  at::MemoryFormat fmt;
+  at::Tensor y, bias;  // bias undefined without one
+  std::vector<at::Tensor> bases, terms, outs;
+  ChannelIndex ci;
+};
+
+EpilogueOperands epilogue_operands(const at::Tensor& y, const std::optional<at::Tensor>& bias,
+                                   at::TensorList bases, at::TensorList terms, bool return_k,
+                                   c10::DeviceType device);
+
+// The same for the epilogue's backward: the outputs' gradients `grads` and k's `grad_k`
+// (undefined if none), with the gradients of y and of the `n_terms` terms allocated.
+struct EpilogueGradOperands {
+  at::MemoryFormat fmt;
+  at::Tensor y, bias, grad_k;
+  std::vector<at::Tensor> grads, grad_terms;
+  at::Tensor grad_y;
+  ChannelIndex ci;
+
+  // The bias's gradient once grad_y is computed (empty without a bias).
+  at::Tensor grad_bias() const;
+};
+
+EpilogueGradOperands epilogue_grad_operands(at::TensorList grads,
+                                            const std::optional<at::Tensor>& grad_k,
+                                            const at::Tensor& y,
+                                            const std::optional<at::Tensor>& bias,
+                                            int64_t n_terms, c10::DeviceType device);
 
 }  // namespace contnet

@@ -1,0 +1,97 @@
+// Definitions of the layout helpers declared in contnet/layout.h.
+#include "contnet/layout.h"
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/sum.h>
+#include <c10/util/Exception.h>
+
+#include "contnet/checks.h"
+
+namespace contnet {
+
+at::MemoryFormat dense_format(const at::Tensor& t) {
+  if (t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast))
+    return at::MemoryFormat::ChannelsLast;
+  return at::MemoryFormat::Contiguous;
+}
+
+at::Tensor in_format(const at::Tensor& t, at::MemoryFormat f) {
+  if (!t.defined()) return t;
+  if (t.dim() != 4 && f == at::MemoryFormat::ChannelsLast) return t.contiguous();
+  return t.contiguous(f);
+}
+
+ChannelIndex channel_index(const at::Tensor& t, at::MemoryFormat f) {
+  const int64_t c = t.dim() >= 2 ? t.size(1) : 1;
+  if (f == at::MemoryFormat::ChannelsLast) return {1, c};
+  int64_t inner = 1;
+  for (int64_t d = 2; d < t.dim(); ++d) inner *= t.size(d);
+  return {inner, c};
+}
+
+at::Tensor channel_sum(const at::Tensor& t) {
+  std::vector<int64_t> dims;
+  for (int64_t d = 0; d < t.dim(); ++d)
+    if (d != 1) dims.push_back(d);
+  return at::sum(t, dims);
+}
+
+namespace {
+
+void check_kernel_device(const at::Tensor& y, c10::DeviceType device) {
+  const auto name = c10::DeviceTypeName(device);
+  TORCH_CHECK(y.device().type() == device, "y must be a ", name, " tensor for the ", name,
+              " kernel, got ", y.device());
+}
+
+at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() ? t->contiguous() : at::Tensor();
+}
+
+}  // namespace
+
+EpilogueOperands epilogue_operands(const at::Tensor& y, const std::optional<at::Tensor>& bias,
+                                   at::TensorList bases, at::TensorList terms, bool return_k,
+                                   c10::DeviceType device) {
+  check_epilogue(y, bias, bases, terms);
+  check_kernel_device(y, device);
+  EpilogueOperands a;
+  a.fmt = dense_format(y);
+  a.y = in_format(y, a.fmt);
+  a.bias = contiguous_or_undefined(bias);
+  for (const auto& t : bases) a.bases.push_back(in_format(t, a.fmt));
+  for (const auto& t : terms) a.terms.push_back(in_format(t, a.fmt));
+  const size_t n_outs = bases.size() + (return_k ? 1 : 0);
+  for (size_t o = 0; o < n_outs; ++o) a.outs.push_back(at::empty_like(a.y));
+  a.ci = channel_index(a.y, a.fmt);
+  return a;
+}
+
+EpilogueGradOperands epilogue_grad_operands(at::TensorList grads,
+                                            const std::optional<at::Tensor>& grad_k,
+                                            const at::Tensor& y,
+                                            const std::optional<at::Tensor>& bias,
+                                            int64_t n_terms, c10::DeviceType device) {
+  check_epilogue(y, bias, grads, {});
+  check_kernel_device(y, device);
+  EpilogueGradOperands a;
+  a.fmt = dense_format(y);
+  if (grad_k.has_value() && grad_k->defined()) {
+    check_like(*grad_k, y, "grad_k", "y");
+    a.grad_k = in_format(*grad_k, a.fmt);
+  }
+  a.y = in_format(y, a.fmt);
+  a.bias = contiguous_or_undefined(bias);
+  for (const auto& t : grads) a.grads.push_back(in_format(t, a.fmt));
+  for (int64_t j = 0; j < n_terms; ++j) a.grad_terms.push_back(at::empty_like(a.y));
+  a.grad_y = at::empty_like(a.y);
+  a.ci = channel_index(a.y, a.fmt);
+  return a;
+}
+
+at::Tensor EpilogueGradOperands::grad_bias() const {
+  return bias.defined() ? channel_sum(grad_y).to(bias.scalar_type()) : at::empty({0}, y.options());
+}
+
+}  // namespace contnet

@@ -16,6 +16,10 @@ device's measured copy bandwidth.
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
+import subprocess
+import sys
 
 import torch
 
@@ -33,6 +37,60 @@ def _chain(h, cs):
     return chain
 
 
+def _time_case(n: int, p: int, device: str, rounds: int, min_run_time: float) -> dict:
+    """Time the three implementations of one case (``n`` terms, ``2^p`` elements)."""
+    h = 0.25
+    cs = [0.1 * (j + 1) for j in range(n)]
+    chain = _chain(h, cs)
+    torch._dynamo.reset()  # a fresh compilation per case, not a pile of recompiles
+    compiled = torch.compile(chain, dynamic=False)
+    numel = 1 << p
+    x = torch.randn(numel, device=device)
+    ks = [torch.randn(numel, device=device) for _ in range(n)]
+    compiled(x, ks)  # compile outside the timing
+    return common.time_side_by_side(
+        {
+            "fused": lambda: ops.rk_combine(x, ks, h, cs),
+            "eager": lambda: chain(x, ks),
+            "compile": lambda: compiled(x, ks),
+        },
+        rounds=rounds,
+        min_run_time=min_run_time,
+        device=device,
+    )
+
+
+def _time_case_in_processes(
+    n: int, p: int, device: str, rounds: int, allocator: str, processes: int
+) -> tuple[dict, list]:
+    """Time one case in ``processes`` fresh interpreters, each starting from a new
+    allocator state, as a user's script does. Returns the timings pooled over all rounds of
+    all processes, and each process's ratios (measured side by side in that process)."""
+    per_process = []
+    for _ in range(processes):
+        cmd = [sys.executable, "-m", "bench", "ops", "--one-case", str(n), str(p)]
+        cmd += ["--device", device, "--rounds", str(rounds), "--allocator", allocator]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        per_process.append(json.loads(out.strip().splitlines()[-1]))
+    pooled = {}
+    for name in per_process[0]:
+        v = [r for t in per_process for r in t[name]["rounds"]]
+        pooled[name] = {
+            "median_s": statistics.median(v),
+            "min_s": min(v),
+            "max_s": max(v),
+            "rounds": v,
+        }
+    ratios = [
+        {
+            "eager_over_fused": t["eager"]["median_s"] / t["fused"]["median_s"],
+            "compile_over_fused": t["compile"]["median_s"] / t["fused"]["median_s"],
+        }
+        for t in per_process
+    ]
+    return pooled, ratios
+
+
 def run(
     device: str = "cpu",
     terms=(2, 3, 4, 5),
@@ -40,63 +98,61 @@ def run(
     rounds: int = 5,
     quick: bool = False,
     allocator: str = "pinned",
+    processes: int = 0,
 ):
+    """``processes`` > 0: every case is timed in that many fresh processes (see
+    :func:`_time_case_in_processes`); the ratios reported are then the medians of the
+    per-process ratios."""
     if quick:
         terms, log2_sizes, rounds = (2, 5), (16, 20), 2
     common.setup(device, pin_allocator=allocator == "pinned")
-    h = 0.25
+    min_run_time = 0.1 if quick else 0.2
     results = []
     copy_gbps = common.copy_bandwidth(device) if device == "cuda" else None
     for n in terms:
-        cs = [0.1 * (j + 1) for j in range(n)]
-        chain = _chain(h, cs)
         for p in log2_sizes:
-            torch._dynamo.reset()  # a fresh compilation per case, not a pile of recompiles
-            compiled = torch.compile(chain, dynamic=False)
             numel = 1 << p
-            x = torch.randn(numel, device=device)
-            ks = [torch.randn(numel, device=device) for _ in range(n)]
-            compiled(x, ks)  # compile outside the timing
-            t = common.time_side_by_side(
-                {
-                    "fused": lambda x=x, ks=ks, cs=cs: ops.rk_combine(x, ks, h, cs),
-                    "eager": lambda x=x, ks=ks, f=chain: f(x, ks),
-                    "compile": lambda x=x, ks=ks, f=compiled: f(x, ks),
-                },
-                rounds=rounds,
-                min_run_time=0.1 if quick else 0.2,
-                device=device,
-            )
+            row = {"terms": n, "numel": numel, "dtype": "float32"}
+            if processes:
+                t, per_process = _time_case_in_processes(n, p, device, rounds, allocator, processes)
+                row["per_process"] = per_process
+                for key in ("eager_over_fused", "compile_over_fused"):
+                    row[key] = statistics.median(r[key] for r in per_process)
+            else:
+                t = _time_case(n, p, device, rounds, min_run_time)
+                for other in ("eager", "compile"):
+                    row[f"{other}_over_fused"] = t[other]["median_s"] / t["fused"]["median_s"]
             fused = t["fused"]["median_s"]
             gbps = (n + 2) * 4 * numel / fused / 1e9
-            row = {
-                "terms": n,
-                "numel": numel,
-                "dtype": "float32",
-                "median_ms": {k: v["median_s"] * 1e3 for k, v in t.items()},
-                "timings": t,
-                "eager_over_fused": t["eager"]["median_s"] / fused,
-                "compile_over_fused": t["compile"]["median_s"] / fused,
-                "fused_gbps": gbps,
-            }
+            row["median_ms"] = {k: v["median_s"] * 1e3 for k, v in t.items()}
+            row["timings"] = t
+            row["fused_gbps"] = gbps
             if copy_gbps:
                 row["fused_fraction_of_copy_bandwidth"] = gbps / copy_gbps
             results.append(row)
+            spread = ""
+            if processes:
+                e = sorted(r["eager_over_fused"] for r in row["per_process"])
+                c = sorted(r["compile_over_fused"] for r in row["per_process"])
+                spread = (
+                    f"  (per process: eager {e[0]:.2f}-{e[-1]:.2f}, compile {c[0]:.2f}-{c[-1]:.2f})"
+                )
             print(
                 f"terms {n}  2^{p:<2}  fused {fused * 1e3:8.3f} ms  eager/fused {row['eager_over_fused']:5.2f}  "
                 f"compile/fused {row['compile_over_fused']:5.2f}  {gbps:7.1f} GB/s"
-                + (
-                    f" ({row['fused_fraction_of_copy_bandwidth']:.0%} of copy)" if copy_gbps else ""
-                ),
+                + (f" ({row['fused_fraction_of_copy_bandwidth']:.0%} of copy)" if copy_gbps else "")
+                + spread,
                 flush=True,
             )
     payload = {
         "suite": "ops",
         **common.environment(device),
         "copy_bandwidth_gbps": copy_gbps,
+        "processes": processes,
         "results": results,
     }
     suffix = "-system" if device == "cpu" and allocator == "system" else ""
+    suffix += "-processes" if processes else ""
     path = common.write(f"ops-{common.device_tag(device)}{suffix}.json", payload)
     print(f"wrote {path}")
     return payload
@@ -119,7 +175,21 @@ def main(argv=None):
     )
     p.add_argument("--terms", type=int, nargs="+", default=[2, 3, 4, 5])
     p.add_argument("--log2-sizes", type=int, nargs="+", default=[16, 18, 20, 22, 24])
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=0,
+        help="time every case in this many fresh processes, each from a new allocator state "
+        "(ratios: medians of the per-process ratios); 0: all cases in this process",
+    )
+    p.add_argument(
+        "--one-case", type=int, nargs=2, metavar=("TERMS", "LOG2_SIZE"), help=argparse.SUPPRESS
+    )
     a = p.parse_args(argv)
+    if a.one_case:  # a child of --processes: time one case, print its timings as JSON
+        common.setup(a.device, pin_allocator=a.allocator == "pinned")
+        print(json.dumps(_time_case(*a.one_case, a.device, a.rounds, 0.2)))
+        return
     run(
         a.device,
         terms=a.terms,
@@ -127,6 +197,7 @@ def main(argv=None):
         rounds=a.rounds,
         quick=a.quick,
         allocator=a.allocator,
+        processes=a.processes,
     )
 
 

@@ -176,12 +176,14 @@ class StageRate:
     def __init__(self, unit, table):
         self.unit, self.table = unit, table
         self.fusable = getattr(unit, "fusable", False)
+        stage_split = getattr(unit, "stage_split", None) if self.fusable else None
+        self._split = stage_split() if stage_split is not None else getattr(unit, "split", None)
 
     def __call__(self, t, x):
         return self.unit(t, x, self.table[t])
 
     def split(self, t, x):
-        return self.unit.split(t, x, self.table[t])
+        return self._split(t, x, self.table[t])
 
     def tensors(self) -> list:
         """Every distinct tensor of the table (the weights the rate reads)."""

@@ -43,6 +43,29 @@ ACTIVATIONS = {
 }
 NORMS = (None, "batch")
 
+_GLOBAL_HOOKS = (
+    "_global_forward_hooks",
+    "_global_forward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_backward_pre_hooks",
+)
+
+
+def _dispatch_free(*modules: nn.Module) -> bool:
+    """Whether calling these modules' ``forward`` directly skips nothing that calling the
+    modules does: no hooks on them, no global module hooks, no JIT tracing (which records
+    module scopes). Where torch keeps its hooks elsewhere, the answer is no."""
+    from torch.nn.modules import module as nn_module
+
+    if torch.jit.is_tracing():
+        return False
+    for name in _GLOBAL_HOOKS:
+        hooks = getattr(nn_module, name, None)
+        if hooks is None or hooks:
+            return False
+    kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    return not any(getattr(m, kind, True) for m in modules for kind in kinds)
+
 
 def _positive_int(v, name: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
@@ -250,13 +273,13 @@ class TimeConv2d(TimeDependent):
             raise ValueError(
                 f"x must have shape (N, {self.in_channels}, H, W) for in_channels={self.in_channels}, got {tuple(x.shape)}"
             )
-        if weights is None:
-            w, b = self.weight_at(t)
-        else:
-            w, b = weights[0], (weights[1] if len(weights) > 1 else None)
-        return F.conv2d(
-            x, w, b if use_bias else None, self.stride, self.padding, self.dilation, self.groups
-        )
+        return self.apply_weights(x, self.weight_at(t) if weights is None else weights, use_bias)
+
+    def apply_weights(self, x: torch.Tensor, weights, use_bias: bool = True) -> torch.Tensor:
+        """``conv(x; W, b)`` with ``weights`` ``(W,)`` or ``(W, b)`` (``b`` may be None)
+        already taken at the stage time: no checks (see :meth:`forward`)."""
+        b = weights[1] if use_bias and len(weights) > 1 else None
+        return F.conv2d(x, weights[0], b, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         return (
@@ -454,15 +477,21 @@ class ConvUnit(nn.Module):
         basis, which a block interpolates for all stage times at once."""
         return {"conv1": self.conv1.basis_tensors(), "conv2": self.conv2.basis_tensors()}
 
-    def _body(self, t, x, weights):
-        """Everything up to conv2's output, without conv2's bias."""
+    def _body(self, t, x, weights, direct=False):
+        """Everything up to conv2's output, without conv2's bias. ``direct``: the
+        convolutions are applied to the given weights without module dispatch (see
+        :meth:`stage_split`)."""
         w1 = weights["conv1"] if weights else None
         w2 = weights["conv2"] if weights else None
+
+        def conv(m, x, w, use_bias=True):
+            return m.apply_weights(x, w, use_bias) if direct else m(t, x, w, use_bias=use_bias)
+
         if self.preact:
-            y = self.conv1(t, self.act(self._norm(self.norm1, t, x)), w1)
-            return self.conv2(t, self.act(self._norm(self.norm2, t, y)), w2, use_bias=False)
-        y = self.act(self._norm(self.norm1, t, self.conv1(t, x, w1)))
-        return self.conv2(t, y, w2, use_bias=False)
+            y = conv(self.conv1, self.act(self._norm(self.norm1, t, x)), w1)
+            return conv(self.conv2, self.act(self._norm(self.norm2, t, y)), w2, use_bias=False)
+        y = self.act(self._norm(self.norm1, t, conv(self.conv1, x, w1)))
+        return conv(self.conv2, y, w2, use_bias=False)
 
     def _bias2(self, t, weights):
         if self.conv2.bias is None:
@@ -480,9 +509,27 @@ class ConvUnit(nn.Module):
         conv2's output before its bias; for a :attr:`fusable` unit only."""
         if not self.fusable:
             raise ValueError("split needs a fusable unit (preact=True or norm=None)")
+        return self._split(t, x, weights)
+
+    def _split(self, t, x, weights, direct=False):
         self._check(x)
         act = "identity" if self.preact else self.act_name
-        return self._body(t, x, weights), self._bias2(t, weights), act, self.scale
+        return self._body(t, x, weights, direct), self._bias2(t, weights), act, self.scale
+
+    def stage_split(self):
+        """:meth:`split` as a function ``(t, x, weights)`` for one forward pass of an
+        integrator that passes every stage's weights (:class:`contnet.block.StageRate`).
+        When calling the convolutions' ``forward`` skips nothing (no hooks on them, no
+        global module hooks, no JIT tracing, no subclass's own ``forward``) it applies them to the weights directly,
+        without the module dispatch and argument checks of every call: a few microseconds
+        of host time per convolution, which bound small batches."""
+        if not self.fusable:
+            raise ValueError("stage_split needs a fusable unit (preact=True or norm=None)")
+        convs = (self.conv1, self.conv2)
+        own = all(type(m).forward is TimeConv2d.forward for m in convs)  # no override
+        if not (own and _dispatch_free(*convs)):
+            return self._split
+        return lambda t, x, weights: self._split(t, x, weights, direct=True)
 
     def forward(self, t: float, x: torch.Tensor, weights=None) -> torch.Tensor:
         """``R(t, x)``. ``weights``: ``{"conv1": (W1, b1), "conv2": (W2, b2)}`` already

@@ -61,6 +61,57 @@ def test_fused_tail_is_used_and_weights_are_one_launch(monkeypatch):
     assert calls["basis_interp"] == 0  # piecewise constant: views of the nodes
 
 
+@pytest.mark.parametrize("where", ["conv1", "conv2", "pre", "global", "subclass"])
+def test_stage_convolutions_keep_module_hooks(where):
+    """Stages apply the convolutions to the stage weights without module dispatch only
+    where that skips nothing: with a hook on either convolution, a global module hook or
+    a subclass's own forward,
+    every stage goes through the module (the hook sees all of them) with the same result,
+    gradients included."""
+    block = _block("fem_linear", 3, UNITS[1], "rk4", n_steps=2)
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+    params = list(block.parameters())
+
+    def run():
+        out = block(x)
+        return (out, *torch.autograd.grad((out * out).sum(), [x, *params]))
+
+    direct = run()
+    seen = []
+
+    def hook(module, *args):
+        if isinstance(module, contnet.TimeConv2d):
+            seen.append(module)
+
+    class Counting(contnet.TimeConv2d):
+        def forward(self, t, x, *args, **kwargs):
+            hook(self)
+            return super().forward(t, x, *args, **kwargs)
+
+    if where == "subclass":  # a subclass's forward is not skipped either
+        block.unit.conv2.__class__ = Counting
+        handle = None
+    elif where == "global":
+        handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    elif where == "pre":
+        handle = block.unit.conv1.register_forward_pre_hook(hook)
+    else:
+        handle = getattr(block.unit, where).register_forward_hook(hook)
+    try:
+        hooked = run()
+    finally:
+        if handle is not None:
+            handle.remove()
+    stages = 2 * 4
+    assert len(seen) == (2 * stages if where == "global" else stages)
+    for a, b in zip(direct, hooked):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    seen.clear()
+    block.unit.conv2.__class__ = contnet.TimeConv2d
+    block(x)
+    assert not seen  # hooks removed: the direct path again
+
+
 def _train(use_reference, steps=5):
     torch.manual_seed(1234)
     block = _block("fem_linear", 2, UNITS[0], "rk4", n_steps=2)

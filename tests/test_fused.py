@@ -64,10 +64,9 @@ def test_fused_tail_is_used_and_weights_are_one_launch(monkeypatch):
 @pytest.mark.parametrize("where", ["conv1", "conv2", "pre", "global", "subclass"])
 def test_stage_convolutions_keep_module_hooks(where):
     """Stages apply the convolutions to the stage weights without module dispatch only
-    where that skips nothing: with a hook on either convolution, a global module hook or
-    a subclass's own forward,
-    every stage goes through the module (the hook sees all of them) with the same result,
-    gradients included."""
+    where that skips nothing: with a hook on either convolution, a global module hook or a
+    subclass's own forward, every stage goes through the module (the hook sees all of
+    them) with the same result, gradients included."""
     block = _block("fem_linear", 3, UNITS[1], "rk4", n_steps=2)
     x = torch.randn(2, 4, 5, 5, dtype=torch.float64, requires_grad=True)
     params = list(block.parameters())

@@ -3,9 +3,10 @@
 #
 #   bash bench/gpu.sh OUTDIR STEP...
 #
-# STEP: build | test | ops | block | block-wide | block-k4 | inference | backprop. Each step's output is
-# appended to OUTDIR/log.txt (and the end of it printed); the JSON and PNG results the
-# benchmarks write under bench/results/ are packed into OUTDIR/results.tar.gz at the end.
+# STEP: build | test | ops | block | block-wide | block-k4 | block-host | inference | backprop.
+# Each step's output is appended to OUTDIR/log.txt (and the end of it printed); the JSON and
+# PNG results the benchmarks write under bench/results/ are packed into
+# OUTDIR/results.tar.gz at the end.
 # TORCH_CUDA_ARCH_LIST defaults to the GPU's own architecture, MAX_JOBS to every core.
 set -uo pipefail
 out=${1:?usage: bash bench/gpu.sh OUTDIR STEP...}
@@ -53,6 +54,12 @@ for s in "$@"; do
             --bases piecewise_constant fem_linear --min-run-time 0.2 --tag "$(
                 $py -c 'import bench.common as c; print(c.device_tag("cuda"))'
             )-k4" || status=1
+        ;;
+    block-host)
+        step block-host $py -m bench block --shapes host --batch 1 --schemes rk4 --K 16 \
+            --impls floor contnet hand compile --min-run-time 0.2 --tag "$(
+                $py -c 'import bench.common as c; print(c.device_tag("cuda"))'
+            )-host" || status=1
         ;;
     inference) step inference $py -m bench inference || status=1 ;;
     backprop) step backprop $py -m bench backprop || status=1 ;;

@@ -520,16 +520,37 @@ class ConvUnit(nn.Module):
         """:meth:`split` as a function ``(t, x, weights)`` for one forward pass of an
         integrator that passes every stage's weights (:class:`contnet.block.StageRate`).
         When calling the convolutions' ``forward`` skips nothing (no hooks on them, no
-        global module hooks, no JIT tracing, no subclass's own ``forward``) it applies them to the weights directly,
-        without the module dispatch and argument checks of every call: a few microseconds
-        of host time per convolution, which bound small batches."""
+        global module hooks, no JIT tracing, no subclass's own ``forward``) it applies them
+        to the weights directly, without the module dispatch and argument checks of every
+        call, and for ``preact=False`` with every attribute looked up once: the host time
+        of a stage is what bounds small batches on a GPU."""
         if not self.fusable:
             raise ValueError("stage_split needs a fusable unit (preact=True or norm=None)")
         convs = (self.conv1, self.conv2)
         own = all(type(m).forward is TimeConv2d.forward for m in convs)  # no override
         if not (own and _dispatch_free(*convs)):
             return self._split
-        return lambda t, x, weights: self._split(t, x, weights, direct=True)
+        if self.preact:  # norms, if any, stay module calls
+            return lambda t, x, weights: self._split(t, x, weights, direct=True)
+        # preact=False and fusable: no norm, R = scale * act(conv2(act(conv1(x))) + b2)
+        conv2d, act, act_name, scale, check = (
+            F.conv2d,
+            self.act,
+            self.act_name,
+            self.scale,
+            self._check,
+        )
+        c1, c2 = convs
+        args1 = (c1.stride, c1.padding, c1.dilation, c1.groups)
+        args2 = (c2.stride, c2.padding, c2.dilation, c2.groups)
+
+        def split(t, x, weights):
+            check(x)
+            w1, w2 = weights["conv1"], weights["conv2"]
+            y = act(conv2d(x, w1[0], w1[1] if len(w1) > 1 else None, *args1))
+            return conv2d(y, w2[0], None, *args2), w2[1] if len(w2) > 1 else None, act_name, scale
+
+        return split
 
     def forward(self, t: float, x: torch.Tensor, weights=None) -> torch.Tensor:
         """``R(t, x)``. ``weights``: ``{"conv1": (W1, b1), "conv2": (W2, b2)}`` already

@@ -530,17 +530,11 @@ class ConvUnit(nn.Module):
         own = all(type(m).forward is TimeConv2d.forward for m in convs)  # no override
         if not (own and _dispatch_free(*convs)):
             return self._split
-        if self.preact:  # norms, if any, stay module calls
+        if self.preact or self.norm1 is not None:  # norms stay module calls
             return lambda t, x, weights: self._split(t, x, weights, direct=True)
-        # preact=False and fusable: no norm, R = scale * act(conv2(act(conv1(x))) + b2)
-        conv2d, act, act_name, scale, check = (
-            F.conv2d,
-            self.act,
-            self.act_name,
-            self.scale,
-            self._check,
-        )
-        c1, c2 = convs
+        # R = scale * act(conv2(act(conv1(x))) + b2): every name bound once
+        conv2d, act, act_name, scale = F.conv2d, self.act, self.act_name, self.scale
+        check, (c1, c2) = self._check, convs
         args1 = (c1.stride, c1.padding, c1.dilation, c1.groups)
         args2 = (c2.stride, c2.padding, c2.dilation, c2.groups)
 

@@ -283,6 +283,10 @@ def run(
                         "forward_ms": {k: v["median_s"] * 1e3 for k, v in t_fwd.items()},
                         "forward_backward_ms": {k: v["median_s"] * 1e3 for k, v in t_fb.items()},
                         "timings": {"forward": t_fwd, "forward_backward": t_fb},
+                        "paired_over_floor": {
+                            kind: {i: common.paired_ratio(t, i, "floor") for i in t}
+                            for kind, t in (("forward", t_fwd), ("forward_backward", t_fb))
+                        },
                         "memory_bytes": mem,
                         "memory_kind": "peak allocated"
                         if device == "cuda"
@@ -320,6 +324,7 @@ def _print_row(row, impls):
                 f"{fw[impl] / fw['floor']:.3f}",
                 f"{fb[impl]:.2f}",
                 f"{fb[impl] / fb['floor']:.3f}",
+                f"{row['paired_over_floor']['forward_backward'][impl]:.3f}",
                 f"{fb['hand'] / fb[impl]:.2f}" if "hand" in fb else "",
                 f"{row['memory_bytes'][impl] / 2**20:.1f}",
             ]
@@ -333,6 +338,7 @@ def _print_row(row, impls):
                 "fwd/floor",
                 "fwd+bwd ms",
                 "fwd+bwd/floor",
+                "paired",
                 "hand/impl",
                 f"MiB ({row['memory_kind']})",
             ],

@@ -115,6 +115,12 @@ def time_side_by_side(
     }
 
 
+def paired_ratio(timings: dict, name: str, ref: str) -> float:
+    """Median over the interleaved rounds of ``name``'s time over ``ref``'s in the same
+    round: a drift of the machine that slows one round slows both sides of its ratio."""
+    return statistics.median(a / b for a, b in zip(timings[name]["rounds"], timings[ref]["rounds"]))
+
+
 def write(name: str, payload: dict) -> pathlib.Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / name

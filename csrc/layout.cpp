@@ -56,15 +56,15 @@ EpilogueOperands epilogue_operands(const at::Tensor& y, const std::optional<at::
                                    c10::DeviceType device) {
   check_epilogue(y, bias, bases, terms);
   check_kernel_device(y, device);
+  const auto fmt = dense_format(y);
   EpilogueOperands a;
-  a.fmt = dense_format(y);
-  a.y = in_format(y, a.fmt);
+  a.y = in_format(y, fmt);
   a.bias = contiguous_or_undefined(bias);
-  for (const auto& t : bases) a.bases.push_back(in_format(t, a.fmt));
-  for (const auto& t : terms) a.terms.push_back(in_format(t, a.fmt));
+  for (const auto& t : bases) a.bases.push_back(in_format(t, fmt));
+  for (const auto& t : terms) a.terms.push_back(in_format(t, fmt));
   const size_t n_outs = bases.size() + (return_k ? 1 : 0);
   for (size_t o = 0; o < n_outs; ++o) a.outs.push_back(at::empty_like(a.y));
-  a.ci = channel_index(a.y, a.fmt);
+  a.ci = channel_index(a.y, fmt);
   return a;
 }
 
@@ -75,18 +75,18 @@ EpilogueGradOperands epilogue_grad_operands(at::TensorList grads,
                                             int64_t n_terms, c10::DeviceType device) {
   check_epilogue(y, bias, grads, {});
   check_kernel_device(y, device);
+  const auto fmt = dense_format(y);
   EpilogueGradOperands a;
-  a.fmt = dense_format(y);
   if (grad_k.has_value() && grad_k->defined()) {
     check_like(*grad_k, y, "grad_k", "y");
-    a.grad_k = in_format(*grad_k, a.fmt);
+    a.grad_k = in_format(*grad_k, fmt);
   }
-  a.y = in_format(y, a.fmt);
+  a.y = in_format(y, fmt);
   a.bias = contiguous_or_undefined(bias);
-  for (const auto& t : grads) a.grads.push_back(in_format(t, a.fmt));
+  for (const auto& t : grads) a.grads.push_back(in_format(t, fmt));
   for (int64_t j = 0; j < n_terms; ++j) a.grad_terms.push_back(at::empty_like(a.y));
   a.grad_y = at::empty_like(a.y);
-  a.ci = channel_index(a.y, a.fmt);
+  a.ci = channel_index(a.y, fmt);
   return a;
 }
 

@@ -34,7 +34,6 @@ at::Tensor channel_sum(const at::Tensor& t);
 // The fused epilogue's operands, checked (check_epilogue, and y on `device`) and brought to
 // y's dense format, with the outputs allocated: one per base, then k if asked for.
 struct EpilogueOperands {
-  at::MemoryFormat fmt;
   at::Tensor y, bias;  // bias undefined without one
   std::vector<at::Tensor> bases, terms, outs;
   ChannelIndex ci;
@@ -47,7 +46,6 @@ EpilogueOperands epilogue_operands(const at::Tensor& y, const std::optional<at::
 // The same for the epilogue's backward: the outputs' gradients `grads` and k's `grad_k`
 // (undefined if none), with the gradients of y and of the `n_terms` terms allocated.
 struct EpilogueGradOperands {
-  at::MemoryFormat fmt;
   at::Tensor y, bias, grad_k;
   std::vector<at::Tensor> grads, grad_terms;
   at::Tensor grad_y;

@@ -78,6 +78,26 @@ def _sources(pattern):
     return sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
 
 
+def _shared_cxx_runtime():
+    """Linker arguments that tie the extension to the shared C++ runtime (libstdc++.so.6),
+    the one Python and torch have loaded. Where the toolchain's folders hold only the static
+    archive, or the flags ask for it, the extension would carry a second copy of the runtime
+    whose locale state is not the loaded one's: reading a number from a stream, or building
+    an error message, then calls into the wrong facet and crashes. Linux only."""
+    if not sys.platform.startswith("linux"):
+        return []
+    try:
+        out = subprocess.run(
+            [os.environ.get("CXX", "c++"), "-print-file-name=libstdc++.so.6"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [out] if os.path.isabs(out) and os.path.isfile(out) else []
+
+
 sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
 # -fno-trapping-math: floating-point exceptions are never observed, so selects such as
 # relu's gradient (z > 0 ? g : 0) vectorise; results are unchanged (no reassociation).
@@ -104,6 +124,7 @@ setup(
             sources,
             include_dirs=include_dirs,
             extra_compile_args=extra,
+            extra_link_args=_shared_cxx_runtime(),
         )
     ],
     cmdclass={"build_ext": BuildExtension},

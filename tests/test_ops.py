@@ -2,6 +2,7 @@
 float64 gradcheck (gradgradcheck for the linear ops), errors, CPU/CUDA parity."""
 
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -71,6 +72,23 @@ def test_extension_kernels_use_torchs_thread_pool():
 
     with open(contnet._C.__file__, "rb") as f:
         assert b"GOMP_parallel" in f.read()
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or shutil.which("readelf") is None,
+    reason="ELF dependencies are read with readelf on Linux",
+)
+def test_extension_links_the_shared_cxx_runtime():
+    # A static copy of libstdc++ inside the extension keeps locale state apart from the
+    # runtime the process has loaded: any stream use (a number read from sysfs, an error
+    # message) then calls into the wrong facet and crashes.
+    import contnet._C
+
+    out = subprocess.run(
+        ["readelf", "-d", contnet._C.__file__], capture_output=True, text=True, check=True
+    ).stdout
+    needed = [line for line in out.splitlines() if "(NEEDED)" in line]
+    assert any("libstdc++.so" in line for line in needed), needed
 
 
 # ---------------------------------------------------------------------------- rk_combine

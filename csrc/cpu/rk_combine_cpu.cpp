@@ -10,13 +10,13 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -32,22 +32,36 @@
 namespace contnet {
 namespace {
 
+// The first line of a small text file (a sysfs entry), empty if it cannot be read. POSIX
+// calls, not iostreams: no locale is touched on this path.
+std::string first_line(const std::string& path) {
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return {};
+  char buf[64];
+  const ssize_t n = read(fd, buf, sizeof(buf) - 1);
+  close(fd);
+  if (n <= 0) return {};
+  buf[n] = '\0';
+  std::string line(buf);
+  return line.substr(0, line.find('\n'));
+}
+
 // Bytes of the last-level cache one core sees: sysfs's size of cpu0's highest cache level
 // (per cache instance, where sysconf may report all instances together); sysconf; 32 MiB.
 int64_t llc_bytes() {
   static const int64_t bytes = [] {
     int64_t best = 0;
-    int best_level = 0;
+    long best_level = 0;
     for (int index = 0; index < 8; ++index) {
       const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/";
-      std::ifstream level_file(dir + "level"), size_file(dir + "size");
-      int level = 0;
-      std::string size;
-      if (!(level_file >> level) || !(size_file >> size) || size.empty()) continue;
-      int64_t v = std::atoll(size.c_str());
-      if (size.back() == 'K') v <<= 10;
-      if (size.back() == 'M') v <<= 20;
-      if (v > 0 && level >= best_level) best = v, best_level = level;
+      const std::string level = first_line(dir + "level"), size = first_line(dir + "size");
+      if (level.empty() || size.empty()) continue;
+      const long lv = std::strtol(level.c_str(), nullptr, 10);
+      char* unit = nullptr;
+      int64_t v = std::strtoll(size.c_str(), &unit, 10);
+      if (*unit == 'K') v <<= 10;
+      if (*unit == 'M') v <<= 20;
+      if (v > 0 && lv >= best_level) best = v, best_level = lv;
     }
 #ifdef _SC_LEVEL3_CACHE_SIZE
     if (best <= 0) best = sysconf(_SC_LEVEL3_CACHE_SIZE);

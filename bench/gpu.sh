@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# On a CUDA machine: build contnet, run the CUDA tests, run GPU benchmarks.
+# On a CUDA machine: build contnet, run the CUDA tests (and the CPU ones), run GPU benchmarks.
 #
 #   bash bench/gpu.sh OUTDIR STEP...
 #
-# STEP: build | test | ops | block | block-wide | block-k4 | block-host | inference | backprop.
+# STEP: build | test | test-cpu | ops | block | block-wide | block-k4 | block-host | inference | backprop.
 # Each step's output is appended to OUTDIR/log.txt (and the end of it printed); the JSON and
 # PNG results the benchmarks write under bench/results/ are packed into
 # OUTDIR/results.tar.gz at the end.
@@ -33,11 +33,19 @@ step() {
     return $rc
 }
 
+# pytest-xdist, where installed, spreads the tests over the cores
+xdist=$($py -c 'import xdist, os; print("-n", min(12, os.cpu_count()))' 2>/dev/null)
+timeout=$($py -c 'import pytest_timeout; print("--timeout 120")' 2>/dev/null)
 status=0
 for s in "$@"; do
     case $s in
     build) step build $py -m pip install -q --no-build-isolation --no-deps -e . || exit 1 ;;
-    test) step test env CONTNET_CUDA=1 $py -m pytest -q -m cuda -p no:cacheprovider || status=1 ;;
+    test) step test env CONTNET_CUDA=1 $py -m pytest -q -m cuda -p no:cacheprovider $xdist || status=1 ;;
+    test-cpu)
+        # the CPU tests against the build made here (another compiler, another torch);
+        # a test that hangs fails after 120 s (pytest-timeout, where installed)
+        step test-cpu $py -m pytest -q -m "not cuda" -p no:cacheprovider $xdist $timeout || status=1
+        ;;
     ops) step ops $py -m bench ops || status=1 ;;
     block)
         step block $py -m bench block --shapes stage1 stage2 stage3 --schemes rk4 --K 16 \

@@ -7,7 +7,7 @@ from torch import nn
 
 from . import ops, schemes
 from .integrate import BACKPROP_MODES, odeint, rate_times
-from .layers import TimeScalar, frozen_batch_stats
+from .layers import TimeScalar, frozen_batch_stats, node_layout_like
 
 __all__ = ["ContinuousBlock"]
 
@@ -128,9 +128,10 @@ class ContinuousBlock(nn.Module):
             nodes = [w.unbind(0) for w in flat]
             rows = [[node[k] for k in cells] for node in nodes]
         else:
-            rows = [
-                w.unbind(0) for w in ops.basis_interp(self._lookup(basis, times, x.device), flat)
-            ]
+            # in the nodes' layout (channels_last filter banks stay so: one copy here, not
+            # a conversion in every stage's convolution)
+            interp = ops.basis_interp(self._lookup(basis, times, x.device), flat)
+            rows = [node_layout_like(w, v).unbind(0) for w, v in zip(flat, interp)]
         table = [{} for _ in times]
         j = 0
         for name, ts in groups.items():

@@ -94,6 +94,18 @@ def interpolate(theta: torch.Tensor, coefficients) -> torch.Tensor:
     return out
 
 
+def node_layout_like(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """``new``, a stack of filter banks along dim 0 like ``old``, with ``old``'s node layout:
+    channels_last filter banks where ``old``'s are (see :meth:`TimeConv2d._apply`), so a
+    convolution of channels_last input takes them without converting them at every call."""
+    if old.dim() == 5 and new.dim() == 5:
+        flat = old.flatten(0, 1)
+        if not flat.is_contiguous() and flat.is_contiguous(memory_format=torch.channels_last):
+            cl = torch.channels_last
+            return new.flatten(0, 1).contiguous(memory_format=cl).unflatten(0, new.shape[:2])
+    return new
+
+
 class TimeDependent(nn.Module):
     """Base of modules whose parameters and buffers named in ``_basis_tensors`` carry a
     leading dimension of basis nodes. Gives them exact :meth:`refine` and L2
@@ -241,15 +253,7 @@ class TimeConv2d(TimeDependent):
 
     def _format_like(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         """A refined or projected weight keeps the node layout of the one it replaces."""
-        if old.dim() == 5:
-            flat = old.flatten(0, 1)
-            if not flat.is_contiguous() and flat.is_contiguous(memory_format=torch.channels_last):
-                return (
-                    new.flatten(0, 1)
-                    .contiguous(memory_format=torch.channels_last)
-                    .unflatten(0, new.shape[:2])
-                )
-        return new
+        return node_layout_like(old, new)
 
     def weight_at(self, t: float):
         """``(W(t), b(t))``; ``b`` is None without bias. A ``piecewise_constant`` basis

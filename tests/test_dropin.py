@@ -126,6 +126,28 @@ def test_channels_last_without_copies_in_the_fused_ops():
     assert seen == [True, True]
 
 
+@pytest.mark.parametrize("basis", ["piecewise_constant", "fem_linear", "legendre"])
+def test_channels_last_stage_weights_are_not_converted_per_stage(basis):
+    # The weights a block interpolates for its stage times keep the channels_last filter
+    # banks of the nodes: the convolutions take them as they are, so the number of layout
+    # copies of a forward+backward does not grow with the number of steps.
+    from torch.profiler import ProfilerActivity, profile
+
+    cl = torch.channels_last
+    unit = contnet.ConvUnit(8, n_basis=3, basis=basis, norm=None).to(memory_format=cl)
+    x = torch.randn(2, 8, 6, 6).contiguous(memory_format=cl).requires_grad_()
+    copies = []
+    for n_steps in (2, 6):
+        block = contnet.ContinuousBlock(unit, scheme="rk4", n_steps=n_steps)
+        block(x).sum().backward()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            block(x).sum().backward()
+        copies.append(sum(e.name == "aten::clone" for e in prof.events()))
+        table = block._rate(x).table
+        assert all(w[0].is_contiguous(memory_format=cl) for e in table.values() for w in e.values())
+    assert copies[0] == copies[1], copies
+
+
 @pytest.mark.slow
 def test_data_parallel_training_with_refinement(tmp_path):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which(

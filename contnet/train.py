@@ -356,6 +356,16 @@ class Distributed:
 
         self.dist = dist
         backend = "nccl" if device.startswith("cuda") else "gloo"
+        if backend == "nccl":
+            # NCCL takes one GPU per process: two ranks on one device fail or hang inside it
+            local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
+            gpus = torch.cuda.device_count()
+            if local_rank >= gpus:
+                raise ValueError(
+                    f"--device {device} with NCCL needs one GPU per process: local rank "
+                    f"{local_rank} but {gpus} GPU(s) visible; start at most {gpus} processes "
+                    "per node, or train with --device cpu (gloo)"
+                )
         if not dist.is_initialized():
             dist.init_process_group(backend)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()

@@ -189,6 +189,14 @@ def test_data_parallel_training_with_refinement(tmp_path):
     assert len(payload["rng"]["loader_ranks"]) == 2
 
 
+def test_nccl_with_more_processes_than_gpus_is_refused(monkeypatch):
+    # refused before the process group starts: two NCCL ranks on one GPU fail or hang
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ValueError, match="--device cuda with NCCL needs one GPU per process"):
+        train.Distributed("cuda")
+
+
 # ---------------------------------------------------------------------------- checkpoints
 def _checkpoint(tmp_path):
     net = contnet.ContinuousNet(1, 10, widths=(4, 8), n_basis=2, basis="fem_linear", scheme="heun")

@@ -33,18 +33,21 @@ step() {
     return $rc
 }
 
-# pytest-xdist, where installed, spreads the tests over the cores
-xdist=$($py -c 'import xdist, os; print("-n", min(12, os.cpu_count()))' 2>/dev/null)
+# pytest-xdist, where installed, spreads the tests over the cores: 8 workers with an equal
+# share of the cores each (a worker per core with every core's threads would oversubscribe)
+xdist=$($py -c 'import xdist, os; print("-n", min(8, os.cpu_count()))' 2>/dev/null)
+if [ -n "$xdist" ]; then test_threads=$(($(nproc) / 8)); else test_threads=$(nproc); fi
+[ "$test_threads" -ge 1 ] || test_threads=1
 timeout=$($py -c 'import pytest_timeout; print("--timeout 120")' 2>/dev/null)
 status=0
 for s in "$@"; do
     case $s in
     build) step build $py -m pip install -q --no-build-isolation --no-deps -e . || exit 1 ;;
-    test) step test env CONTNET_CUDA=1 $py -m pytest -q -m cuda -p no:cacheprovider $xdist || status=1 ;;
+    test) step test env CONTNET_CUDA=1 OMP_NUM_THREADS=$test_threads $py -m pytest -q -m cuda -p no:cacheprovider $xdist || status=1 ;;
     test-cpu)
         # the CPU tests against the build made here (another compiler, another torch);
         # a test that hangs fails after 120 s (pytest-timeout, where installed)
-        step test-cpu $py -m pytest -q -m "not cuda" -p no:cacheprovider $xdist $timeout || status=1
+        step test-cpu env OMP_NUM_THREADS=$test_threads $py -m pytest -q -m "not cuda" -p no:cacheprovider $xdist $timeout || status=1
         ;;
     ops) step ops $py -m bench ops || status=1 ;;
     block)

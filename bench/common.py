@@ -109,9 +109,16 @@ def time_side_by_side(
             samples[name].append(m.median)
         if device == "cuda":
             torch.cuda.synchronize()
+    return {name: summary(v) for name, v in samples.items()}
+
+
+def summary(rounds: list) -> dict:
+    """The record of one implementation's per-round seconds: median, min, max, rounds."""
     return {
-        name: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "rounds": v}
-        for name, v in samples.items()
+        "median_s": statistics.median(rounds),
+        "min_s": min(rounds),
+        "max_s": max(rounds),
+        "rounds": rounds,
     }
 
 

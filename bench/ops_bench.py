@@ -72,15 +72,10 @@ def _time_case_in_processes(
         cmd += ["--device", device, "--rounds", str(rounds), "--allocator", allocator]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         per_process.append(json.loads(out.strip().splitlines()[-1]))
-    pooled = {}
-    for name in per_process[0]:
-        v = [r for t in per_process for r in t[name]["rounds"]]
-        pooled[name] = {
-            "median_s": statistics.median(v),
-            "min_s": min(v),
-            "max_s": max(v),
-            "rounds": v,
-        }
+    pooled = {
+        name: common.summary([r for t in per_process for r in t[name]["rounds"]])
+        for name in per_process[0]
+    }
     ratios = [
         {
             "eager_over_fused": t["eager"]["median_s"] / t["fused"]["median_s"],

@@ -33,11 +33,11 @@ step() {
     return $rc
 }
 
-# pytest-xdist, where installed, spreads the tests over the cores: 8 workers with an equal
-# share of the cores each (a worker per core with every core's threads would oversubscribe)
-xdist=$($py -c 'import xdist, os; print("-n", min(8, os.cpu_count()))' 2>/dev/null)
-if [ -n "$xdist" ]; then test_threads=$(($(nproc) / 8)); else test_threads=$(nproc); fi
-[ "$test_threads" -ge 1 ] || test_threads=1
+# pytest-xdist, where installed, spreads the tests over the cores: up to 8 workers with an
+# equal share of the cores each (a worker per core with every core's threads would oversubscribe)
+workers=$($py -c 'import xdist, os; print(min(8, os.cpu_count()))' 2>/dev/null)
+xdist=${workers:+-n $workers}
+test_threads=$(($(nproc) / ${workers:-1}))
 timeout=$($py -c 'import pytest_timeout; print("--timeout 120")' 2>/dev/null)
 status=0
 for s in "$@"; do

@@ -138,7 +138,7 @@ class ContinuousBlock(nn.Module):
             for s in range(len(times)):
                 table[s][name] = tuple(rows[j + i][s] for i in range(len(ts)))
             j += len(ts)
-        return StageRate(unit, dict(zip(times, table)))
+        return StageRate(unit, dict(zip(times, table)), x)
 
     def _lookup(self, basis, times, device):
         """How each stage time reads the basis: the cell index per time for a
@@ -171,20 +171,21 @@ class ContinuousBlock(nn.Module):
 
 
 class StageRate:
-    """A unit as the rate of one forward pass, reading its weights from a table of every
-    stage time (``{t: {"conv1": (W, b), ...}}``). Keeps the unit's fusable tail."""
+    """A unit as the rate of one forward pass from ``x``, reading its weights from a table
+    of every stage time (``{t: {"conv1": (W, b), ...}}``). Keeps the unit's fusable tail."""
 
-    def __init__(self, unit, table):
+    def __init__(self, unit, table, x):
         self.unit, self.table = unit, table
         self.fusable = getattr(unit, "fusable", False)
-        stage_split = getattr(unit, "stage_split", None) if self.fusable else None
-        self._split = stage_split() if stage_split is not None else getattr(unit, "split", None)
+        # split(t, x) -> (y, bias, act, scale), the unit's tail apart (see integrate.odeint)
+        self.split = None
+        if self.fusable and hasattr(unit, "stage_split"):
+            self.split = unit.stage_split(table, x)
+        elif self.fusable and hasattr(unit, "split"):
+            self.split = lambda t, x: unit.split(t, x, table[t])
 
     def __call__(self, t, x):
         return self.unit(t, x, self.table[t])
-
-    def split(self, t, x):
-        return self._split(t, x, self.table[t])
 
     def tensors(self) -> list:
         """Every distinct tensor of the table (the weights the rate reads)."""

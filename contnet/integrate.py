@@ -110,23 +110,20 @@ def _rk_step_fused(split, x, times, h, tab):
     kept only when a later stage beyond the next one needs it."""
     ks: dict[int, torch.Tensor] = {}
     acc, xi = x, x
+    # while every tensor of the step has x's dtype (the common case) the op itself, looked
+    # up once; a stage of another dtype (autocast) and the rest of the step promote
+    dtype, kernel = x.dtype, ops.epilogue_kernel(x)
     for i, st in enumerate(_fused_plan(tab)):
         y, bias, act, scale = split(times[i], xi)
-        _check_rate(y, x, times[i])
-        bases = [x] if st.next_input else []
-        if st.update_acc:
-            bases.append(acc)
-        outs = ops.epilogue_unchecked(
-            y,
-            bias,
-            ops.ACT_CODES[act],
-            scale,
-            bases,
-            [ks[j] for j in st.prev],
-            h,
-            st.coeffs,
-            st.keep_k,
-        )
+        if not isinstance(y, torch.Tensor) or y.shape != x.shape:
+            _check_rate(y, x, times[i])
+        bases = [x, acc] if st.next_input and st.update_acc else [x] if st.next_input else [acc]
+        terms = [ks[j] for j in st.prev] if st.prev else []
+        if dtype is not None and y.dtype == dtype and (bias is None or bias.dtype == dtype):
+            epilogue = kernel
+        else:
+            dtype, epilogue = None, ops.epilogue_unchecked
+        outs = epilogue(y, bias, ops.ACT_CODES[act], scale, bases, terms, h, st.coeffs, st.keep_k)
         if st.next_input:
             xi = outs[0]
         if st.update_acc:

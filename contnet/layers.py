@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 ACTIVATIONS = {
-    "relu": F.relu,
+    "relu": torch.relu,
     "tanh": torch.tanh,
     "gelu": F.gelu,
     "silu": F.silu,
@@ -65,6 +65,16 @@ def _dispatch_free(*modules: nn.Module) -> bool:
             return False
     kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
     return not any(getattr(m, kind, True) for m in modules for kind in kinds)
+
+
+def _conv_args(conv) -> tuple:
+    """``(stride, padding, dilation, groups)`` of a convolution for ``F.conv2d``, each pair
+    with equal entries passed as one int (parsed faster than a tuple: ~1 us a call)."""
+
+    def arg(v):
+        return v[0] if isinstance(v, tuple) and len(set(v)) == 1 else v
+
+    return arg(conv.stride), arg(conv.padding), arg(conv.dilation), conv.groups
 
 
 def _positive_int(v, name: str) -> int:
@@ -520,33 +530,39 @@ class ConvUnit(nn.Module):
         act = "identity" if self.preact else self.act_name
         return self._body(t, x, weights, direct), self._bias2(t, weights), act, self.scale
 
-    def stage_split(self):
-        """:meth:`split` as a function ``(t, x, weights)`` for one forward pass of an
-        integrator that passes every stage's weights (:class:`contnet.block.StageRate`).
-        When calling the convolutions' ``forward`` skips nothing (no hooks on them, no
-        global module hooks, no JIT tracing, no subclass's own ``forward``) it applies them
-        to the weights directly, without the module dispatch and argument checks of every
-        call, and for ``preact=False`` with every attribute looked up once: the host time
-        of a stage is what bounds small batches on a GPU."""
+    def stage_split(self, table: dict, x: torch.Tensor):
+        """:meth:`split` as a function ``(t, x)`` for one forward pass of an integrator,
+        reading stage ``t``'s weights from ``table`` (``{t: {"conv1": (W, b), "conv2":
+        (W, b)}}``, see :class:`contnet.block.StageRate`). ``x``: the pass's input, checked
+        here once; every stage's input has its shape. When calling the convolutions'
+        ``forward`` skips nothing (no hooks on them, no global module hooks, no JIT
+        tracing, no subclass's own ``forward``) it applies them to the weights directly,
+        without the module dispatch and argument checks of every call, and for
+        ``preact=False`` with every attribute and every stage's weights looked up once:
+        the host time of a stage is what bounds small batches on a GPU."""
         if not self.fusable:
             raise ValueError("stage_split needs a fusable unit (preact=True or norm=None)")
+        self._check(x)
         convs = (self.conv1, self.conv2)
         own = all(type(m).forward is TimeConv2d.forward for m in convs)  # no override
         if not (own and _dispatch_free(*convs)):
-            return self._split
+            return lambda t, x: self._split(t, x, table[t])
         if self.preact or self.norm1 is not None:  # norms stay module calls
-            return lambda t, x, weights: self._split(t, x, weights, direct=True)
-        # R = scale * act(conv2(act(conv1(x))) + b2): every name bound once
+            return lambda t, x: self._split(t, x, table[t], direct=True)
+        # R = scale * act(conv2(act(conv1(x))) + b2): every name bound once, and every
+        # stage's (W1, b1, W2, b2) in one tuple
         conv2d, act, act_name, scale = F.conv2d, self.act, self.act_name, self.scale
-        check, (c1, c2) = self._check, convs
-        args1 = (c1.stride, c1.padding, c1.dilation, c1.groups)
-        args2 = (c2.stride, c2.padding, c2.dilation, c2.groups)
+        c1, c2 = convs
+        args1, args2 = _conv_args(c1), _conv_args(c2)
 
-        def split(t, x, weights):
-            check(x)
-            w1, w2 = weights["conv1"], weights["conv2"]
-            y = act(conv2d(x, w1[0], w1[1] if len(w1) > 1 else None, *args1))
-            return conv2d(y, w2[0], None, *args2), w2[1] if len(w2) > 1 else None, act_name, scale
+        def row(w1, w2):
+            return w1[0], w1[1] if len(w1) > 1 else None, w2[0], w2[1] if len(w2) > 1 else None
+
+        rows = {t: row(w["conv1"], w["conv2"]) for t, w in table.items()}
+
+        def split(t, x):
+            w1, b1, w2, b2 = rows[t]
+            return conv2d(act(conv2d(x, w1, b1, *args1)), w2, None, *args2), b2, act_name, scale
 
         return split
 

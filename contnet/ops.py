@@ -225,6 +225,16 @@ def combine_learned_unchecked(x, terms, h: float, coeffs: torch.Tensor) -> torch
     return rk_combine_reference(x, terms, h, coeffs)
 
 
+def epilogue_kernel(like: torch.Tensor):
+    """The epilogue as a callable of :func:`epilogue_unchecked`'s arguments for tensors of
+    ``like``'s device that all have one dtype (no checks, no promotion): the extension's
+    op where it has a kernel for that device, else the reference. An integrator looks it
+    up once per step instead of once per stage."""
+    if _use_extension("rk_epilogue", like):
+        return torch.ops.contnet.rk_epilogue.default
+    return rk_epilogue_reference
+
+
 def epilogue_unchecked(
     y, bias, act: int, scale: float, bases, terms, h: float, coeffs, return_k: bool
 ):

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import contnet
-from contnet import ops
+from contnet import integrate, ops
 
 UNITS = [
     dict(preact=True, norm="batch"),  # fused tail: identity act
@@ -44,21 +44,58 @@ def test_block_matches_reference_path(basis, K, unit, scheme):
 
 
 def test_fused_tail_is_used_and_weights_are_one_launch(monkeypatch):
-    calls = {"epilogue_unchecked": 0, "basis_interp": 0}
-    for name in calls:
-        original = getattr(ops, name)
+    calls = {"epilogue": 0, "basis_interp": 0}
 
-        def counted(*args, _name=name, _f=original, **kw):
-            calls[_name] += 1
-            return _f(*args, **kw)
+    def counting(name, f):
+        def counted(*args, **kw):
+            calls[name] += 1
+            return f(*args, **kw)
 
-        monkeypatch.setattr(ops, name, counted)
+        return counted
+
+    # the epilogue runs through the per-step kernel, or the promoting wrapper
+    kernel = ops.epilogue_kernel
+    monkeypatch.setattr(ops, "epilogue_kernel", lambda x: counting("epilogue", kernel(x)))
+    monkeypatch.setattr(ops, "epilogue_unchecked", counting("epilogue", ops.epilogue_unchecked))
+    monkeypatch.setattr(ops, "basis_interp", counting("basis_interp", ops.basis_interp))
     block = _block("fem_linear", 3, UNITS[0], "rk4", n_steps=4)
     block(torch.randn(2, 4, 5, 5, dtype=torch.float64))
-    assert calls == {"epilogue_unchecked": 4 * 4, "basis_interp": 1}
-    calls.update(epilogue_unchecked=0, basis_interp=0)
+    assert calls == {"epilogue": 4 * 4, "basis_interp": 1}
+    calls.update(epilogue=0, basis_interp=0)
     _block("piecewise_constant", 3, UNITS[0], "rk4")(torch.randn(2, 4, 5, 5, dtype=torch.float64))
     assert calls["basis_interp"] == 0  # piecewise constant: views of the nodes
+
+
+def test_fused_step_promotes_mixed_dtypes():
+    """A stage whose pre-tail output has another dtype than the state (autocast) goes
+    through the promoting epilogue, and so does the rest of its step: the same as the
+    unfused step computing in the promoted dtype."""
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    w = torch.randn(3, 3, 1, 1, dtype=torch.float64)
+    calls = []
+
+    def split(t, xi):
+        y = torch.nn.functional.conv2d(xi, w) * (1 + t)
+        calls.append(xi.dtype)
+        return (y.float() if len(calls) == 2 else y), None, "tanh", 0.5
+
+    class Rate:
+        fusable = True
+
+        def __init__(self, split):
+            self.split = split
+
+        def __call__(self, t, xi):
+            y, _, _, scale = split(t, xi)
+            return scale * torch.tanh(y.to(torch.float64))
+
+    tab = contnet.schemes.get("rk4")
+    times, h = contnet.schemes.stage_times(tab, 1)[0], 1.0
+    fused = integrate.rk_step(Rate(split), x, times, h, tab)
+    calls.clear()
+    plain = integrate.rk_step(Rate(split).__call__, x, times, h, tab)
+    assert fused.dtype == torch.float64
+    torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("where", ["conv1", "conv2", "pre", "global", "subclass"])

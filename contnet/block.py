@@ -120,46 +120,48 @@ class ContinuousBlock(nn.Module):
             # interpolated weights for every stage time would be held for backward, memory
             # growing with n_steps: checkpoint and adjoint interpolate inside each step
             return unit
-        times = rate_times(self.scheme, self.n_steps, adjoint=self.backprop == "adjoint")
+        times, lookup = self._lookup(basis, x.device)
         groups = unit.basis_tensors()
         flat = [t for ts in groups.values() for t in ts]
         if basis.family == "piecewise_constant":
-            cells = self._lookup(basis, times, x.device)
             nodes = [w.unbind(0) for w in flat]
-            rows = [[node[k] for k in cells] for node in nodes]
+            rows = [[node[k] for k in lookup] for node in nodes]
         else:
             # in the nodes' layout (channels_last filter banks stay so: one copy here, not
             # a conversion in every stage's convolution)
-            interp = ops.basis_interp(self._lookup(basis, times, x.device), flat)
+            interp = ops.basis_interp(lookup, flat)
             rows = [node_layout_like(w, v).unbind(0) for w, v in zip(flat, interp)]
-        table = [{} for _ in times]
-        j = 0
+        # every tensor at each stage time, then grouped by name: {"conv1": (W, b), ...}
+        spans, j = [], 0
         for name, ts in groups.items():
-            for s in range(len(times)):
-                table[s][name] = tuple(rows[j + i][s] for i in range(len(ts)))
+            spans.append((name, j, j + len(ts)))
             j += len(ts)
-        return StageRate(unit, dict(zip(times, table)), x)
+        table = {
+            t: {name: column[a:b] for name, a, b in spans} for t, column in zip(times, zip(*rows))
+        }
+        return StageRate(unit, table, x)
 
-    def _lookup(self, basis, times, device):
-        """How each stage time reads the basis: the cell index per time for a
-        ``piecewise_constant`` basis, else ``phi[s, k] = phi_k(times[s])`` (float64 on
-        ``device``). Cached per manifestation outside of compilation (under
-        ``torch.compile`` a graph constant)."""
+    def _lookup(self, basis, device):
+        """The stage times of a forward pass (:func:`contnet.integrate.rate_times`) and how
+        each reads the basis: the cell index per time for a ``piecewise_constant`` basis,
+        else ``phi[s, k] = phi_k(times[s])`` (float64 on ``device``). Cached per
+        manifestation outside of compilation (under ``torch.compile`` graph constants)."""
 
         def build():
+            times = rate_times(self.scheme, self.n_steps, adjoint=self.backprop == "adjoint")
             if basis.family == "piecewise_constant":
-                return [basis.coefficients(t)[0][0] for t in times]
+                return times, [basis.coefficients(t)[0][0] for t in times]
             dense = [[0.0] * basis.n_basis for _ in times]
             for s, t in enumerate(times):
                 for k, w in basis.coefficients(t):
                     dense[s][k] += w
-            return torch.tensor(dense, dtype=torch.float64, device=device)
+            return times, torch.tensor(dense, dtype=torch.float64, device=device)
 
         if torch.compiler.is_compiling():
             return build()
         cache = self.__dict__.setdefault("_lookup_cache", {})
         scheme = self.scheme if isinstance(self.scheme, str) else id(self.scheme)
-        key = (basis, scheme, self.n_steps, len(times), device)
+        key = (basis, scheme, self.n_steps, self.backprop == "adjoint", device)
         if key not in cache:
             cache.clear()
             cache[key] = build()

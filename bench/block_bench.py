@@ -235,7 +235,100 @@ def measure(problem: Problem, impls, device, rounds, min_run_time):
         check = (
             problem.contnet(*problem.inputs("hand")) - ref
         ).abs().max().item() / ref.abs().max().item()
-    return t_fwd, t_fb, memory, check
+    return t_fwd, t_fb, memory, check, {"forward": fwd, "forward_backward": fwdbwd}
+
+
+def _top_level(event) -> bool:
+    """Whether a profiler event is an operator called from outside any other operator
+    (``aten::conv2d``, not the ``aten::convolution`` inside it)."""
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith(_OP_PREFIXES):
+            return False
+        parent = parent.cpu_parent
+    return True
+
+
+_OP_PREFIXES = ("aten::", "contnet::")
+
+
+def _busy_us(intervals) -> float:
+    """Length of the union of ``(start, end)`` intervals."""
+    busy, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b > end:
+            busy += b - max(a, end)
+            end = b
+    return busy
+
+
+def profile_pass(fn, device) -> dict:
+    """Where one call of ``fn`` spends its time, from torch.profiler (the call warmed up
+    before): its wall time under the profiler, the operators called (top level) and
+    their kernels, the device's busy time (union of its kernels' and copies' intervals),
+    the CUDA runtime calls (launches, allocations, synchronisations, copies: count and
+    host time) and the operators with the most host time of their own. The profiler
+    slows the host; the figures locate time, the interleaved timings measure it."""
+    import time
+
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+        torch.cuda.synchronize()
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    events = list(prof.events())
+    on_device = [e for e in events if e.device_type == DeviceType.CUDA]
+    host = [e for e in events if e.device_type == DeviceType.CPU]
+    runtime = {}
+    for e in host:
+        if e.name.startswith("cuda") or e.name.startswith("cu") and e.name[2:3].isupper():
+            r = runtime.setdefault(e.name, {"count": 0, "host_ms": 0.0})
+            r["count"] += 1
+            r["host_ms"] += e.self_cpu_time_total / 1e3
+    ops = [e for e in host if e.name.startswith(_OP_PREFIXES) and _top_level(e)]
+    top = sorted(prof.key_averages(), key=lambda a: a.self_cpu_time_total, reverse=True)[:10]
+    return {
+        "wall_ms": wall * 1e3,
+        "operators": len(ops),
+        "device_kernels": len(on_device),
+        "device_busy_ms": _busy_us((e.time_range.start, e.time_range.end) for e in on_device) / 1e3,
+        "runtime_calls": runtime,
+        "top_self_host_ms": {a.key: a.self_cpu_time_total / 1e3 for a in top},
+    }
+
+
+def _print_profile(prof: dict) -> None:
+    rows = []
+    for impl, passes in prof.items():
+        for kind, p in passes.items():
+            calls = p["runtime_calls"]
+
+            def count(*names, calls=calls):
+                return sum(calls[n]["count"] for n in calls if n.startswith(names))
+
+            rows.append(
+                [
+                    impl,
+                    kind,
+                    f"{p['wall_ms']:.2f}",
+                    p["operators"],
+                    p["device_kernels"],
+                    f"{p['device_busy_ms']:.2f}",
+                    count("cudaMalloc", "cudaFree"),
+                    count("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize"),
+                    count("cudaMemcpy"),
+                ]
+            )
+    header = ["impl", "pass", "wall ms", "ops", "kernels", "busy ms", "mallocs", "syncs", "copies"]
+    print("profile (one pass under torch.profiler):\n" + common.table(rows, header))
 
 
 def run(
@@ -250,6 +343,7 @@ def run(
     min_run_time=0.5,
     channels_last=None,
     tag=None,
+    profile=False,
 ):
     if "torchdiffeq" in impls:
         try:
@@ -269,7 +363,9 @@ def run(
                 for K in ks:
                     K_eff = max(K, 2) if basis == "fem_linear" else K
                     prob = Problem(b, c, p, basis, K_eff, scheme, K, device, channels_last)
-                    t_fwd, t_fb, mem, check = measure(prob, impls, device, rounds, min_run_time)
+                    t_fwd, t_fb, mem, check, passes = measure(
+                        prob, impls, device, rounds, min_run_time
+                    )
                     row = {
                         "shape": shape_name,
                         "batch": b,
@@ -295,6 +391,15 @@ def run(
                     }
                     results.append(row)
                     _print_row(row, impls)
+                    if profile:
+                        row["profile"] = {
+                            impl: {
+                                kind: profile_pass(fns[impl], device)
+                                for kind, fns in passes.items()
+                            }
+                            for impl in impls
+                        }
+                        _print_profile(row["profile"])
                     # written after every configuration, so a cut-off run keeps what it measured
                     payload = {"suite": "block", **common.environment(device), "results": results}
                     path = common.write(name, payload)
@@ -478,6 +583,12 @@ def main(argv=None):
     p.add_argument("--min-run-time", type=float, default=None, help="default: 0.3 s CPU, 0.5 s GPU")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--tag", default=None, help="suffix of the JSON file name (default: the device)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile one pass of each implementation (operators, kernels, device "
+        "busy time, CUDA runtime calls) into the JSON",
+    )
     a = p.parse_args(argv)
     gpu = a.device == "cuda"
     run(
@@ -492,6 +603,7 @@ def main(argv=None):
         min_run_time=a.min_run_time or (0.5 if gpu else 0.3),
         channels_last=a.channels_last,
         tag=a.tag,
+        profile=a.profile,
     )
 
 

@@ -3,7 +3,8 @@
 #
 #   bash bench/gpu.sh OUTDIR STEP...
 #
-# STEP: build | test | test-cpu | ops | block | block-wide | block-k4 | block-host | inference | backprop.
+# STEP: build | test | test-cpu | ops | block | block-wide | block-k4 | block-host | block-profile |
+# inference | backprop.
 # Each step's output is appended to OUTDIR/log.txt (and the end of it printed); the JSON and
 # PNG results the benchmarks write under bench/results/ are packed into
 # OUTDIR/results.tar.gz at the end.
@@ -39,6 +40,8 @@ workers=$($py -c 'import xdist, os; print(min(8, os.cpu_count()))' 2>/dev/null)
 xdist=${workers:+-n $workers}
 test_threads=$(($(nproc) / ${workers:-1}))
 timeout=$($py -c 'import pytest_timeout; print("--timeout 120")' 2>/dev/null)
+# the device's short name (h100, h200, ...), the suffix of the result files
+device_tag() { $py -c 'import bench.common as c; print(c.device_tag("cuda"))'; }
 status=0
 for s in "$@"; do
     case $s in
@@ -56,21 +59,24 @@ for s in "$@"; do
         ;;
     block-wide)
         step block-wide $py -m bench block --shapes wide --schemes rk4 --K 16 \
-            --bases piecewise_constant --min-run-time 0.2 --tag "$(
-                $py -c 'import bench.common as c; print(c.device_tag("cuda"))'
-            )-wide" || status=1
+            --bases piecewise_constant --min-run-time 0.2 --tag "$(device_tag)-wide" || status=1
         ;;
     block-k4)
         step block-k4 $py -m bench block --shapes stage1 stage2 stage3 --schemes rk4 --K 4 \
-            --bases piecewise_constant fem_linear --min-run-time 0.2 --tag "$(
-                $py -c 'import bench.common as c; print(c.device_tag("cuda"))'
-            )-k4" || status=1
+            --bases piecewise_constant fem_linear --min-run-time 0.2 --tag "$(device_tag)-k4" || status=1
         ;;
     block-host)
         step block-host $py -m bench block --shapes host --batch 1 --schemes rk4 --K 16 \
-            --impls floor contnet hand compile --min-run-time 0.2 --tag "$(
-                $py -c 'import bench.common as c; print(c.device_tag("cuda"))'
-            )-host" || status=1
+            --impls floor contnet hand compile --min-run-time 0.2 --tag "$(device_tag)-host" || status=1
+        ;;
+    block-profile)
+        # where a stage3 pass spends its time as the batch grows: operators, kernels, device
+        # busy time and CUDA runtime calls (allocations, synchronisations) per implementation
+        for b in 1 8 32 128; do
+            step block-profile-b$b $py -m bench block --shapes stage3 --batch $b --schemes rk4 \
+                --K 16 --bases piecewise_constant --impls floor contnet compile --min-run-time 0.2 \
+                --profile --tag "$(device_tag)-profile-b$b" || status=1
+        done
         ;;
     inference) step inference $py -m bench inference || status=1 ;;
     backprop) step backprop $py -m bench backprop || status=1 ;;

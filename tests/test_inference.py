@@ -48,3 +48,21 @@ def test_bench_command_reaches_the_suites(capsys):
             cli.main(["bench", suite, "--help"])
         assert e.value.code == 0
     assert "--device" in capsys.readouterr().out
+
+
+def test_block_profile_counts_a_pass():
+    """``python -m bench block --profile``: the operators of one pass, called from the
+    top level (a convolution's inner ops not counted again), and the device's busy time
+    as the union of its kernels' intervals."""
+    from bench import block_bench
+
+    prob = block_bench.Problem(2, 3, 4, "piecewise_constant", 2, "midpoint", 3, "cpu", False)
+    x, th1, th2 = prob.inputs("hand")
+    with torch.no_grad():
+        floor = block_bench.profile_pass(lambda: prob.floor(x, th1, th2), "cpu")
+    # conv, relu, conv, relu, scale: 5 operators for each of 2 * 3 stages
+    assert floor["operators"] == 5 * 2 * 3
+    assert floor["device_kernels"] == 0 and floor["device_busy_ms"] == 0
+    top = floor["top_self_host_ms"]
+    assert any(name.startswith("aten::") for name in top) and all(v >= 0 for v in top.values())
+    assert block_bench._busy_us([(0, 4), (2, 5), (7, 8), (7.5, 7.75)]) == 6

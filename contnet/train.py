@@ -413,8 +413,18 @@ class Distributed:
         for b in model.buffers():
             self.dist.broadcast(b, 0)
 
-    def close(self):
-        self.dist.barrier()
+    def close(self, timeout: float = 5.0):
+        """Leave the process group once every rank is here. A collective returns before the
+        backend's worker thread has dropped its references to the tensors it moved, and a
+        worker dropping a tensor that Python also holds takes the interpreter lock: one
+        still doing so when the interpreter shuts down aborts the process. So the last
+        collective runs on a tensor of this call, and the process waits (lock released)
+        until the worker has let go of it, ``timeout`` seconds at most."""
+        t = torch.zeros(1, device=self.device)
+        self.dist.all_reduce(t)  # every rank has arrived
+        deadline = time.monotonic() + timeout
+        while t._use_count() > 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
         self.dist.destroy_process_group()
 
 

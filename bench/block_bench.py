@@ -267,7 +267,8 @@ def profile_pass(fn, device) -> dict:
     before): its wall time under the profiler, the operators called (top level) and
     their kernels, the device's busy time (union of its kernels' and copies' intervals),
     the CUDA runtime calls (launches, allocations, synchronisations, copies: count and
-    host time) and the operators with the most host time of their own. The profiler
+    host time; the pass's closing synchronisation apart, as the host's wait for the
+    device at the end) and the operators with the most host time of their own. The profiler
     slows the host; the figures locate time, the interleaved timings measure it."""
     import time
 
@@ -287,12 +288,22 @@ def profile_pass(fn, device) -> dict:
     events = list(prof.events())
     on_device = [e for e in events if e.device_type == DeviceType.CUDA]
     host = [e for e in events if e.device_type == DeviceType.CPU]
+    calls = [
+        e
+        for e in host
+        if e.name.startswith("cuda") or e.name.startswith("cu") and e.name[2:3].isupper()
+    ]
+    # the pass's own closing synchronisation: how long the host waited for the device at
+    # the end (near 0 when the device kept up), not one of the pass's calls
+    syncs = [e for e in calls if e.name == "cudaDeviceSynchronize"]
+    closing = max(syncs, key=lambda e: e.time_range.start) if syncs else None
     runtime = {}
-    for e in host:
-        if e.name.startswith("cuda") or e.name.startswith("cu") and e.name[2:3].isupper():
-            r = runtime.setdefault(e.name, {"count": 0, "host_ms": 0.0})
-            r["count"] += 1
-            r["host_ms"] += e.self_cpu_time_total / 1e3
+    for e in calls:
+        if e is closing:
+            continue
+        r = runtime.setdefault(e.name, {"count": 0, "host_ms": 0.0})
+        r["count"] += 1
+        r["host_ms"] += e.self_cpu_time_total / 1e3
     ops = [e for e in host if e.name.startswith(_OP_PREFIXES) and _top_level(e)]
     top = sorted(prof.key_averages(), key=lambda a: a.self_cpu_time_total, reverse=True)[:10]
     return {
@@ -301,6 +312,7 @@ def profile_pass(fn, device) -> dict:
         "device_kernels": len(on_device),
         "device_busy_ms": _busy_us((e.time_range.start, e.time_range.end) for e in on_device) / 1e3,
         "runtime_calls": runtime,
+        "closing_sync_ms": closing.self_cpu_time_total / 1e3 if closing else 0.0,
         "top_self_host_ms": {a.key: a.self_cpu_time_total / 1e3 for a in top},
     }
 

@@ -60,6 +60,13 @@ def _time_case(n: int, p: int, device: str, rounds: int, min_run_time: float) ->
     )
 
 
+def _over_fused(t: dict) -> dict:
+    """``eager_over_fused`` and ``compile_over_fused`` of one case's timings (medians)."""
+    return {
+        f"{o}_over_fused": t[o]["median_s"] / t["fused"]["median_s"] for o in ("eager", "compile")
+    }
+
+
 def _time_case_in_processes(
     n: int, p: int, device: str, rounds: int, allocator: str, processes: int
 ) -> tuple[dict, list]:
@@ -76,14 +83,7 @@ def _time_case_in_processes(
         name: common.summary([r for t in per_process for r in t[name]["rounds"]])
         for name in per_process[0]
     }
-    ratios = [
-        {
-            "eager_over_fused": t["eager"]["median_s"] / t["fused"]["median_s"],
-            "compile_over_fused": t["compile"]["median_s"] / t["fused"]["median_s"],
-        }
-        for t in per_process
-    ]
-    return pooled, ratios
+    return pooled, [_over_fused(t) for t in per_process]
 
 
 def run(
@@ -115,8 +115,7 @@ def run(
                     row[key] = statistics.median(r[key] for r in per_process)
             else:
                 t = _time_case(n, p, device, rounds, min_run_time)
-                for other in ("eager", "compile"):
-                    row[f"{other}_over_fused"] = t[other]["median_s"] / t["fused"]["median_s"]
+                row.update(_over_fused(t))
             fused = t["fused"]["median_s"]
             gbps = (n + 2) * 4 * numel / fused / 1e9
             row["median_ms"] = {k: v["median_s"] * 1e3 for k, v in t.items()}

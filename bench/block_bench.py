@@ -238,6 +238,9 @@ def measure(problem: Problem, impls, device, rounds, min_run_time):
     return t_fwd, t_fb, memory, check, {"forward": fwd, "forward_backward": fwdbwd}
 
 
+_OP_PREFIXES = ("aten::", "contnet::")
+
+
 def _top_level(event) -> bool:
     """Whether a profiler event is an operator called from outside any other operator
     (``aten::conv2d``, not the ``aten::convolution`` inside it)."""
@@ -247,9 +250,6 @@ def _top_level(event) -> bool:
             return False
         parent = parent.cpu_parent
     return True
-
-
-_OP_PREFIXES = ("aten::", "contnet::")
 
 
 def _busy_us(intervals) -> float:

@@ -14,7 +14,8 @@ timed side by side in one run:
   weights with tensor time as a torchdiffeq user writes it;
 - ``compile``: ``torch.compile`` of the hand loop;
 - ``floor``: only the convolutions and activations the scheme needs, back to back, with
-  the weights of every stage precomputed: the limit.
+  the weights of every stage precomputed in the convolutions' layout (channels_last
+  filters with a channels_last input): the limit.
 
 Reported per configuration: median ms of forward (no grad) and forward+backward (grads of
 the input and the weights), their ratios to ``floor`` and to ``hand``, and the memory of
@@ -81,15 +82,16 @@ class Problem:
         if channels_last:
             unit = unit.to(memory_format=torch.channels_last)
         self.block = contnet.ContinuousBlock(unit, scheme=scheme, n_steps=n_steps)
-        # the stage times, in order of evaluation, and the floor's weights at each
+        # the stage times, in order of evaluation, and the floor's weights at each, in the
+        # layout the convolution takes them in (channels_last filters for a channels_last
+        # input: an NCHW weight would be converted inside every call, which is not the limit)
         times = [t for row in schemes.stage_times(self.tab, n_steps) for t in row]
-        self.floor_w = [
-            (
-                self._w(self.theta1, t).detach().clone().requires_grad_(),
-                self._w(self.theta2, t).detach().clone().requires_grad_(),
-            )
-            for t in times
-        ]
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+
+        def floor_weight(theta, t):
+            return self._w(theta, t).detach().clone(memory_format=layout).requires_grad_()
+
+        self.floor_w = [(floor_weight(self.theta1, t), floor_weight(self.theta2, t)) for t in times]
         self._compiled = None
 
     # the rate, as written by hand --------------------------------------------------

@@ -66,3 +66,20 @@ def test_block_profile_counts_a_pass():
     top = floor["top_self_host_ms"]
     assert any(name.startswith("aten::") for name in top) and all(v >= 0 for v in top.values())
     assert block_bench._busy_us([(0, 4), (2, 5), (7, 8), (7.5, 7.75)]) == 6
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_block_bench_floor_weights_take_the_convolutions_layout(channels_last):
+    """The floor's per-stage weights are in the layout its convolutions read (channels_last
+    filters with a channels_last input, as contnet's unit has them), so no convolution of
+    the limit converts its weight; and every implementation reads the same input."""
+    from bench import block_bench
+
+    prob = block_bench.Problem(2, 3, 4, "piecewise_constant", 2, "rk4", 2, "cpu", channels_last)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert prob.x.is_contiguous(memory_format=layout)
+    weights = [w for pair in prob.floor_w for w in pair]
+    assert len(weights) == 2 * 4 * 2
+    assert all(w.is_contiguous(memory_format=layout) and w.is_leaf for w in weights)
+    unit_weight = prob.block.unit.conv1.weight
+    assert unit_weight[0].is_contiguous(memory_format=layout)

@@ -176,15 +176,16 @@ struct RkEpilogue : public torch::autograd::Function<RkEpilogue> {
     at::AutoDispatchBelowADInplaceOrView guard;
     static auto f = op<EpilogueSig>("contnet::rk_epilogue");
     ctx->set_materialize_grads(false);  // unused outputs cost nothing in backward
-    ctx->saved_data["act"] = act;
-    ctx->saved_data["scale"] = scale;
-    ctx->saved_data["h"] = h;
-    ctx->saved_data["coeffs"] = coeffs.vec();
-    ctx->saved_data["return_k"] = return_k;
-    ctx->saved_data["n_bases"] = static_cast<int64_t>(bases.size());
-    ctx->saved_data["n_terms"] = static_cast<int64_t>(terms.size());
-    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
-    ctx->save_for_backward({y, bias.has_value() ? *bias : at::Tensor()});
+    // the arguments backward needs, in two entries (each entry of saved_data is a keyed
+    // insertion paid on every call): {act, n_bases, n_terms, has_bias, return_k} and
+    // {scale, h, coeffs...}
+    const bool has_bias = bias.has_value() && bias->defined();
+    ctx->saved_data["ints"] = std::vector<int64_t>{act, static_cast<int64_t>(bases.size()),
+                                                   static_cast<int64_t>(terms.size()), has_bias, return_k};
+    std::vector<double> reals{scale, h};
+    reals.insert(reals.end(), coeffs.begin(), coeffs.end());
+    ctx->saved_data["reals"] = std::move(reals);
+    ctx->save_for_backward({y, has_bias ? *bias : at::Tensor()});
     return f.call(y, bias, act, scale, bases, terms, h, coeffs, return_k);
   }
 
@@ -192,17 +193,20 @@ struct RkEpilogue : public torch::autograd::Function<RkEpilogue> {
     static auto f = op<EpilogueBackwardSig>("contnet::rk_epilogue_backward");
     auto saved = ctx->get_saved_variables();
     const at::Tensor y = saved[0];
-    const bool has_bias = ctx->saved_data["has_bias"].toBool();
-    const int64_t n_bases = ctx->saved_data["n_bases"].toInt(), n_terms = ctx->saved_data["n_terms"].toInt();
-    const auto coeffs = ctx->saved_data["coeffs"].toDoubleVector();
-    at::Tensor grad_k = ctx->saved_data["return_k"].toBool() ? grads[n_bases] : at::Tensor();
+    const auto ints = ctx->saved_data["ints"].toIntVector();
+    const auto reals = ctx->saved_data["reals"].toDoubleVector();
+    const int64_t act = ints[0], n_bases = ints[1], n_terms = ints[2];
+    const bool has_bias = ints[3] != 0, return_k = ints[4] != 0;
+    const double scale = reals[0], h = reals[1];
+    const double* coeffs = reals.data() + 2;
+    at::Tensor grad_k = return_k ? grads[n_bases] : at::Tensor();
     // the defined output gradients and their coefficient rows
     std::vector<at::Tensor> gs;
     std::vector<double> rows;
     for (int64_t o = 0; o < n_bases; ++o) {
       if (!grads[o].defined()) continue;
       gs.push_back(grads[o]);
-      rows.insert(rows.end(), coeffs.begin() + o * (n_terms + 1), coeffs.begin() + (o + 1) * (n_terms + 1));
+      rows.insert(rows.end(), coeffs + o * (n_terms + 1), coeffs + (o + 1) * (n_terms + 1));
     }
     // one gradient per forward argument: y, bias (undefined when absent), act, scale,
     // bases, terms, h, coeffs, return_k
@@ -214,8 +218,7 @@ struct RkEpilogue : public torch::autograd::Function<RkEpilogue> {
     const std::optional<at::Tensor> bias = has_bias ? std::optional<at::Tensor>(saved[1]) : std::nullopt;
     const std::optional<at::Tensor> gk = grad_k.defined() ? std::optional<at::Tensor>(grad_k) : std::nullopt;
     auto [grad_y, grad_terms, grad_bias] =
-        f.call(gs, gk, y, bias, ctx->saved_data["act"].toInt(), ctx->saved_data["scale"].toDouble(), n_terms,
-               ctx->saved_data["h"].toDouble(), rows);
+        f.call(gs, gk, y, bias, act, scale, n_terms, h, rows);
     out.push_back(grad_y);
     out.push_back(has_bias ? grad_bias : at::Tensor());
     out.emplace_back();  // act

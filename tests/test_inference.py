@@ -72,7 +72,7 @@ def test_block_profile_counts_a_pass():
 def test_block_bench_floor_weights_take_the_convolutions_layout(channels_last):
     """The floor's per-stage weights are in the layout its convolutions read (channels_last
     filters with a channels_last input, as contnet's unit has them), so no convolution of
-    the limit converts its weight; and every implementation reads the same input."""
+    the limit converts its weight; the input and contnet's unit have that layout too."""
     from bench import block_bench
 
     prob = block_bench.Problem(2, 3, 4, "piecewise_constant", 2, "rk4", 2, "cpu", channels_last)

@@ -242,11 +242,7 @@ def epilogue_unchecked(
     if dtype is not None:
         y, bias = _cast(y, dtype), _cast(bias, dtype)
         bases, terms = [_cast(t, dtype) for t in bases], [_cast(t, dtype) for t in terms]
-    if _use_extension("rk_epilogue", y):
-        return torch.ops.contnet.rk_epilogue.default(
-            y, bias, act, scale, bases, terms, h, coeffs, return_k
-        )
-    return rk_epilogue_reference(y, bias, act, scale, bases, terms, h, coeffs, return_k)
+    return epilogue_kernel(y)(y, bias, act, scale, bases, terms, h, coeffs, return_k)
 
 
 # ---------------------------------------------------------------------------- rk_combine

@@ -217,8 +217,14 @@ struct RkEpilogue : public torch::autograd::Function<RkEpilogue> {
     }
     const std::optional<at::Tensor> bias = has_bias ? std::optional<at::Tensor>(saved[1]) : std::nullopt;
     const std::optional<at::Tensor> gk = grad_k.defined() ? std::optional<at::Tensor>(grad_k) : std::nullopt;
-    auto [grad_y, grad_terms, grad_bias] =
-        f.call(gs, gk, y, bias, act, scale, n_terms, h, rows);
+    // A backward that builds no graph (create_graph=False: grad mode off) calls the kernel
+    // below autograd; through the autograd key the op would go to the not-implemented
+    // fallback, boxing every argument (~5 us a call on the host), only to forward it. With
+    // create_graph it does go there, so that asking for a double backward is a clear error.
+    std::optional<at::AutoDispatchBelowADInplaceOrView> below;
+    if (!at::GradMode::is_enabled()) below.emplace();
+    auto [grad_y, grad_terms, grad_bias] = f.call(gs, gk, y, bias, act, scale, n_terms, h, rows);
+    below.reset();
     out.push_back(grad_y);
     out.push_back(has_bias ? grad_bias : at::Tensor());
     out.emplace_back();  // act
@@ -280,15 +286,27 @@ at::Tensor rk_combine_autograd(const at::Tensor& x, at::TensorList terms, double
 }
 
 std::vector<at::Tensor> rk_combine_backward_autograd(const at::Tensor& g, double h, at::ArrayRef<double> c) {
+  if (!any_requires_grad({&g})) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return rk_combine_backward_op(g, h, c);
+  }
   return RkCombineBackward::apply(g, h, c);
 }
 
 at::Tensor learned_autograd(const at::Tensor& x, at::TensorList terms, double h, const at::Tensor& c) {
+  if (!any_requires_grad({&x, &c}, {terms})) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return learned_op(x, terms, h, c);
+  }
   return RkCombineLearned::apply(x, terms, h, c);
 }
 
 std::tuple<std::vector<at::Tensor>, at::Tensor> learned_backward_autograd(const at::Tensor& g, at::TensorList terms,
                                                                           double h, const at::Tensor& c) {
+  if (!any_requires_grad({&g, &c}, {terms})) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return learned_backward_op(g, terms, h, c);
+  }
   auto outs = RkCombineLearnedBackward::apply(g, terms, h, c);
   at::Tensor gc = outs.back();
   outs.pop_back();

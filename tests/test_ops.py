@@ -245,6 +245,30 @@ def test_rk_epilogue_backward_of_unused_outputs():
     torch.testing.assert_close(g, 1 - torch.tanh(y + b.view(1, -1, 1, 1)) ** 2)
 
 
+@pytest.mark.parametrize("device", devices())
+def test_rk_epilogue_backward_with_and_without_a_graph(device):
+    """The backward calls its kernel below autograd when it builds no graph and through
+    autograd with ``create_graph``: the same gradients, and a second derivative is a clear
+    error, not a wrong answer."""
+    y, b, bases, terms, coeffs = _epilogue_inputs(
+        (2, 3, 4, 4), torch.float64, device, "contiguous", 2, 1, True
+    )
+    for t in [y, b, *bases, *terms]:
+        t.requires_grad_()
+    leaves = [y, b, *bases, *terms]
+    out = ops.rk_epilogue(y, b, "tanh", 0.7, bases, terms, 0.5, coeffs, return_k=True)
+    w = [torch.randn_like(o) for o in out]
+    loss = sum((o * wo).sum() for o, wo in zip(out, w))
+    plain = torch.autograd.grad(loss, leaves, retain_graph=True)
+    graphed = torch.autograd.grad(loss, leaves, create_graph=True)
+    for p, g in zip(plain, graphed):
+        assert not p.requires_grad
+        torch.testing.assert_close(g, p, rtol=0, atol=0)
+    assert graphed[0].requires_grad
+    with pytest.raises(RuntimeError, match="contnet::rk_epilogue_backward is not implemented"):
+        torch.autograd.grad(graphed[0].sum(), y)
+
+
 # ---------------------------------------------------------------------------- basis_interp
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -229,9 +229,14 @@ def epilogue_kernel(like: torch.Tensor):
     """The epilogue as a callable of :func:`epilogue_unchecked`'s arguments for tensors of
     ``like``'s device that all have one dtype (no checks, no promotion): the extension's
     op where it has a kernel for that device, else the reference. An integrator looks it
-    up once per step instead of once per stage."""
+    up once per step instead of once per stage. In eager mode the op is called through
+    ``contnet._C.rk_epilogue``, which reads plain arguments without torch.ops' boxing (the
+    same dispatcher call; anything else goes to torch.ops); under ``torch.compile`` through
+    torch.ops."""
     if _use_extension("rk_epilogue", like):
-        return torch.ops.contnet.rk_epilogue.default
+        if torch.compiler.is_compiling():
+            return torch.ops.contnet.rk_epilogue.default
+        return _C.rk_epilogue
     return rk_epilogue_reference
 
 

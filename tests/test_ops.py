@@ -269,6 +269,99 @@ def test_rk_epilogue_backward_with_and_without_a_graph(device):
         torch.autograd.grad(graphed[0].sum(), y)
 
 
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("case", EPILOGUE_CASES, ids=lambda c: c[0])
+def test_rk_epilogue_eager_entry_is_the_op(case, device):
+    """``contnet._C.rk_epilogue`` (what the integrator calls in eager mode) gives what
+    ``torch.ops.contnet.rk_epilogue`` gives, values and gradients, for lists or tuples,
+    int or float numbers, with and without grad."""
+    act, n_bases, n_terms, bias, return_k = case
+    y, b, bases, terms, coeffs = _epilogue_inputs(
+        (2, 3, 5, 4), torch.float32, device, "channels_last", n_bases, n_terms, bias
+    )
+    code = ops.ACT_CODES[act]
+    args = (y, b, code, 2, bases, terms, 0.25, coeffs, return_k)
+    with torch.no_grad():
+        for out, ref in zip(
+            contnet._C.rk_epilogue(
+                *args[:4], tuple(bases), tuple(terms), 0.25, tuple(coeffs), return_k
+            ),
+            torch.ops.contnet.rk_epilogue.default(*args),
+        ):
+            torch.testing.assert_close(out, ref, rtol=0, atol=0)
+            assert out.stride() == ref.stride() and not out.requires_grad
+    leaves = [t.requires_grad_() for t in [y, *bases, *terms] + ([b] if bias else [])]
+    grads = []
+    for entry in (contnet._C.rk_epilogue, torch.ops.contnet.rk_epilogue.default):
+        outs = entry(*args)
+        assert isinstance(outs, list) and len(outs) == n_bases + int(return_k)
+        torch.manual_seed(1)
+        loss = sum((o * torch.randn_like(o)).sum() for o in outs)
+        grads.append(torch.autograd.grad(loss, leaves))
+    for g, ref in zip(*grads):
+        torch.testing.assert_close(g, ref, rtol=0, atol=0)
+
+
+class _LoggedTensor(torch.Tensor):
+    seen: list = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        cls.seen.append(func)
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_rk_epilogue_eager_entry_leaves_the_rest_to_torch_ops():
+    """What the eager entry does not read itself (a tensor subclass, a torch function mode,
+    keywords, another type) goes to torch.ops, with its behaviour and its errors."""
+    op = torch.ops.contnet.rk_epilogue.default
+    y, x = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    ref = op(y, None, 1, 0.5, [x], [], 0.1, [0.5], False)
+    _LoggedTensor.seen = []
+    out = contnet._C.rk_epilogue(
+        y.as_subclass(_LoggedTensor), None, 1, 0.5, [x], [], 0.1, [0.5], False
+    )
+    assert op in _LoggedTensor.seen and type(out[0]) is _LoggedTensor
+    torch.testing.assert_close(out[0].as_subclass(torch.Tensor), ref[0])
+
+    class Mode(torch.overrides.TorchFunctionMode):
+        seen = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    with Mode():
+        out = contnet._C.rk_epilogue(y, None, 1, 0.5, [x], [], 0.1, [0.5], False)
+    assert op in Mode.seen
+    torch.testing.assert_close(out[0], ref[0])
+
+    class Dispatch(torch.utils._python_dispatch.TorchDispatchMode):
+        seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    with Dispatch():  # dispatch modes are the dispatcher's: seen on the entry's own path
+        contnet._C.rk_epilogue(y, None, 1, 0.5, [x], [], 0.1, [0.5], False)
+    assert op in Dispatch.seen
+
+    out = contnet._C.rk_epilogue(y, None, 1, 0.5, [x], [], 0.1, coeffs=[0.5], return_k=False)
+    torch.testing.assert_close(out[0], ref[0])
+    for bad in (
+        (y, None, 1, 0.5, [x], [], 0.1, ["a"], False),  # a string coefficient
+        (y, None, 2**70, 0.5, [x], [], 0.1, [0.5], False),  # act out of int64
+        (y, None, 1, 0.5, x, [], 0.1, [0.5], False),  # bases not a list
+        (y, None, 1, 0.5, [x], [], 0.1, [0.5]),  # an argument missing
+    ):
+        with pytest.raises(Exception) as want:
+            op(*bad)
+        with pytest.raises(want.type) as got:
+            contnet._C.rk_epilogue(*bad)
+        assert str(got.value) == str(want.value)
+
+
 # ---------------------------------------------------------------------------- basis_interp
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -401,6 +494,8 @@ cases = [
      lambda: torch.ops.contnet.rk_combine(x, [torch.randn(2, device=dev)], 1.0, [1.0])),
     ("coeffs must hold",
      lambda: torch.ops.contnet.rk_epilogue(x, None, 1, 1.0, [x], [], 1.0, [1.0, 2.0], False)),
+    ("coeffs must hold",  # the eager entry the integrator calls
+     lambda: contnet._C.rk_epilogue(x, None, 1, 1.0, [x], [], 1.0, [1.0, 2.0], False)),
     ("phi must be float64",
      lambda: torch.ops.contnet.basis_interp(torch.rand(2, 3, device=dev),
                                             [torch.randn(3, 2, device=dev)])),
@@ -429,7 +524,7 @@ def test_kernel_errors_name_the_argument(device):
         text=True,
         timeout=300,
     )
-    assert r.returncode == 0 and "ok 5" in r.stdout, (r.returncode, r.stdout, r.stderr[-4000:])
+    assert r.returncode == 0 and "ok 6" in r.stdout, (r.returncode, r.stdout, r.stderr[-4000:])
 
 
 def test_reference_fallback_warns_once(monkeypatch):

@@ -3,8 +3,8 @@
 #
 #   bash bench/gpu.sh OUTDIR STEP...
 #
-# STEP: build | test | test-cpu | ops | block | block-wide | block-k4 | block-host | block-profile |
-# inference | backprop.
+# STEP: build | test | test-cpu | ops | block | block-wide | block-k4 | block-nchw | block-host |
+# block-profile | inference | backprop.
 # Each step's output is appended to OUTDIR/log.txt (and the end of it printed); the JSON and
 # PNG results the benchmarks write under bench/results/ are packed into
 # OUTDIR/results.tar.gz at the end.
@@ -64,6 +64,13 @@ for s in "$@"; do
     block-k4)
         step block-k4 $py -m bench block --shapes stage1 stage2 stage3 --schemes rk4 --K 4 \
             --bases piecewise_constant fem_linear --min-run-time 0.2 --tag "$(device_tag)-k4" || status=1
+        ;;
+    block-nchw)
+        # the same shapes in NCHW: whether channels_last is what costs the eager stage3 pass
+        # (compile chooses its own layouts)
+        step block-nchw $py -m bench block --shapes stage1 stage2 stage3 --schemes rk4 --K 16 \
+            --bases piecewise_constant --impls floor contnet compile --no-channels-last \
+            --min-run-time 0.2 --tag "$(device_tag)-nchw" || status=1
         ;;
     block-host)
         step block-host $py -m bench block --shapes host --batch 1 --schemes rk4 --K 16 \

@@ -232,7 +232,8 @@ def epilogue_kernel(like: torch.Tensor):
     up once per step instead of once per stage. In eager mode the op is called through
     ``contnet._C.rk_epilogue``, which reads plain arguments without torch.ops' boxing (the
     same dispatcher call; anything else goes to torch.ops); under ``torch.compile`` through
-    torch.ops."""
+    torch.ops. The choice is made by this call: look the kernel up inside the region that
+    calls it (a compiled region cannot call the eager entry)."""
     if _use_extension("rk_epilogue", like):
         if torch.compiler.is_compiling():
             return torch.ops.contnet.rk_epilogue.default

@@ -56,6 +56,25 @@ std::vector<at::Tensor> basis_interp_op(const at::Tensor& phi, at::TensorList th
   return f.call(phi, thetas);
 }
 
+// Whether a call must go through autograd: grad mode on and an input that requires grad; or
+// an input carrying a forward-mode tangent, or a functorch transform active, neither of
+// which the ops support: through autograd (torch::autograd::Function or the not-implemented
+// fallback) those raise clear errors, where the kernels alone would drop the tangents.
+// When not, the kernels run directly (no graph node, no saved data, no boxing).
+bool needs_autograd(std::initializer_list<const at::Tensor*> ts, std::initializer_list<at::TensorList> lists = {}) {
+  if (c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::FuncTorchDynamicLayerFrontMode)) return true;
+  const bool grad_mode = at::GradMode::is_enabled();
+  auto needs = [grad_mode](const at::Tensor& t) {
+    return t.defined() && ((grad_mode && t.requires_grad()) || t._fw_grad(/*level=*/0).defined());
+  };
+  for (const at::Tensor* t : ts)
+    if (needs(*t)) return true;
+  for (const auto& l : lists)
+    for (const auto& t : l)
+      if (needs(t)) return true;
+  return false;
+}
+
 // ---------------------------------------------------------------------------- rk_combine
 struct RkCombine : public torch::autograd::Function<RkCombine> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList terms, double h,
@@ -220,9 +239,11 @@ struct RkEpilogue : public torch::autograd::Function<RkEpilogue> {
     // A backward that builds no graph (create_graph=False: grad mode off) calls the kernel
     // below autograd; through the autograd key the op would go to the not-implemented
     // fallback, boxing every argument (~5 us a call on the host), only to forward it. With
-    // create_graph it does go there, so that asking for a double backward is a clear error.
+    // create_graph (or tangents) it does go there, so that asking for a double backward is
+    // a clear error.
+    const at::Tensor b = has_bias ? saved[1] : at::Tensor();
     std::optional<at::AutoDispatchBelowADInplaceOrView> below;
-    if (!at::GradMode::is_enabled()) below.emplace();
+    if (!needs_autograd({&y, &b, &grad_k}, {gs})) below.emplace();
     auto [grad_y, grad_terms, grad_bias] = f.call(gs, gk, y, bias, act, scale, n_terms, h, rows);
     below.reset();
     out.push_back(grad_y);
@@ -265,20 +286,8 @@ struct BasisInterp : public torch::autograd::Function<BasisInterp> {
   }
 };
 
-// Whether autograd must record: grad mode on and some input requires grad. When not, the
-// kernels run directly (no graph node, no saved data).
-bool any_requires_grad(std::initializer_list<const at::Tensor*> ts, std::initializer_list<at::TensorList> lists = {}) {
-  if (!at::GradMode::is_enabled()) return false;
-  for (const at::Tensor* t : ts)
-    if (t->defined() && t->requires_grad()) return true;
-  for (const auto& l : lists)
-    for (const auto& t : l)
-      if (t.requires_grad()) return true;
-  return false;
-}
-
 at::Tensor rk_combine_autograd(const at::Tensor& x, at::TensorList terms, double h, at::ArrayRef<double> c) {
-  if (!any_requires_grad({&x}, {terms})) {
+  if (!needs_autograd({&x}, {terms})) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return rk_combine_op(x, terms, h, c);
   }
@@ -286,7 +295,7 @@ at::Tensor rk_combine_autograd(const at::Tensor& x, at::TensorList terms, double
 }
 
 std::vector<at::Tensor> rk_combine_backward_autograd(const at::Tensor& g, double h, at::ArrayRef<double> c) {
-  if (!any_requires_grad({&g})) {
+  if (!needs_autograd({&g})) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return rk_combine_backward_op(g, h, c);
   }
@@ -294,7 +303,7 @@ std::vector<at::Tensor> rk_combine_backward_autograd(const at::Tensor& g, double
 }
 
 at::Tensor learned_autograd(const at::Tensor& x, at::TensorList terms, double h, const at::Tensor& c) {
-  if (!any_requires_grad({&x, &c}, {terms})) {
+  if (!needs_autograd({&x, &c}, {terms})) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return learned_op(x, terms, h, c);
   }
@@ -303,7 +312,7 @@ at::Tensor learned_autograd(const at::Tensor& x, at::TensorList terms, double h,
 
 std::tuple<std::vector<at::Tensor>, at::Tensor> learned_backward_autograd(const at::Tensor& g, at::TensorList terms,
                                                                           double h, const at::Tensor& c) {
-  if (!any_requires_grad({&g, &c}, {terms})) {
+  if (!needs_autograd({&g, &c}, {terms})) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return learned_backward_op(g, terms, h, c);
   }
@@ -317,7 +326,7 @@ std::vector<at::Tensor> rk_epilogue_autograd(const at::Tensor& y, const std::opt
                                              double scale, at::TensorList bases, at::TensorList terms, double h,
                                              at::ArrayRef<double> coeffs, bool return_k) {
   const at::Tensor b = bias.has_value() ? *bias : at::Tensor();
-  if (!any_requires_grad({&y, &b}, {bases, terms})) {
+  if (!needs_autograd({&y, &b}, {bases, terms})) {
     at::AutoDispatchBelowADInplaceOrView guard;
     static auto f = op<EpilogueSig>("contnet::rk_epilogue");
     return f.call(y, bias, act, scale, bases, terms, h, coeffs, return_k);
@@ -326,7 +335,7 @@ std::vector<at::Tensor> rk_epilogue_autograd(const at::Tensor& y, const std::opt
 }
 
 std::vector<at::Tensor> basis_interp_autograd(const at::Tensor& phi, at::TensorList thetas) {
-  if (!any_requires_grad({&phi}, {thetas})) {
+  if (!needs_autograd({&phi}, {thetas})) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return basis_interp_op(phi, thetas);
   }

@@ -19,6 +19,7 @@
 #include <pybind11/pybind11.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/utils/object_ptr.h>
 
 #include <optional>
 #include <vector>
@@ -99,9 +100,14 @@ PyObject* rk_epilogue(PyObject* /*module*/, PyObject* const* args, Py_ssize_t na
   int overflow = 0;
   const int64_t act = plain ? PyLong_AsLongLongAndOverflow(args[2], &overflow) : 0;
   if (!plain || overflow != 0) {
+    // a Python error is thrown, not returned, so that the handler knows of it (warnings)
     PyObject* fn = torch_ops_epilogue();
-    return fn ? PyObject_Vectorcall(fn, args, nargs, kwnames) : nullptr;
+    if (!fn) throw python_error();
+    PyObject* out = PyObject_Vectorcall(fn, args, nargs, kwnames);
+    if (!out) throw python_error();
+    return out;
   }
+  const at::Tensor y = THPVariable_Unpack(args[0]);  // owned: the GIL is released below
   const std::optional<at::Tensor> bias =
       args[1] == Py_None ? std::nullopt : std::optional<at::Tensor>(THPVariable_Unpack(args[1]));
   static auto op =
@@ -109,19 +115,16 @@ PyObject* rk_epilogue(PyObject* /*module*/, PyObject* const* args, Py_ssize_t na
   std::vector<at::Tensor> outs;
   {
     pybind11::gil_scoped_release no_gil;
-    outs = op.call(THPVariable_Unpack(args[0]), bias, act, scale, bases, terms, h, coeffs, args[8] == Py_True);
+    outs = op.call(y, bias, act, scale, bases, terms, h, coeffs, args[8] == Py_True);
   }
-  PyObject* list = PyList_New(static_cast<Py_ssize_t>(outs.size()));  // torch.ops returns a list
-  if (!list) return nullptr;
+  THPObjectPtr list(PyList_New(static_cast<Py_ssize_t>(outs.size())));  // torch.ops returns a list
+  if (!list) throw python_error();
   for (size_t i = 0; i < outs.size(); ++i) {
     PyObject* t = THPVariable_Wrap(std::move(outs[i]));
-    if (!t) {
-      Py_DECREF(list);
-      return nullptr;
-    }
-    PyList_SET_ITEM(list, static_cast<Py_ssize_t>(i), t);
+    if (!t) throw python_error();
+    PyList_SET_ITEM(list.get(), static_cast<Py_ssize_t>(i), t);
   }
-  return list;
+  return list.release();
   END_HANDLE_TH_ERRORS
 }
 

@@ -302,6 +302,39 @@ def test_rk_epilogue_eager_entry_is_the_op(case, device):
         torch.testing.assert_close(g, ref, rtol=0, atol=0)
 
 
+def _forward_ad_call(name):
+    x, k = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    c = torch.randn(2)
+    phi = contnet.basis.get("fem_linear", 3)(torch.rand(2).tolist())
+    return x, {
+        "rk_combine": lambda a: ops.rk_combine(a, [k], 0.1, [1.0]),
+        "rk_combine_learned": lambda a: ops.rk_combine(a, [k, a], 0.1, c),
+        "rk_epilogue": lambda a: ops.rk_epilogue(a, None, "relu", 0.5, [x], [], 0.1, [0.5])[0],
+        "eager entry": lambda a: contnet._C.rk_epilogue(
+            a, None, 1, 0.5, [x], [], 0.1, [0.5], False
+        )[0],
+        "basis_interp": lambda a: ops.basis_interp(phi, [a.flatten()[:12].view(3, 4)])[0],
+    }[name]
+
+
+@pytest.mark.parametrize(
+    "name", ["rk_combine", "rk_combine_learned", "rk_epilogue", "eager entry", "basis_interp"]
+)
+def test_forward_mode_ad_is_a_clear_error(name):
+    """The ops have no forward-mode derivative: a tangent on an input, or a functorch
+    transform, raises instead of being dropped (the kernels alone would return no tangent
+    or a zero one), with and without grad mode."""
+    import torch.autograd.forward_ad as fwAD
+
+    x, call = _forward_ad_call(name)
+    for grad_mode in (True, False):
+        with torch.set_grad_enabled(grad_mode), fwAD.dual_level():
+            with pytest.raises(RuntimeError, match="jvp is not implemented"):
+                call(fwAD.make_dual(x, torch.randn_like(x)))
+    with pytest.raises(RuntimeError, match="functorch transforms"):
+        torch.func.jvp(call, (x,), (torch.randn_like(x),))
+
+
 class _LoggedTensor(torch.Tensor):
     seen: list = []
 

@@ -13,6 +13,22 @@
 #include <vector>
 
 namespace contnet {
+
+using EpilogueSig = std::vector<at::Tensor>(const at::Tensor&, const std::optional<at::Tensor>&, int64_t, double,
+                                            at::TensorList, at::TensorList, double, at::ArrayRef<double>, bool);
+using EpilogueBackwardSig = std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor>(
+    at::TensorList, const std::optional<at::Tensor>&, const at::Tensor&, const std::optional<at::Tensor>&, int64_t,
+    double, int64_t, double, at::ArrayRef<double>);
+
+// The epilogue op through the dispatcher (from its autograd kernel and from the Python
+// entry of csrc/python.cpp).
+std::vector<at::Tensor> rk_epilogue_op(const at::Tensor& y, const std::optional<at::Tensor>& bias, int64_t act,
+                                       double scale, at::TensorList bases, at::TensorList terms, double h,
+                                       at::ArrayRef<double> coeffs, bool return_k) {
+  static auto f = c10::Dispatcher::singleton().findSchemaOrThrow("contnet::rk_epilogue", "").typed<EpilogueSig>();
+  return f.call(y, bias, act, scale, bases, terms, h, coeffs, return_k);
+}
+
 namespace {
 
 using torch::autograd::AutogradContext;
@@ -45,11 +61,6 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> learned_backward_op(const at::Te
   return f.call(g, terms, h, c);
 }
 
-using EpilogueSig = std::vector<at::Tensor>(const at::Tensor&, const std::optional<at::Tensor>&, int64_t, double,
-                                            at::TensorList, at::TensorList, double, at::ArrayRef<double>, bool);
-using EpilogueBackwardSig = std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor>(
-    at::TensorList, const std::optional<at::Tensor>&, const at::Tensor&, const std::optional<at::Tensor>&, int64_t,
-    double, int64_t, double, at::ArrayRef<double>);
 
 std::vector<at::Tensor> basis_interp_op(const at::Tensor& phi, at::TensorList thetas) {
   static auto f = op<std::vector<at::Tensor>(const at::Tensor&, at::TensorList)>("contnet::basis_interp");
@@ -193,7 +204,6 @@ struct RkEpilogue : public torch::autograd::Function<RkEpilogue> {
                                int64_t act, double scale, at::TensorList bases, at::TensorList terms, double h,
                                at::ArrayRef<double> coeffs, bool return_k) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    static auto f = op<EpilogueSig>("contnet::rk_epilogue");
     ctx->set_materialize_grads(false);  // unused outputs cost nothing in backward
     // the arguments backward needs, in two entries (each entry of saved_data is a keyed
     // insertion paid on every call): {act, n_bases, n_terms, has_bias, return_k} and
@@ -205,7 +215,7 @@ struct RkEpilogue : public torch::autograd::Function<RkEpilogue> {
     reals.insert(reals.end(), coeffs.begin(), coeffs.end());
     ctx->saved_data["reals"] = std::move(reals);
     ctx->save_for_backward({y, has_bias ? *bias : at::Tensor()});
-    return f.call(y, bias, act, scale, bases, terms, h, coeffs, return_k);
+    return rk_epilogue_op(y, bias, act, scale, bases, terms, h, coeffs, return_k);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -241,9 +251,8 @@ struct RkEpilogue : public torch::autograd::Function<RkEpilogue> {
     // fallback, boxing every argument (~5 us a call on the host), only to forward it. With
     // create_graph (or tangents) it does go there, so that asking for a double backward is
     // a clear error.
-    const at::Tensor b = has_bias ? saved[1] : at::Tensor();
     std::optional<at::AutoDispatchBelowADInplaceOrView> below;
-    if (!needs_autograd({&y, &b, &grad_k}, {gs})) below.emplace();
+    if (!needs_autograd({&y, &saved[1], &grad_k}, {gs})) below.emplace();
     auto [grad_y, grad_terms, grad_bias] = f.call(gs, gk, y, bias, act, scale, n_terms, h, rows);
     below.reset();
     out.push_back(grad_y);
@@ -328,8 +337,7 @@ std::vector<at::Tensor> rk_epilogue_autograd(const at::Tensor& y, const std::opt
   const at::Tensor b = bias.has_value() ? *bias : at::Tensor();
   if (!needs_autograd({&y, &b}, {bases, terms})) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    static auto f = op<EpilogueSig>("contnet::rk_epilogue");
-    return f.call(y, bias, act, scale, bases, terms, h, coeffs, return_k);
+    return rk_epilogue_op(y, bias, act, scale, bases, terms, h, coeffs, return_k);
   }
   return RkEpilogue::apply(y, bias, act, scale, bases, terms, h, coeffs, return_k);
 }

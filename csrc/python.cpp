@@ -15,7 +15,6 @@
 
 #include <ATen/PythonTorchFunctionTLS.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <pybind11/pybind11.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
@@ -25,10 +24,13 @@
 #include <vector>
 
 namespace contnet {
-namespace {
 
-using EpilogueSig = std::vector<at::Tensor>(const at::Tensor&, const std::optional<at::Tensor>&, int64_t, double,
-                                            at::TensorList, at::TensorList, double, at::ArrayRef<double>, bool);
+// csrc/autograd.cpp: the op through the dispatcher
+std::vector<at::Tensor> rk_epilogue_op(const at::Tensor& y, const std::optional<at::Tensor>& bias, int64_t act,
+                                       double scale, at::TensorList bases, at::TensorList terms, double h,
+                                       at::ArrayRef<double> coeffs, bool return_k);
+
+namespace {
 
 // A plain tensor (torch.Tensor or nn.Parameter, no subclass with a __torch_function__).
 bool plain_tensor(PyObject* o) { return THPVariable_CheckExact(o); }
@@ -110,12 +112,10 @@ PyObject* rk_epilogue(PyObject* /*module*/, PyObject* const* args, Py_ssize_t na
   const at::Tensor y = THPVariable_Unpack(args[0]);  // owned: the GIL is released below
   const std::optional<at::Tensor> bias =
       args[1] == Py_None ? std::nullopt : std::optional<at::Tensor>(THPVariable_Unpack(args[1]));
-  static auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("contnet::rk_epilogue", "").typed<EpilogueSig>();
   std::vector<at::Tensor> outs;
   {
     pybind11::gil_scoped_release no_gil;
-    outs = op.call(y, bias, act, scale, bases, terms, h, coeffs, args[8] == Py_True);
+    outs = rk_epilogue_op(y, bias, act, scale, bases, terms, h, coeffs, args[8] == Py_True);
   }
   THPObjectPtr list(PyList_New(static_cast<Py_ssize_t>(outs.size())));  // torch.ops returns a list
   if (!list) throw python_error();

@@ -237,6 +237,8 @@ def _time(t0: float, t1: float, num: int, den: int) -> float:
     # cell edges k/K exactly. Integers only, so that torch.compile traces it to constants.
     if t0 == 0.0 and t1 == 1.0:
         return num / den
+    if t0 == 1.0 and t1 == 0.0:  # backwards over [0, 1]: the same grid, (den - num) / den
+        return (den - num) / den
     return t0 + (t1 - t0) * (num / den)
 
 

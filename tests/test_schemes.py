@@ -117,13 +117,18 @@ def test_stage_times_general_interval_and_reverse():
         0.0,
     ]
     # so it reads the same cells of a piecewise-constant basis as the forward step
-    b = contnet.basis.get("piecewise_constant", 4)
-    for scheme in RK:
-        fwd = schemes.stage_times(scheme, 8)
-        bwd = schemes.stage_times(scheme, 8, 1.0, 0.0)
-        for n in range(8):
-            cells = {b.coefficients(t)[0][0] for t in fwd[n] + bwd[7 - n]}
-            assert cells == {n // 2}, (scheme, n)
+    # for every K, not only powers of two (whose edges k / K are exact in binary): the
+    # backward grid is the forward one, (N - m) / N, not 1 - m / N rounded twice
+    for K in (3, 4, 5, 6, 7, 9, 10, 11, 12):
+        b = contnet.basis.get("piecewise_constant", K)
+        for N in (K, 2 * K, 3 * K):
+            assert schemes.step_times(N, 1.0, 0.0) == schemes.step_times(N)[::-1]
+            for scheme in RK:
+                fwd = schemes.stage_times(scheme, N)
+                bwd = schemes.stage_times(scheme, N, 1.0, 0.0)
+                for n in range(N):
+                    cells = {b.coefficients(t)[0][0] for t in fwd[n] + bwd[N - 1 - n]}
+                    assert cells == {n * K // N}, (K, N, scheme, n)
     assert schemes.step_times(4, 0.0, 2.0) == [0.0, 0.5, 1.0, 1.5, 2.0]
 
 

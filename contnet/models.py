@@ -131,10 +131,30 @@ class ContinuousNet(nn.Module):
 
 
 # ----------------------------------------------------------------------------- tree maps
+# Optimizer statistics that are non-negative by construction: second moments (Adam, AdamW,
+# NAdam, RAdam), their running maximum (AMSGrad), RMSprop's and Adadelta's running squares,
+# Adagrad's sum of squares, Adamax's infinity norm.
+_NONNEGATIVE_STATE = frozenset(
+    {"exp_avg_sq", "max_exp_avg_sq", "square_avg", "acc_delta", "sum", "exp_inf"}
+)
+
+
+def _nonnegative_map(M: torch.Tensor) -> torch.Tensor:
+    """``M`` if it has no negative entry, else ``|M|`` with each row scaled to sum to one:
+    every new value a weighted mean of the old ones. An L2 projection has negative entries,
+    which would make a second moment negative (a NaN square root in Adam's step)."""
+    if not (M < 0).any():
+        return M
+    A = M.abs()
+    rows = A.sum(1, keepdim=True)
+    return torch.where(rows > 0, A / rows.clamp_min(torch.finfo(A.dtype).tiny), A)
+
+
 def _move_optimizer_state(optimizer, changes) -> None:
     """Put every new parameter in its old one's place in ``optimizer`` and carry its state
     over, mapping each state tensor of the old parameter's shape (momentum buffers, Adam
-    moments) by the same matrix as the parameter; scalars (``step``) are kept."""
+    moments) by the same matrix as the parameter -- the non-negative statistics of
+    ``_NONNEGATIVE_STATE`` by :func:`_nonnegative_map` of it; scalars (``step``) are kept."""
     for old, new, M in changes:
         if not isinstance(new, nn.Parameter):
             continue
@@ -143,7 +163,7 @@ def _move_optimizer_state(optimizer, changes) -> None:
         state = optimizer.state.pop(old, None)
         if state:
             optimizer.state[new] = {
-                k: basis_lib.apply_matrix(M, v)
+                k: basis_lib.apply_matrix(_nonnegative_map(M) if k in _NONNEGATIVE_STATE else M, v)
                 if isinstance(v, torch.Tensor) and v.shape == old.shape
                 else v
                 for k, v in state.items()

@@ -102,6 +102,32 @@ def test_refine_maps_optimizer_state_exactly():
     torch.testing.assert_close(buf[0], buf[1])
 
 
+@pytest.mark.parametrize("opt_cls", [torch.optim.Adam, torch.optim.RMSprop, torch.optim.Adagrad])
+def test_projection_keeps_second_moments_non_negative(opt_cls):
+    # an L2 projection onto fem_linear nodes has negative weights: second moments mapped by
+    # it would turn negative and Adam's next step NaN
+    torch.manual_seed(0)
+    net = contnet.ContinuousNet(1, 4, widths=(4,), n_basis=5, basis="fem_linear").double()
+    x, y = torch.randn(8, 1, 6, 6, dtype=torch.float64), torch.randint(0, 4, (8,))
+    kw = {"amsgrad": True} if opt_cls is torch.optim.Adam else {}
+    opt = opt_cls(net.parameters(), lr=1e-2, **kw)
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+    maps = contnet.project(net, 3, optimizer=opt)
+    assert any((P < 0).any() for P in maps.values())
+    w = net.stages[0].unit.conv1.weight
+    for key, v in opt.state[w].items():
+        if isinstance(v, torch.Tensor) and v.shape == w.shape and key != "exp_avg":
+            assert (v >= 0).all(), key
+    for _ in range(2):
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+
+
 def test_projection_identity_and_pairwise_means():
     block = _block("piecewise_constant", 8)
     w = block.unit.conv1.weight.detach().clone()

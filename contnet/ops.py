@@ -362,8 +362,10 @@ def rk_epilogue(
             raise ValueError(
                 f"bias must have shape ({y.shape[1]},) for y's channels, got {tuple(bias.shape)}"
             )
-        if bias.dtype != y.dtype or bias.device != y.device:
-            raise ValueError("bias must have y's dtype and device")
+        if bias.dtype != y.dtype:
+            raise ValueError(f"bias must have y's dtype ({y.dtype}), got {bias.dtype}")
+        if bias.device != y.device:
+            raise ValueError(f"bias must be on y's device ({y.device}), got {bias.device}")
     act = ACT_CODES.get(act, act) if isinstance(act, str) else act
     if act not in _ACT_FUNCS:
         raise ValueError(f"act must be one of {list(ACT_CODES)} (or its code), got {act!r}")

@@ -193,7 +193,7 @@ struct RkCombineLearnedBackward : public torch::autograd::Function<RkCombineLear
     }
     out[0] = d_g;
     out.emplace_back();  // h
-    out.push_back(at::stack(d_c));
+    out.push_back(n == 0 ? at::zeros({0}, c.options()) : at::stack(d_c));
     return out;
   }
 };
@@ -287,9 +287,21 @@ struct BasisInterp : public torch::autograd::Function<BasisInterp> {
       out.resize(1 + grads.size());
       return out;
     }
+    size_t i = 0;
+    if (phi_t.size(1) == 0) {  // no stage times: nothing reached the nodes
+      for (const auto& g : grads) {
+        if (!g.defined()) {
+          out.emplace_back();
+          continue;
+        }
+        std::vector<int64_t> shape(g.sizes().begin(), g.sizes().end());
+        shape[0] = phi_t.size(0);
+        out.push_back(at::zeros(shape, g.options()));
+      }
+      return out;
+    }
     // the backward is the lookup itself with phi transposed (differentiable again)
     auto back = basis_interp_op(phi_t, defined);
-    size_t i = 0;
     for (const auto& g : grads) out.push_back(g.defined() ? back[i++] : at::Tensor());
     return out;
   }
@@ -343,6 +355,8 @@ std::vector<at::Tensor> rk_epilogue_autograd(const at::Tensor& y, const std::opt
 }
 
 std::vector<at::Tensor> basis_interp_autograd(const at::Tensor& phi, at::TensorList thetas) {
+  TORCH_CHECK(!(phi.defined() && phi.requires_grad()),
+              "phi must not require grad: the basis coefficients are constants");
   if (!needs_autograd({&phi}, {thetas})) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return basis_interp_op(phi, thetas);

@@ -33,7 +33,8 @@ void check_terms(const at::Tensor& ref, const char* ref_name, at::TensorList ts,
   check_same_kind(ts, name, ref, ref_name);
 }
 
-void check_learned_coeffs(const at::Tensor& coeffs, const at::Tensor& ref, size_t n) {
+void check_learned_coeffs(const at::Tensor& coeffs, const at::Tensor& ref, const char* ref_name,
+                          size_t n) {
   TORCH_CHECK(n <= static_cast<size_t>(kMaxTerms), "terms must hold at most ", kMaxTerms,
               " tensors with learned coefficients, got ", n);
   TORCH_CHECK(coeffs.defined(), "coeffs is undefined");
@@ -41,7 +42,7 @@ void check_learned_coeffs(const at::Tensor& coeffs, const at::Tensor& ref, size_
   TORCH_CHECK(coeffs.dim() == 1 && static_cast<size_t>(coeffs.size(0)) == n,
               "coeffs must be a 1-d tensor with one value per term (", n, "), got shape ",
               coeffs.sizes());
-  TORCH_CHECK(coeffs.device() == ref.device(), "coeffs must be on the device of x (",
+  TORCH_CHECK(coeffs.device() == ref.device(), "coeffs must be on the device of ", ref_name, " (",
               ref.device(), "), got ", coeffs.device());
 }
 
@@ -52,17 +53,19 @@ void check_same_kind(at::TensorList ts, const char* name, const at::Tensor& ref,
 }
 
 void check_epilogue(const at::Tensor& y, const std::optional<at::Tensor>& bias,
-                    at::TensorList bases, at::TensorList terms) {
+                    at::TensorList bases, at::TensorList terms, const char* bases_name) {
   TORCH_CHECK(y.defined(), "y is undefined");
   check_float_dtype(y, "y");
   TORCH_CHECK(y.dim() >= 2, "y must have a channel dimension (dim >= 2), got shape ", y.sizes());
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == y.size(1),
                 "bias must have shape (", y.size(1), ",) for y's channels, got ", bias->sizes());
-    TORCH_CHECK(bias->scalar_type() == y.scalar_type() && bias->device() == y.device(),
-                "bias must have y's dtype and device");
+    TORCH_CHECK(bias->scalar_type() == y.scalar_type(), "bias must have y's dtype (",
+                y.scalar_type(), "), got ", bias->scalar_type());
+    TORCH_CHECK(bias->device() == y.device(), "bias must be on y's device (", y.device(),
+                "), got ", bias->device());
   }
-  check_same_kind(bases, "bases", y, "y");
+  check_same_kind(bases, bases_name, y, "y");
   check_same_kind(terms, "terms", y, "y");
 }
 

@@ -7,6 +7,7 @@
 #include <c10/util/Exception.h>
 
 #include "contnet/checks.h"
+#include "contnet/rk_combine.h"
 
 namespace contnet {
 
@@ -73,7 +74,10 @@ EpilogueGradOperands epilogue_grad_operands(at::TensorList grads,
                                             const at::Tensor& y,
                                             const std::optional<at::Tensor>& bias,
                                             int64_t n_terms, c10::DeviceType device) {
-  check_epilogue(y, bias, grads, {});
+  check_epilogue(y, bias, grads, {}, "grads");
+  // before anything is allocated for them
+  TORCH_CHECK(n_terms >= 0 && n_terms <= kMaxTerms, "n_terms must be 0 to ", kMaxTerms, ", got ",
+              n_terms);
   check_kernel_device(y, device);
   const auto fmt = dense_format(y);
   EpilogueGradOperands a;
@@ -87,6 +91,23 @@ EpilogueGradOperands epilogue_grad_operands(at::TensorList grads,
   for (int64_t j = 0; j < n_terms; ++j) a.grad_terms.push_back(at::empty_like(a.y));
   a.grad_y = at::empty_like(a.y);
   a.ci = channel_index(a.y, fmt);
+  return a;
+}
+
+CombineOperands combine_operands(const at::Tensor& x, at::TensorList terms, double h,
+                                 at::ArrayRef<double> coeffs) {
+  const bool in_double = x.scalar_type() == at::kDouble;
+  CombineOperands a;
+  for (size_t j = 0; j < terms.size(); ++j) {
+    const double hc = h * coeffs[j];
+    if (in_double ? hc == 0.0 : static_cast<float>(hc) == 0.0f) continue;
+    a.terms.push_back(terms[j]);
+    a.coeffs.push_back(coeffs[j]);
+  }
+  a.widened = a.terms.size() > static_cast<size_t>(kMaxTerms) && at::isReducedFloatingType(x.scalar_type());
+  a.x = a.widened ? x.to(at::kFloat) : x;
+  if (a.widened)
+    for (auto& t : a.terms) t = t.to(at::kFloat);
   return a;
 }
 

@@ -122,6 +122,25 @@ def test_rk_combine_any_number_of_terms(n_terms):
     )
 
 
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_rk_combine_half_sums_longer_than_one_pass_stay_in_float(device, dtype, layout):
+    # 12 terms take two passes of the kernel; the running sum must stay in float between
+    # them. x in [1, 2) (one ulp u there); the first 8 terms add u / 2, the last 4 another
+    # u / 2: x + u exactly, where a sum rounded to the storage type after the first pass
+    # loses both halves for every x with an even last bit
+    u = torch.finfo(dtype).eps
+    x = _layout((1 + torch.rand(2, 3, 8, 9, device=device)).to(dtype), layout)
+    ks = [torch.full_like(x, u / 16)] * 8 + [torch.full_like(x, u / 8)] * 4
+    out = torch.ops.contnet.rk_combine(x, ks, 1.0, [1.0] * 12)
+    assert out.dtype == dtype and out.stride() == x.stride()
+    torch.testing.assert_close(out, x + u, rtol=0, atol=0)
+    torch.testing.assert_close(
+        out, ops.rk_combine_reference(x, ks, 1.0, [1.0] * 12), rtol=0, atol=0
+    )
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n_terms", [6, 11])
 def test_rk_combine_larger_than_cache(dtype, n_terms):
@@ -430,6 +449,14 @@ def test_basis_interp_gradcheck_and_opcheck(family, K, device):
     torch.library.opcheck(torch.ops.contnet.basis_interp.default, (phi, thetas))
 
 
+def test_basis_interp_of_no_stage_times():
+    theta = torch.randn(3, 2, 5, dtype=torch.float64, requires_grad=True)
+    (w,) = ops.basis_interp(torch.zeros(0, 3, dtype=torch.float64), [theta])
+    assert w.shape == (0, 2, 5)
+    (g,) = torch.autograd.grad(w.sum(), theta)
+    torch.testing.assert_close(g, torch.zeros_like(theta), rtol=0, atol=0)
+
+
 def test_basis_interp_backward_scatters_into_nodes():
     phi = contnet.basis.get("fem_linear", 3)([0.25, 0.5, 0.75])
     theta = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
@@ -468,12 +495,38 @@ def test_rk_combine_learned_gradcheck_and_opcheck(device):
     torch.library.opcheck(torch.ops.contnet.rk_combine_learned_backward.default, (g, ks, 0.7, c))
 
 
+def test_rk_combine_learned_double_backward_without_terms():
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(0, dtype=torch.float64, requires_grad=True)
+    out = ops.rk_combine(x, [], 0.7, c)
+    gx, gc = torch.autograd.grad((out**2).sum(), [x, c], create_graph=True)
+    assert gc.shape == (0,)
+    (ggx,) = torch.autograd.grad(gx.sum() + gc.sum(), x)  # through the backward's backward
+    torch.testing.assert_close(ggx, torch.full_like(x, 2.0))
+
+
 def test_rk_combine_skips_zero_coefficients_and_empty():
     x, k = torch.randn(4), torch.randn(4)
     inf = torch.full((4,), float("inf"))
     torch.testing.assert_close(ops.rk_combine(x, [inf, k], 0.5, [0.0, 2.0]), x + k)
     e = torch.empty(0, 3)
     assert ops.rk_combine(e, [e], 0.1, [1.0]).shape == (0, 3)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rk_combine_kernels_skip_vanishing_coefficients(device, dtype):
+    # called through torch.ops (as a compiled graph calls it), not only through the wrapper:
+    # a coefficient whose h * c rounds to zero in the accumulation type drops its term, as
+    # in the reference and the epilogue
+    x, k = torch.randn(4, 5, device=device).to(dtype), torch.randn(4, 5, device=device).to(dtype)
+    inf = torch.full_like(x, float("inf"))
+    tiny = 2.0**-151 if dtype != torch.float64 else 0.0  # rounds to 0 in float
+    for op in (torch.ops.contnet.rk_combine, ops.rk_combine, ops.rk_combine_reference):
+        out = op(x, [inf, k, -inf], 0.5, [0.0, 2.0, tiny])
+        torch.testing.assert_close(
+            out, ops.rk_combine_reference(x, [k], 0.5, [2.0]), rtol=0, atol=0
+        )
 
 
 @pytest.mark.parametrize("device", devices())
@@ -537,6 +590,19 @@ cases = [
                                             [torch.randn(0, 2, device=dev)])),
     ("at most 8 tensors with learned coefficients",
      lambda: torch.ops.contnet.rk_combine_learned(x, [x] * 9, 1.0, torch.ones(9, device=dev))),
+    (r"grads[0] must have the shape of y",
+     lambda: torch.ops.contnet.rk_epilogue_backward([x[:2]], None, x, None, 1, 1.0, 0, 1.0,
+                                                    [1.0])),
+    ("n_terms must be 0 to 8, got 4611686018427387904",  # checked before allocating
+     lambda: torch.ops.contnet.rk_epilogue_backward([x], None, x, None, 1, 1.0, 2**62, 1.0,
+                                                    [1.0])),
+    ("bias must have y's dtype (Float), got Double",
+     lambda: torch.ops.contnet.rk_epilogue(x, torch.zeros(3, dtype=torch.float64, device=dev),
+                                           1, 1.0, [x], [], 1.0, [1.0], False)),
+    ("phi must not require grad",
+     lambda: torch.ops.contnet.basis_interp(
+         torch.rand(2, 3, dtype=torch.float64, device=dev, requires_grad=True),
+         [torch.randn(3, 2, device=dev)])),
 ]
 for expected, call in cases:
     try:
@@ -557,7 +623,7 @@ def test_kernel_errors_name_the_argument(device):
         text=True,
         timeout=300,
     )
-    assert r.returncode == 0 and "ok 6" in r.stdout, (r.returncode, r.stdout, r.stderr[-4000:])
+    assert r.returncode == 0 and "ok 10" in r.stdout, (r.returncode, r.stdout, r.stderr[-4000:])
 
 
 def test_reference_fallback_warns_once(monkeypatch):

@@ -206,9 +206,9 @@ void combine_pass(const at::Tensor& out, const at::Tensor& base, at::TensorList 
   });
 }
 
-at::Tensor rk_combine_cpu(const at::Tensor& x, at::TensorList terms, double h,
-                          at::ArrayRef<double> coeffs) {
-  check_terms(x, "x", terms, "terms", coeffs.size(), "coeffs");
+// out = x + h sum_j coeffs[j] terms[j] in passes of at most kMaxTerms terms.
+at::Tensor combine_cpu(const at::Tensor& x, at::TensorList terms, double h,
+                       at::ArrayRef<double> coeffs) {
   TORCH_CHECK(x.device().is_cpu(), "x must be a CPU tensor for the CPU kernel, got ", x.device());
   at::Tensor out = at::empty_like(x);
   if (x.numel() == 0) return out;
@@ -220,6 +220,14 @@ at::Tensor rk_combine_cpu(const at::Tensor& x, at::TensorList terms, double h,
     start += n;
   } while (start < m);
   return out;
+}
+
+at::Tensor rk_combine_cpu(const at::Tensor& x, at::TensorList terms, double h,
+                          at::ArrayRef<double> coeffs) {
+  check_terms(x, "x", terms, "terms", coeffs.size(), "coeffs");
+  const auto a = combine_operands(x, terms, h, coeffs);
+  const at::Tensor out = combine_cpu(a.x, a.terms, h, a.coeffs);
+  return a.widened ? out.to(x.scalar_type()) : out;
 }
 
 std::vector<at::Tensor> rk_combine_backward_cpu(const at::Tensor& grad, double h,
@@ -273,8 +281,8 @@ std::vector<double> coeff_values(const at::Tensor& coeffs) {
 at::Tensor rk_combine_learned_cpu(const at::Tensor& x, at::TensorList terms, double h,
                                   const at::Tensor& coeffs) {
   check_terms(x, "x", terms, "terms", terms.size(), "terms");
-  check_learned_coeffs(coeffs, x, terms.size());
-  return rk_combine_cpu(x, terms, h, coeff_values(coeffs));
+  check_learned_coeffs(coeffs, x, "x", terms.size());
+  return combine_cpu(x, terms, h, coeff_values(coeffs));
 }
 
 // grad_terms[j] = h c_j g and dot[j] = sum_i terms[j][i] g[i] over contiguous runs; the
@@ -299,7 +307,7 @@ void learned_backward_run(scalar_t* const* gt, double* dot, const scalar_t* g,
 std::tuple<std::vector<at::Tensor>, at::Tensor> rk_combine_learned_backward_cpu(
     const at::Tensor& grad, at::TensorList terms, double h, const at::Tensor& coeffs) {
   check_terms(grad, "grad", terms, "terms", terms.size(), "terms");
-  check_learned_coeffs(coeffs, grad, terms.size());
+  check_learned_coeffs(coeffs, grad, "grad", terms.size());
   const int n = static_cast<int>(terms.size());
   const auto fmt = dense_format(grad);
   const at::Tensor g = in_format(grad, fmt);

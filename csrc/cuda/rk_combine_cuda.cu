@@ -239,13 +239,15 @@ at::Tensor combine_cuda(const at::Tensor& x, at::TensorList terms, double h,
 at::Tensor rk_combine_cuda(const at::Tensor& x, at::TensorList terms, double h,
                            at::ArrayRef<double> coeffs) {
   check_terms(x, "x", terms, "terms", coeffs.size(), "coeffs");
-  return combine_cuda(x, terms, h, coeffs, at::Tensor());
+  const auto a = combine_operands(x, terms, h, coeffs);
+  const at::Tensor out = combine_cuda(a.x, a.terms, h, a.coeffs, at::Tensor());
+  return a.widened ? out.to(x.scalar_type()) : out;
 }
 
 at::Tensor rk_combine_learned_cuda(const at::Tensor& x, at::TensorList terms, double h,
                                    const at::Tensor& coeffs) {
   check_terms(x, "x", terms, "terms", terms.size(), "terms");
-  check_learned_coeffs(coeffs, x, terms.size());
+  check_learned_coeffs(coeffs, x, "x", terms.size());
   return combine_cuda(x, terms, h, {}, coeffs.to(at::kDouble).contiguous());
 }
 
@@ -289,7 +291,7 @@ CONTNET_UNROLL
 std::tuple<std::vector<at::Tensor>, at::Tensor> rk_combine_learned_backward_cuda(
     const at::Tensor& grad, at::TensorList terms, double h, const at::Tensor& coeffs) {
   check_terms(grad, "grad", terms, "terms", terms.size(), "terms");
-  check_learned_coeffs(coeffs, grad, terms.size());
+  check_learned_coeffs(coeffs, grad, "grad", terms.size());
   TORCH_CHECK(grad.is_cuda(), "grad must be a CUDA tensor for the CUDA kernel, got ", grad.device());
   const c10::cuda::CUDAGuard guard(grad.device());
   const int n = static_cast<int>(terms.size());

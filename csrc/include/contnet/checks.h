@@ -21,16 +21,19 @@ void check_like(const at::Tensor& t, const at::Tensor& ref, const std::string& n
 void check_terms(const at::Tensor& ref, const char* ref_name, at::TensorList ts,
                  const char* name, size_t n, const char* coef_name);
 
-// `coeffs` is a 1-d float tensor of `n` learned coefficients on `ref`'s device.
-void check_learned_coeffs(const at::Tensor& coeffs, const at::Tensor& ref, size_t n);
+// `coeffs` is a 1-d float tensor of `n` learned coefficients on the device of `ref` (named
+// `ref_name` in errors).
+void check_learned_coeffs(const at::Tensor& coeffs, const at::Tensor& ref, const char* ref_name,
+                          size_t n);
 
 // Every tensor of `ts` is like `ref` (check_like), named `name[j]` in errors.
 void check_same_kind(at::TensorList ts, const char* name, const at::Tensor& ref,
                      const char* ref_name);
 
 // The fused epilogue's operands: `y` float with a channel dimension (dim 1); `bias`, if
-// given, one value per channel in y's dtype and device; `bases` and `terms` like `y`.
+// given, one value per channel in y's dtype and device; `bases` (named `bases_name` in
+// errors: the backward checks its output gradients the same way) and `terms` like `y`.
 void check_epilogue(const at::Tensor& y, const std::optional<at::Tensor>& bias,
-                    at::TensorList bases, at::TensorList terms);
+                    at::TensorList bases, at::TensorList terms, const char* bases_name = "bases");
 
 }  // namespace contnet

@@ -61,4 +61,20 @@ EpilogueGradOperands epilogue_grad_operands(at::TensorList grads,
                                             const std::optional<at::Tensor>& bias,
                                             int64_t n_terms, c10::DeviceType device);
 
+// rk_combine's operands (coefficients by value) as its kernels take them: the terms whose
+// coefficient h * c does not round to zero in the accumulation type (float below float64)
+// with their coefficients -- the others are skipped, as the epilogue skips them, so that a
+// non-finite term with a zero coefficient has no effect -- and, for a float16/bfloat16 sum
+// longer than one pass, x and the terms in float (`widened`): the running sum is then not
+// rounded to the storage type between passes; the caller converts the result back.
+struct CombineOperands {
+  at::Tensor x;
+  std::vector<at::Tensor> terms;
+  std::vector<double> coeffs;
+  bool widened;
+};
+
+CombineOperands combine_operands(const at::Tensor& x, at::TensorList terms, double h,
+                                 at::ArrayRef<double> coeffs);
+
 }  // namespace contnet

@@ -7,7 +7,7 @@ from torch import nn
 
 from . import ops, schemes
 from .integrate import BACKPROP_MODES, odeint, rate_times
-from .layers import TimeScalar, frozen_batch_stats, node_layout_like
+from .layers import TimeScalar, frozen_batch_stats, node_layout_like, reads_weights_ahead
 
 __all__ = ["ContinuousBlock"]
 
@@ -111,10 +111,13 @@ class ContinuousBlock(nn.Module):
         from a table built up front. ``piecewise_constant`` weights are views of the nodes
         (``unbind``, no copy); other bases are interpolated for all stage times and all
         tensors in one launch (:func:`contnet.ops.basis_interp`), except with
-        ``checkpoint``/``adjoint`` backprop, where each step interpolates its own."""
+        ``checkpoint``/``adjoint`` backprop, where each step interpolates its own. No table
+        where reading the weights ahead could differ from calling the unit at every stage
+        (:func:`contnet.layers.reads_weights_ahead`: a forward pre-hook, a parametrization,
+        a subclass's own forward)."""
         unit = self.unit
         basis = getattr(unit, "basis", None)
-        if not hasattr(unit, "basis_tensors") or basis is None:
+        if not hasattr(unit, "basis_tensors") or basis is None or not reads_weights_ahead(unit):
             return unit
         if self.backprop != "direct" and basis.family != "piecewise_constant":
             # interpolated weights for every stage time would be held for backward, memory

@@ -67,6 +67,23 @@ def _dispatch_free(*modules: nn.Module) -> bool:
     return not any(getattr(m, kind, True) for m in modules for kind in kinds)
 
 
+def reads_weights_ahead(unit: nn.Module) -> bool:
+    """Whether a forward pass may read ``unit``'s weights at every stage time before it
+    runs (the table of :class:`contnet.ContinuousBlock`) with the result of calling it at
+    every stage: no forward pre-hook on it or its submodules, nor a global one (such a hook,
+    as ``torch.nn.utils.weight_norm``'s, may recompute a weight at each call), no
+    parametrized tensor, and for a :class:`ConvUnit` its own ``forward`` (which takes the
+    stage's weights)."""
+    if isinstance(unit, ConvUnit) and type(unit).forward is not ConvUnit.forward:
+        return False
+    if getattr(nn.modules.module, "_global_forward_pre_hooks", True):
+        return False
+    return not any(
+        getattr(m, "_forward_pre_hooks", True) or nn.utils.parametrize.is_parametrized(m)
+        for m in unit.modules()
+    )
+
+
 def _conv_args(conv) -> tuple:
     """``(stride, padding, dilation, groups)`` of a convolution for ``F.conv2d``, each pair
     with equal entries passed as one int (parsed faster than a tuple: ~1 us a call)."""
@@ -514,14 +531,23 @@ class ConvUnit(nn.Module):
 
     @property
     def fusable(self) -> bool:
-        """Whether the tail after conv2 is ``scale * act(y + bias)`` (no batch norm in it),
-        so an integrator can fuse it with the stage update (see :meth:`split`)."""
+        """Whether an integrator may fuse the tail after conv2 with the stage update,
+        calling :meth:`split` instead of the unit: the tail is ``scale * act(y + bias)`` (no
+        batch norm in it) and calling the unit runs nothing else (no hooks on it, no global
+        module hooks, no subclass's own ``forward``)."""
+        return (
+            self._tail_fusable and type(self).forward is ConvUnit.forward and _dispatch_free(self)
+        )
+
+    @property
+    def _tail_fusable(self) -> bool:
         return self.preact or self.norm2 is None
 
     def split(self, t: float, x: torch.Tensor, weights=None):
         """``(y, bias, act, scale)`` with ``R(t, x) = scale * act(y + bias)``, ``y`` being
-        conv2's output before its bias; for a :attr:`fusable` unit only."""
-        if not self.fusable:
+        conv2's output before its bias; for a unit whose tail is that (preact=True or
+        norm=None)."""
+        if not self._tail_fusable:
             raise ValueError("split needs a fusable unit (preact=True or norm=None)")
         return self._split(t, x, weights)
 
@@ -540,7 +566,7 @@ class ConvUnit(nn.Module):
         without the module dispatch and argument checks of every call, and for
         ``preact=False`` with every attribute and every stage's weights looked up once:
         the host time of a stage is what bounds small batches on a GPU."""
-        if not self.fusable:
+        if not self._tail_fusable:
             raise ValueError("stage_split needs a fusable unit (preact=True or norm=None)")
         self._check(x)
         convs = (self.conv1, self.conv2)

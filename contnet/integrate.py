@@ -233,21 +233,65 @@ def _stepper(f, sch, n_steps, t0, t1, lm_k):
 
 
 # ----------------------------------------------------------------------------- backprop modes
+class _Replay:
+    """What a step recomputed in backward must see as it saw in forward: the autocast
+    state (of x's device and of the CPU) and the random number generators' states at the
+    step's start (CPU, and x's device if another), so that dropout draws the same masks.
+    The generators are forked: the caller's streams are left where they were."""
+
+    def __init__(self, x0: torch.Tensor):
+        device = x0.device
+        self.device_type = device.type
+        self.devices = [] if device.type == "cpu" else [device.index or 0]
+        self.module = None if device.type == "cpu" else torch.get_device_module(device.type)
+        self.autocast = [
+            (d, torch.is_autocast_enabled(d), torch.get_autocast_dtype(d))
+            for d in dict.fromkeys((device.type, "cpu"))
+        ]
+        self.cache = torch.is_autocast_cache_enabled()
+        self.rng: list = []
+
+    def save_rng(self) -> None:
+        dev = [self.module.get_rng_state(i) for i in self.devices] if self.module else []
+        self.rng.append((torch.get_rng_state(), dev))
+
+    @contextlib.contextmanager
+    def autocast_state(self):
+        with contextlib.ExitStack() as stack:
+            for d, enabled, dtype in self.autocast:
+                stack.enter_context(
+                    torch.autocast(d, dtype=dtype, enabled=enabled, cache_enabled=self.cache)
+                )
+            yield
+
+    @contextlib.contextmanager
+    def rng_state(self, n: int):
+        with torch.random.fork_rng(self.devices, device_type=self.device_type):
+            cpu, dev = self.rng[n]
+            torch.set_rng_state(cpu)
+            for i, state in zip(self.devices, dev):
+                self.module.set_rng_state(state, i)
+            yield
+
+
 class _Stepwise(torch.autograd.Function):
     """Forward without a graph; backward step by step, each step's graph rebuilt from its
     input state and differentiated exactly. The input state comes from the states kept at
-    step boundaries (``checkpoint``) or from stepping back from the output (``adjoint``)."""
+    step boundaries (``checkpoint``) or from stepping back from the output (``adjoint``),
+    and is stepped again under the forward's autocast and random states (:class:`_Replay`)."""
 
     @staticmethod
     def forward(ctx, stepper, mode, recompute, x0, *params):
-        kept = []
+        kept, replay = [], _Replay(x0)
         with torch.no_grad():
             state = stepper.start(x0)
             for n in range(stepper.n_steps):
                 if mode == "checkpoint":
                     kept.append(state)
+                replay.save_rng()
                 state = stepper.step(n, state)
         ctx.stepper, ctx.mode, ctx.recompute, ctx.params = stepper, mode, recompute, params
+        ctx.replay = replay
         ctx.layout = (
             [[t is not None for t in s] for s in kept] if mode == "checkpoint" else [[True]]
         )
@@ -268,13 +312,13 @@ class _Stepwise(torch.autograd.Function):
         state_after = kept[0] if ctx.mode == "adjoint" else None
         g_state = (grad,) + (None,) * (len(stepper.start(grad)) - 1)
         for n in reversed(range(stepper.n_steps)):
-            with ctx.recompute():
+            with ctx.recompute(), ctx.replay.autocast_state():
                 if ctx.mode == "checkpoint":
                     state = kept[n]
                 else:
                     with torch.no_grad():
                         state = stepper.back(n, state_after)
-                with torch.enable_grad():
+                with torch.enable_grad(), ctx.replay.rng_state(n):
                     inputs = tuple(
                         None if t is None else t.detach().requires_grad_() for t in state
                     )

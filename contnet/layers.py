@@ -239,12 +239,12 @@ class TimeConv2d(TimeDependent):
             _positive_int(v, "kernel_size")
         self.kernel_size = ks
         self.stride = nn.modules.utils._pair(stride)
+        for v in self.stride:
+            _positive_int(v, "stride")
         self.dilation = nn.modules.utils._pair(dilation)
-        self.padding = (
-            tuple(d * (k - 1) // 2 for k, d in zip(ks, self.dilation))
-            if padding is None
-            else nn.modules.utils._pair(padding)
-        )
+        for v in self.dilation:
+            _positive_int(v, "dilation")
+        self.padding = self._padding(padding)
         K = self.basis.n_basis
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(
@@ -252,6 +252,27 @@ class TimeConv2d(TimeDependent):
         )
         self.bias = nn.Parameter(torch.empty(K, out_channels, **factory)) if bias else None
         self.reset_parameters()
+
+    def _padding(self, padding) -> tuple:
+        """``padding`` as a pair of ints; ``"valid"`` is 0, ``"same"`` (and None) the half
+        of each dilated kernel, which keeps the size at stride 1 for odd kernels."""
+        if padding == "valid":
+            return (0, 0)
+        if padding is None or padding == "same":
+            spans = [d * (k - 1) for k, d in zip(self.kernel_size, self.dilation)]
+            if padding == "same" and (self.stride != (1, 1) or any(v % 2 for v in spans)):
+                raise ValueError(
+                    "padding='same' needs stride 1 and an odd kernel_size (after dilation), "
+                    f"got stride={self.stride}, kernel_size={self.kernel_size}, dilation={self.dilation}"
+                )
+            return tuple(v // 2 for v in spans)
+        if isinstance(padding, str):
+            raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+        pad = nn.modules.utils._pair(padding)
+        for v in pad:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"padding must hold non-negative ints, got {padding!r}")
+        return pad
 
     def reset_parameters(self) -> None:
         fan_in = self.weight[0, 0].numel()
@@ -470,6 +491,11 @@ class ConvUnit(nn.Module):
         if norm not in NORMS:
             raise ValueError(f"unknown norm {norm!r}; expected one of {list(NORMS)}")
         basis_lib.check_family(basis)
+        for v in nn.modules.utils._pair(kernel_size):
+            if _positive_int(v, "kernel_size") % 2 == 0:
+                raise ValueError(
+                    f"kernel_size must be odd (the unit keeps the state's size), got {kernel_size}"
+                )
         self.channels, self.hidden = channels, hidden
         self.act_name, self.norm_name, self.preact = act, norm, bool(preact)
         self.scale = float(scale)

@@ -62,7 +62,27 @@ def test_conv_unit_shapes(preact, norm):
     assert (unit.conv1.bias is None) == (norm is not None)
 
 
+@pytest.mark.parametrize("padding", ["same", "valid", 2, (1, 0)])
+def test_time_conv_padding_as_conv2d_takes_it(padding):
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64)
+    conv = contnet.TimeConv2d(3, 4, (3, 5), n_basis=2, padding=padding).double()
+    ref = torch.nn.functional.conv2d(x, conv.weight[1], conv.bias[1], padding=padding)
+    torch.testing.assert_close(conv(0.75, x), ref, rtol=1e-12, atol=1e-12)
+
+
 def test_errors_name_the_argument():
+    with pytest.raises(ValueError, match=r"padding='same' needs stride 1 and an odd kernel_size"):
+        contnet.TimeConv2d(3, 4, 4, padding="same")
+    with pytest.raises(ValueError, match=r"padding='same' needs stride 1"):
+        contnet.TimeConv2d(3, 4, 3, stride=2, padding="same")
+    with pytest.raises(ValueError, match="padding must be an int, a pair, 'same' or 'valid'"):
+        contnet.TimeConv2d(3, 4, 3, padding="full")
+    with pytest.raises(ValueError, match="padding must hold non-negative ints"):
+        contnet.TimeConv2d(3, 4, 3, padding=-1)
+    with pytest.raises(ValueError, match="stride must be >= 1"):
+        contnet.TimeConv2d(3, 4, 3, stride=0)
+    with pytest.raises(ValueError, match="kernel_size must be odd"):
+        contnet.ConvUnit(4, kernel_size=4)
     with pytest.raises(ValueError, match=r"x must have shape \(N, 4, H, W\) for channels=4"):
         contnet.ConvUnit(4)(0.0, torch.randn(1, 3, 5, 5))
     with pytest.raises(ValueError, match="in_channels=3"):

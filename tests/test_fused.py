@@ -286,3 +286,27 @@ def test_weights_recomputed_by_hooks_and_parametrizations(basis, backprop):
     torch.testing.assert_close(after, _hand_rk4(unit, x, 2), rtol=1e-12, atol=1e-12)
     g = torch.autograd.grad(block(x).square().sum(), [unit.conv2.weight_g, unit.conv2.weight_v])
     assert all(torch.isfinite(v).all() and v.abs().max() > 0 for v in g)
+
+
+def test_double_backward_and_func_transforms_under_the_reference():
+    """The fused ops refuse a second derivative and functorch transforms with a clear
+    error; under ops.use_reference() (what README advises) both work."""
+    unit = contnet.ConvUnit(4, n_basis=2, norm=None, act="tanh").double()
+    block = contnet.ContinuousBlock(unit, scheme="rk4", n_steps=2)
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+
+    def penalty():
+        (g,) = torch.autograd.grad(block(x).square().sum(), x, create_graph=True)
+        return torch.autograd.grad(g.square().sum(), unit.conv1.weight)[0]
+
+    if ops.backend().startswith("extension"):
+        with pytest.raises(RuntimeError, match="derivative for contnet::rk_epilogue_backward"):
+            penalty()
+        with pytest.raises(RuntimeError, match="functorch transforms"):
+            torch.func.grad(lambda x: block(x).sum())(x.detach())
+    with ops.use_reference():
+        second = penalty()
+        assert torch.isfinite(second).all() and second.abs().max() > 0
+        g = torch.func.grad(lambda x: block(x).square().sum())(x.detach())
+    (ref,) = torch.autograd.grad(block(x).square().sum(), x)
+    torch.testing.assert_close(g, ref, rtol=1e-12, atol=1e-12)

@@ -186,19 +186,28 @@ def _model_from(args):
     return model, payload
 
 
+def _reference(pair) -> tuple[str, int]:
+    """``--reference SCHEME N_STEPS`` checked: a scheme name and an int >= 1."""
+    name, n = pair
+    try:
+        schemes.get(name)
+        n = int(n)
+    except (ValueError, KeyError) as e:
+        raise SystemExit(f"contnet eval: --reference takes SCHEME N_STEPS: {e}") from None
+    if n < 1:
+        raise SystemExit(f"contnet eval: --reference N_STEPS must be >= 1, got {n}")
+    return name, n
+
+
 def cmd_eval(args) -> int:
+    reference = _reference(args.reference)
     model, _ = _model_from(args)
     dataset = _load_dataset(args)
     out = pathlib.Path(args.out or pathlib.Path(args.checkpoint).parent)
-    run_eval(
-        model,
-        dataset,
-        out,
-        args.schemes,
-        args.steps,
-        (args.reference[0], int(args.reference[1])),
-        device=args.device,
-    )
+    try:
+        run_eval(model, dataset, out, args.schemes, args.steps, reference, device=args.device)
+    except ValueError as e:  # a scheme the model cannot take (lm without its learned k)
+        raise SystemExit(f"contnet eval: {e}") from None
     return 0
 
 
@@ -294,16 +303,19 @@ def cmd_compress(args) -> int:
     model, payload = _model_from(args)
     dataset = _load_dataset(args)
     out = pathlib.Path(args.out or pathlib.Path(args.checkpoint).parent)
-    result = run_compress(
-        model,
-        dataset,
-        out,
-        args.max_drop,
-        args.candidate_n_basis,
-        args.schemes,
-        args.steps,
-        device=args.device,
-    )
+    try:
+        result = run_compress(
+            model,
+            dataset,
+            out,
+            args.max_drop,
+            args.candidate_n_basis,
+            args.schemes,
+            args.steps,
+            device=args.device,
+        )
+    except ValueError as e:  # a scheme the model cannot take (lm without its learned k)
+        raise SystemExit(f"contnet compress: {e}") from None
     if args.save and result["choice"]:
         from .models import project
         from .train import blocks_of, save_checkpoint
@@ -338,6 +350,10 @@ def cmd_demo(args) -> int:
     out = pathlib.Path(args.out)
     t_all = time.perf_counter()
     torch.set_num_threads(torch.get_num_threads())
+    if not args.quick and args.epochs < 3:
+        raise SystemExit(
+            f"contnet demo: --epochs must be >= 3 (refinements after a third and two thirds), got {args.epochs}"
+        )
     epochs, refine_at = (
         (6, (2, 4)) if args.quick else (args.epochs, (args.epochs // 3, 2 * args.epochs // 3))
     )
@@ -399,7 +415,13 @@ def cmd_demo(args) -> int:
     print("\n== 3. manifestations of the refined model: schemes x n_steps (same weights)")
     model = refined["model"]
     table = run_eval(
-        model, dataset, out, ["euler", "midpoint", "rk4"], [1, 2, 4, 8, 16, 32, 64], ("rk4", 128)
+        model,
+        dataset,
+        out,
+        ["euler", "midpoint", "rk4"],
+        [1, 2, 4, 8, 16, 32, 64],
+        ("rk4", 128),
+        device=args.device,
     )
     print(
         "(the drift falls with n_steps at each scheme's order while the steps resolve the rate; a ReLU\n"
@@ -409,7 +431,7 @@ def cmd_demo(args) -> int:
     print(
         "\n== 4. compression of the refined model (projection onto fewer nodes, other schemes, fewer steps)"
     )
-    comp = run_compress(model, dataset, out, args.max_drop)
+    comp = run_compress(model, dataset, out, args.max_drop, device=args.device)
     half = next(
         c
         for c in comp["candidates"]
@@ -461,6 +483,26 @@ def cmd_bench(args) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
+def _positive_int(text: str) -> int:
+    """An argparse type: an int >= 1 (argparse names the option in its error)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _checkpoint_path(text: str) -> str:
+    """An argparse type: a checkpoint path (its metadata goes to the .json beside it)."""
+    if pathlib.Path(text).suffix == ".json":
+        raise argparse.ArgumentTypeError(
+            f"must not end in .json (the checkpoint's metadata goes to PATH.json), got {text!r}"
+        )
+    return text
+
+
 def _add_data(p, default="digits"):
     p.add_argument(
         "--data",
@@ -479,36 +521,44 @@ def _add_device(p):
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
 
 
-def _add_train_options(p):
+def _add_train_options(p, depth=True):
+    """The training options; ``depth=False`` leaves out the basis, scheme, step and
+    refinement options (the demo sets those itself)."""
     g = p.add_argument_group("model")
     g.add_argument(
         "--widths",
-        type=int,
+        type=_positive_int,
         nargs="+",
         default=[16, 32, 64],
         help="channels of each stage (default 16 32 64)",
     )
-    g.add_argument(
-        "--basis",
-        choices=FAMILIES,
-        default="piecewise_constant",
-        help="basis of the weights in depth",
-    )
-    g.add_argument("--n-basis", type=int, default=1, help="basis nodes K at the start (default 1)")
-    g.add_argument(
-        "--scheme", choices=schemes.names(), default="rk4", help="training scheme (default rk4)"
-    )
-    g.add_argument(
-        "--n-steps",
-        type=int,
-        default=None,
-        help="steps per block (default: K, doubled with K on refinement)",
-    )
+    if depth:
+        g.add_argument(
+            "--basis",
+            choices=FAMILIES,
+            default="piecewise_constant",
+            help="basis of the weights in depth",
+        )
+        g.add_argument(
+            "--n-basis",
+            type=_positive_int,
+            default=1,
+            help="basis nodes K at the start (default 1)",
+        )
+        g.add_argument(
+            "--scheme", choices=schemes.names(), default="rk4", help="training scheme (default rk4)"
+        )
+        g.add_argument(
+            "--n-steps",
+            type=_positive_int,
+            default=None,
+            help="steps per block (default: K, doubled with K on refinement)",
+        )
     g.add_argument("--act", choices=list(ACTIVATIONS), default="relu")
     g.add_argument("--norm", choices=["batch", "none"], default="batch")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=18)
-    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--epochs", type=_positive_int, default=18)
+    g.add_argument("--batch-size", type=_positive_int, default=64)
     g.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default 0.1)")
     g.add_argument(
         "--momentum", type=float, default=0.9, help="SGD (Nesterov) momentum (default 0.9)"
@@ -520,14 +570,15 @@ def _add_train_options(p):
         default="cosine",
         help="learning-rate schedule",
     )
-    g.add_argument(
-        "--refine-at",
-        type=int,
-        nargs="*",
-        default=[],
-        metavar="EPOCH",
-        help="epochs (0-based starts) at which K and n_steps double, e.g. --refine-at 6 12",
-    )
+    if depth:
+        g.add_argument(
+            "--refine-at",
+            type=int,
+            nargs="*",
+            default=[],
+            metavar="EPOCH",
+            help="epochs (0-based starts) at which K and n_steps double, e.g. --refine-at 6 12",
+        )
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0)
     _add_device(g)
@@ -563,9 +614,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True)
     _add_data(e, default=None)
     e.add_argument(
-        "--schemes", nargs="+", default=["euler", "midpoint", "rk4"], choices=schemes.names()[:8]
+        "--schemes", nargs="+", default=["euler", "midpoint", "rk4"], choices=schemes.names()
     )
-    e.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    e.add_argument("--steps", type=_positive_int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
     e.add_argument(
         "--reference",
         nargs=2,
@@ -589,22 +640,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--candidate-n-basis",
-        type=int,
+        type=_positive_int,
         nargs="+",
         default=None,
         help="basis sizes to try (default: halving)",
     )
     c.add_argument(
-        "--schemes", nargs="+", default=["euler", "midpoint", "rk4"], choices=schemes.names()[:8]
+        "--schemes", nargs="+", default=["euler", "midpoint", "rk4"], choices=schemes.names()
     )
     c.add_argument(
         "--steps",
-        type=int,
+        type=_positive_int,
         nargs="+",
         default=None,
         help="step counts to try (default: n_steps, /2, /4, /8)",
     )
-    c.add_argument("--save", default=None, help="write the chosen model as a checkpoint here")
+    c.add_argument(
+        "--save",
+        type=_checkpoint_path,
+        default=None,
+        help="write the chosen model as a checkpoint here",
+    )
     c.add_argument("--out", default=None, help="output folder (default: the checkpoint's)")
     _add_device(c)
     c.set_defaults(func=cmd_compress)
@@ -617,8 +673,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--max-drop", type=float, default=1.0)
     d.add_argument("--quick", action="store_true", help="a short run (6 epochs) for smoke tests")
-    _add_train_options(d)
-    d.set_defaults(func=cmd_demo)
+    _add_train_options(d, depth=False)  # K 1 -> 2 -> 4, rk4, piecewise constant: set by the demo
+    d.set_defaults(
+        func=cmd_demo,
+        basis="piecewise_constant",
+        n_basis=1,
+        scheme="rk4",
+        n_steps=None,
+        refine_at=[],
+    )
 
     b = sub.add_parser(
         "bench",

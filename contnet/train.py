@@ -114,6 +114,13 @@ class TrainConfig:
 
 
 SCHEDULES = ("cosine", "step", "constant")
+# what a resumed run must share with the saved one (all but where the data lie, the device,
+# progress bars and free-form notes): the rest decides the weights' trajectory
+RESUME_KEYS = tuple(
+    f.name
+    for f in dataclasses.fields(TrainConfig)
+    if f.name not in ("data_dir", "device", "progress", "extra")
+)
 
 
 def build_model(kwargs: dict) -> ContinuousNet:
@@ -243,6 +250,10 @@ def save_checkpoint(
     """Write a checkpoint atomically (temporary file, then rename): the previous file stays
     intact if anything fails. A human-readable ``.json`` of the metadata goes beside it."""
     path = pathlib.Path(path)
+    if path.suffix == ".json":
+        raise ValueError(
+            f"path must not end in .json (the metadata goes to the path with a .json suffix), got {path}"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "format": CHECKPOINT_FORMAT,
@@ -317,8 +328,14 @@ def model_from_checkpoint(
     saved_k = meta["state"]["n_basis"][0]
     kw["n_basis"] = saved_k
     model = build_model(kw)
-    for block, n in zip(blocks_of(model), meta["state"]["n_steps"]):
-        block.n_steps = n
+    blocks = blocks_of(model)
+    # the manifestation it was saved in (compress saves another scheme than it was built with)
+    schemes_saved = meta["state"].get("scheme") or [kw.get("scheme", "rk4")] * len(blocks)
+    for block, n, scheme in zip(blocks, meta["state"]["n_steps"], schemes_saved):
+        try:
+            block.scheme, block.n_steps = scheme, n
+        except ValueError as e:
+            raise CheckpointError(f"checkpoint's saved manifestation cannot be set: {e}") from e
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as e:
@@ -457,15 +474,19 @@ def train(cfg: TrainConfig, out_dir, dataset: Dataset, *, resume: bool = False, 
         seed=cfg.seed + rank,
     )
     start, history = 0, []
+    if resume and not ckpt_path.exists():
+        log(f"no checkpoint at {ckpt_path} to resume from: training from the start")
     if resume and ckpt_path.exists():
         payload = load_checkpoint(ckpt_path)
         saved = payload["meta"].get("train") or {}
-        for key in ("epochs", "refine_at", "seed", "n_basis", "basis", "scheme", "widths"):
-            mine = cfg.to_json()[key]
-            if saved.get(key) != mine:
-                raise CheckpointError(
-                    f"cannot resume from {ckpt_path}: it was trained with {key}={saved.get(key)!r}, this run asks for {mine!r}"
-                )
+        mine = cfg.to_json()
+        differ = [k for k in RESUME_KEYS if saved.get(k) != mine[k]]
+        if differ:
+            asked = ", ".join(f"{k}={saved.get(k)!r} (asked: {mine[k]!r})" for k in differ)
+            raise CheckpointError(
+                f"cannot resume from {ckpt_path}: it was trained with {asked}; a resumed run "
+                "continues the saved one exactly, so these must be the same"
+            )
         model = model_from_checkpoint(payload, device=device)
         start, history = payload["meta"]["epoch"] + 1, payload["meta"]["history"]
         optimizer = make_optimizer(model, cfg)

@@ -1,5 +1,6 @@
 """The main job: exact refinement of optimiser state, bitwise resume, data readers, CLI."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -197,6 +198,9 @@ def test_cli_train_eval_compress(tmp_path, capsys):
                 "--steps",
                 "2",
                 "1",
+                "--schemes",
+                "euler",
+                "midpoint",
                 "--save",
                 str(saved),
             ]
@@ -204,8 +208,10 @@ def test_cli_train_eval_compress(tmp_path, capsys):
         == 0
     )
     comp = json.loads((out / "compress.json").read_text())
-    assert comp["choice"] is not None and len(comp["candidates"]) == 2 * 3 * 2
+    assert comp["choice"] is not None and len(comp["candidates"]) == 2 * 2 * 2
     model = train.model_from_checkpoint(train.load_checkpoint(saved))
+    # reloaded in the manifestation compress chose, not the one it was trained in (rk4)
+    assert [b.scheme for b in model.stages] == [comp["choice"]["scheme"]] * 2
     assert model.stages[0].n_steps == comp["choice"]["n_steps"]
     assert "cheapest within 100.0 point(s)" in capsys.readouterr().out
 
@@ -217,6 +223,44 @@ def test_cli_errors_are_clear(tmp_path):
         cli.main(["train", "--epochs", "3", "--refine-at", "5", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="cannot load data: --data cifar10 needs --data-dir"):
         cli.main(["train", "--data", "cifar10", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--epochs must be >= 3"):
+        cli.main(["demo", "--epochs", "2", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--reference takes SCHEME N_STEPS"):
+        cli.main(["eval", "--checkpoint", str(tmp_path / "none.pt"), "--reference", "rk4", "x"])
+    with pytest.raises(SystemExit, match="--reference takes SCHEME N_STEPS: unknown scheme"):
+        cli.main(["eval", "--checkpoint", str(tmp_path / "none.pt"), "--reference", "rk5", "8"])
+
+
+@pytest.mark.parametrize(
+    "argv,option",
+    [
+        (["eval", "--checkpoint", "c.pt", "--steps", "0"], "--steps"),
+        (["compress", "--checkpoint", "c.pt", "--candidate-n-basis", "0"], "--candidate-n-basis"),
+        (["compress", "--checkpoint", "c.pt", "--save", "small.json"], "--save"),
+        (["train", "--batch-size", "0"], "--batch-size"),
+        (["demo", "--scheme", "euler"], "unrecognized arguments: --scheme"),  # demo sets it
+        (["demo", "--refine-at", "3"], "unrecognized arguments: --refine-at"),
+    ],
+)
+def test_cli_rejects_bad_options_by_name(argv, option, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2 and option in capsys.readouterr().err
+
+
+def test_resume_refuses_other_settings_and_says_when_it_starts_afresh(tmp_path):
+    ds = data.load_digits()
+    ds.x_train, ds.y_train = ds.x_train[:64], ds.y_train[:64]
+    cfg = train.TrainConfig(widths=(4,), epochs=2, batch_size=32, progress=False)
+    seen = []
+    train.train(cfg, tmp_path, ds, resume=True, log=seen.append)
+    assert any(m.startswith("no checkpoint at") for m in seen)
+    other = dataclasses.replace(cfg, lr=0.5, batch_size=16, act="tanh", progress=True)
+    with pytest.raises(train.CheckpointError) as e:
+        train.train(other, tmp_path, ds, resume=True, log=seen.append)
+    for key in ("lr=0.1 (asked: 0.5)", "batch_size=32 (asked: 16)", "act='relu' (asked: 'tanh')"):
+        assert key in str(e.value)
+    assert "progress" not in str(e.value)  # cosmetic settings may differ
 
 
 def test_console_help():

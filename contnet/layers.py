@@ -78,8 +78,11 @@ def reads_weights_ahead(unit: nn.Module) -> bool:
         return False
     if getattr(nn.modules.module, "_global_forward_pre_hooks", True):
         return False
+    # a parametrized module holds its parametrizations in a ModuleDict of that name (what
+    # torch.nn.utils.parametrize.is_parametrized checks, read here without its slow getattr)
     return not any(
-        getattr(m, "_forward_pre_hooks", True) or nn.utils.parametrize.is_parametrized(m)
+        getattr(m, "_forward_pre_hooks", True)
+        or isinstance(m._modules.get("parametrizations"), nn.ModuleDict)
         for m in unit.modules()
     )
 

@@ -237,11 +237,11 @@ class _Replay:
     """What a step recomputed in backward must see as it saw in forward: the autocast
     state (of x's device and of the CPU) and the random number generators' states at the
     step's start (CPU, and x's device if another), so that dropout draws the same masks.
-    The generators are forked: the caller's streams are left where they were."""
+    The caller's generators are put back afterwards; a pass without autocast enters no
+    autocast context."""
 
     def __init__(self, x0: torch.Tensor):
         device = x0.device
-        self.device_type = device.type
         self.devices = [] if device.type == "cpu" else [device.index or 0]
         self.module = None if device.type == "cpu" else torch.get_device_module(device.type)
         self.autocast = [
@@ -249,29 +249,38 @@ class _Replay:
             for d in dict.fromkeys((device.type, "cpu"))
         ]
         self.cache = torch.is_autocast_cache_enabled()
-        self.rng: list = []
+        self.rng: list = []  # the states at every step's start
+
+    def _rng_now(self):
+        dev = [self.module.get_rng_state(i) for i in self.devices] if self.module else []
+        return torch.get_rng_state(), dev
+
+    def _set_rng(self, states) -> None:
+        torch.set_rng_state(states[0])
+        for i, state in zip(self.devices, states[1]):
+            self.module.set_rng_state(state, i)
 
     def save_rng(self) -> None:
-        dev = [self.module.get_rng_state(i) for i in self.devices] if self.module else []
-        self.rng.append((torch.get_rng_state(), dev))
+        self.rng.append(self._rng_now())
 
     @contextlib.contextmanager
     def autocast_state(self):
         with contextlib.ExitStack() as stack:
-            for d, enabled, dtype in self.autocast:
-                stack.enter_context(
-                    torch.autocast(d, dtype=dtype, enabled=enabled, cache_enabled=self.cache)
-                )
+            if any(on or torch.is_autocast_enabled(d) for d, on, _ in self.autocast):
+                for d, on, dtype in self.autocast:
+                    stack.enter_context(
+                        torch.autocast(d, dtype=dtype, enabled=on, cache_enabled=self.cache)
+                    )
             yield
 
     @contextlib.contextmanager
     def rng_state(self, n: int):
-        with torch.random.fork_rng(self.devices, device_type=self.device_type):
-            cpu, dev = self.rng[n]
-            torch.set_rng_state(cpu)
-            for i, state in zip(self.devices, dev):
-                self.module.set_rng_state(state, i)
+        now = self._rng_now()
+        self._set_rng(self.rng[n])
+        try:
             yield
+        finally:
+            self._set_rng(now)
 
 
 class _Stepwise(torch.autograd.Function):

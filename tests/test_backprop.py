@@ -8,6 +8,7 @@ import torch
 import contnet
 from contnet.train import fitted_order
 
+from .helpers import devices
 from .test_schemes import _exact, _initial, _rate
 
 
@@ -98,40 +99,54 @@ def test_adjoint_with_batch_norm_in_training_mode():
         torch.testing.assert_close(m.running_var, a, rtol=1e-12, atol=1e-12)
 
 
-def test_checkpoint_replays_dropout_masks():
+@pytest.mark.parametrize("device", devices())
+def test_checkpoint_replays_dropout_masks(device):
     # a rate that draws random numbers: each recomputed step draws what its forward drew,
-    # and the caller's random stream is left where the forward left it
-    w = torch.randn(4, 4, dtype=torch.float64, requires_grad=True)
+    # and the caller's random streams (CPU and the device's) are left where they were
+    f64 = {"dtype": torch.float64, "device": device}
+    w = torch.randn(4, 4, **f64, requires_grad=True)
     drop = torch.nn.Dropout(0.5)
     f = lambda t, x: drop(torch.tanh(x @ w)) * (1 + t)  # noqa: E731
-    x0 = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
-    state = torch.get_rng_state()
+    x0 = torch.randn(3, 4, **f64, requires_grad=True)
+
+    def states():
+        return [torch.get_rng_state()] + (
+            [torch.cuda.get_rng_state(x0.device)] if x0.is_cuda else []
+        )
+
+    def set_states(s):
+        torch.set_rng_state(s[0])
+        if x0.is_cuda:
+            torch.cuda.set_rng_state(s[1], x0.device)
+
+    start = states()
     out = contnet.odeint(f, x0, scheme="rk4", n_steps=4)
     ref = torch.autograd.grad((out * out).sum(), [x0, w])
-    torch.set_rng_state(state)
+    set_states(start)
     ck_out = contnet.odeint(f, x0, scheme="rk4", n_steps=4, backprop="checkpoint", params=[w])
-    following = torch.get_rng_state()
+    following = states()
     ck = torch.autograd.grad((ck_out * ck_out).sum(), [x0, w])
-    assert torch.equal(torch.get_rng_state(), following)  # backward draws nothing of its own
+    assert all(map(torch.equal, states(), following))  # backward draws nothing of its own
     torch.testing.assert_close(ck_out, out, rtol=0, atol=0)
     for a, b in zip(ref, ck):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("mode", ["checkpoint", "adjoint"])
-def test_recomputed_steps_run_under_the_forwards_autocast(mode):
+def test_recomputed_steps_run_under_the_forwards_autocast(mode, device):
     # forward under bfloat16 autocast, backward outside it (as a training loop does): the
     # recomputed steps run their convolutions in bfloat16 again
-    unit = contnet.ConvUnit(4, n_basis=2, norm=None, act="tanh")
+    unit = contnet.ConvUnit(4, n_basis=2, norm=None, act="tanh").to(device)
     block = contnet.ContinuousBlock(unit, scheme="heun", n_steps=4)
-    x = torch.randn(2, 4, 6, 6)
+    x = torch.randn(2, 4, 6, 6, device=device)
     seen = []
     handle = unit.conv1.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
     grads = {}
     try:
         for backprop in ("direct", mode):
             block.backprop = backprop
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast(device, dtype=torch.bfloat16):
                 out = block(x)
             grads[backprop] = torch.autograd.grad(out.float().square().sum(), unit.conv1.weight)[0]
     finally:

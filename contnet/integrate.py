@@ -238,7 +238,8 @@ class _Replay:
     state (of x's device and of the CPU) and the random number generators' states at the
     step's start (CPU, and x's device if another), so that dropout draws the same masks.
     The caller's generators are put back afterwards; a pass without autocast enters no
-    autocast context."""
+    autocast context. (While a CUDA graph is captured the device's generator is left to
+    the graph.)"""
 
     def __init__(self, x0: torch.Tensor):
         device = x0.device
@@ -252,8 +253,12 @@ class _Replay:
         self.rng: list = []  # the states at every step's start
 
     def _rng_now(self):
-        dev = [self.module.get_rng_state(i) for i in self.devices] if self.module else []
-        return torch.get_rng_state(), dev
+        # a device's generator cannot be read while a graph is captured on it (a captured
+        # step reads its random offsets from the graph's own state instead)
+        capturing = getattr(self.module, "is_current_stream_capturing", None)
+        if self.module is None or (capturing is not None and capturing()):
+            return torch.get_rng_state(), []
+        return torch.get_rng_state(), [self.module.get_rng_state(i) for i in self.devices]
 
     def _set_rng(self, states) -> None:
         torch.set_rng_state(states[0])
@@ -324,8 +329,8 @@ class _Stepwise(torch.autograd.Function):
             with ctx.recompute(), ctx.replay.autocast_state():
                 if ctx.mode == "checkpoint":
                     state = kept[n]
-                else:
-                    with torch.no_grad():
+                else:  # the step back draws the forward step's random numbers too
+                    with torch.no_grad(), ctx.replay.rng_state(n):
                         state = stepper.back(n, state_after)
                 with torch.enable_grad(), ctx.replay.rng_state(n):
                     inputs = tuple(

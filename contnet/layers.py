@@ -74,7 +74,7 @@ def reads_weights_ahead(unit: nn.Module) -> bool:
     as ``torch.nn.utils.weight_norm``'s, may recompute a weight at each call), no
     parametrized tensor, and for a :class:`ConvUnit` its own ``forward`` (which takes the
     stage's weights)."""
-    if isinstance(unit, ConvUnit) and type(unit).forward is not ConvUnit.forward:
+    if isinstance(unit, ConvUnit) and not unit._own_forward:
         return False
     if getattr(nn.modules.module, "_global_forward_pre_hooks", True):
         return False
@@ -272,10 +272,11 @@ class TimeConv2d(TimeDependent):
         if isinstance(padding, str):
             raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
         pad = nn.modules.utils._pair(padding)
-        for v in pad:
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"padding must hold non-negative ints, got {padding!r}")
-        return pad
+        if len(pad) != 2 or any(
+            isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in pad
+        ):
+            raise ValueError(f"padding must be one or two non-negative ints, got {padding!r}")
+        return tuple(pad)
 
     def reset_parameters(self) -> None:
         fan_in = self.weight[0, 0].numel()
@@ -564,13 +565,15 @@ class ConvUnit(nn.Module):
         calling :meth:`split` instead of the unit: the tail is ``scale * act(y + bias)`` (no
         batch norm in it) and calling the unit runs nothing else (no hooks on it, no global
         module hooks, no subclass's own ``forward``)."""
-        return (
-            self._tail_fusable and type(self).forward is ConvUnit.forward and _dispatch_free(self)
-        )
+        return self._tail_fusable and self._own_forward and _dispatch_free(self)
 
     @property
     def _tail_fusable(self) -> bool:
         return self.preact or self.norm2 is None
+
+    @property
+    def _own_forward(self) -> bool:  # no subclass's forward to honour
+        return type(self).forward is ConvUnit.forward
 
     def split(self, t: float, x: torch.Tensor, weights=None):
         """``(y, bias, act, scale)`` with ``R(t, x) = scale * act(y + bias)``, ``y`` being

@@ -133,9 +133,9 @@ class ContinuousNet(nn.Module):
 # ----------------------------------------------------------------------------- tree maps
 # Optimizer statistics that are non-negative by construction: second moments (Adam, AdamW,
 # NAdam, RAdam), their running maximum (AMSGrad), RMSprop's and Adadelta's running squares,
-# Adagrad's sum of squares, Adamax's infinity norm.
+# Adagrad's sum of squares, Adamax's infinity norm, Rprop's step sizes.
 _NONNEGATIVE_STATE = frozenset(
-    {"exp_avg_sq", "max_exp_avg_sq", "square_avg", "acc_delta", "sum", "exp_inf"}
+    {"exp_avg_sq", "max_exp_avg_sq", "square_avg", "acc_delta", "sum", "exp_inf", "step_size"}
 )
 
 

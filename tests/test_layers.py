@@ -77,8 +77,10 @@ def test_errors_name_the_argument():
         contnet.TimeConv2d(3, 4, 3, stride=2, padding="same")
     with pytest.raises(ValueError, match="padding must be an int, a pair, 'same' or 'valid'"):
         contnet.TimeConv2d(3, 4, 3, padding="full")
-    with pytest.raises(ValueError, match="padding must hold non-negative ints"):
+    with pytest.raises(ValueError, match="padding must be one or two non-negative ints"):
         contnet.TimeConv2d(3, 4, 3, padding=-1)
+    with pytest.raises(ValueError, match="padding must be one or two non-negative ints"):
+        contnet.TimeConv2d(3, 4, 3, padding=(1,))
     with pytest.raises(ValueError, match="stride must be >= 1"):
         contnet.TimeConv2d(3, 4, 3, stride=0)
     with pytest.raises(ValueError, match="kernel_size must be odd"):

@@ -7,7 +7,8 @@
 # block-profile | inference | backprop.
 # Each step's output is appended to OUTDIR/log.txt (and the end of it printed); the JSON and
 # PNG results the benchmarks write under bench/results/ are packed into
-# OUTDIR/results.tar.gz at the end.
+# OUTDIR/results.tar.gz after every step, so a run cut off by a time limit keeps what its
+# finished steps wrote.
 # TORCH_CUDA_ARCH_LIST defaults to the GPU's own architecture, MAX_JOBS to every core.
 set -uo pipefail
 out=${1:?usage: bash bench/gpu.sh OUTDIR STEP...}
@@ -31,6 +32,7 @@ step() {
     tail -n 25 "$out/step.txt"
     rm -f "$out/step.txt"
     echo "== $name: exit $rc after $(($(date +%s) - start)) s" | tee -a "$out/log.txt"
+    tar czf "$out/results.tar.gz" bench/results
     return $rc
 }
 
@@ -93,5 +95,4 @@ for s in "$@"; do
         ;;
     esac
 done
-tar czf "$out/results.tar.gz" bench/results
 exit $status

@@ -83,3 +83,19 @@ def test_block_bench_floor_weights_take_the_convolutions_layout(channels_last):
     assert all(w.is_contiguous(memory_format=layout) and w.is_leaf for w in weights)
     unit_weight = prob.block.unit.conv1.weight
     assert unit_weight[0].is_contiguous(memory_format=layout)
+
+
+@pytest.mark.parametrize("basis", ["piecewise_constant", "fem_linear"])
+def test_block_bench_floor_values_stay_normal(basis):
+    """The floor chains 64 rates without the residual: with the rate's own weights its state
+    shrinks to denormals and zeros (slow on some CPUs, which would flatter the others'
+    ratios to it); its scaled weights keep every stage's values normal floats."""
+    from bench import block_bench
+
+    prob = block_bench.Problem(4, 8, 6, basis, 16, "rk4", 16, "cpu", True)
+    x = prob.x.detach()
+    tiny = torch.finfo(torch.float32).tiny
+    with torch.no_grad():
+        for w1, w2 in prob.floor_w:
+            x = prob._rate_w(x, w1, w2)
+            assert x.abs().max() > 1e3 * tiny

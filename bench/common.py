@@ -53,7 +53,8 @@ def device_name(device: str) -> str:
 
 
 def git_commit() -> str:
-    """The checkout's commit (``+dirty`` if contnet/ or csrc/ differ from it); outside a git
+    """The checkout's commit (``+dirty`` if contnet/, csrc/ or bench/ differ from it, the
+    results folder apart); outside a git
     checkout, ``CONTNET_COMMIT`` if set, else ``unknown``."""
     root = pathlib.Path(__file__).resolve().parents[1]
     fallback = os.environ.get("CONTNET_COMMIT", "unknown")
@@ -66,7 +67,7 @@ def git_commit() -> str:
         sha = git("rev-parse", "--verify", "HEAD")
         if not sha:
             return fallback
-        dirty = git("status", "--porcelain", "--", "contnet", "csrc")
+        dirty = git("status", "--porcelain", "--", "contnet", "csrc", "bench", ":!bench/results")
         return sha + ("+dirty" if dirty else "")
     except OSError:
         return fallback
@@ -100,10 +101,13 @@ def time_side_by_side(
     fns: dict, rounds: int = 5, min_run_time: float = 0.2, device: str = "cpu"
 ) -> dict:
     """Median seconds per call of each callable, measured in interleaved rounds (each round
-    times every implementation once, so drifts of a noisy machine hit all alike)."""
+    times every implementation once, so drifts of a noisy machine hit all alike; the order
+    within a round rotates from round to round, so none always runs first)."""
     samples = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    names = list(fns)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            fn = fns[name]
             timer = tb.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
             m = timer.blocked_autorange(min_run_time=min_run_time)
             samples[name].append(m.median)

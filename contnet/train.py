@@ -328,10 +328,9 @@ def model_from_checkpoint(
     saved_k = meta["state"]["n_basis"][0]
     kw["n_basis"] = saved_k
     model = build_model(kw)
-    blocks = blocks_of(model)
     # the manifestation it was saved in (compress saves another scheme than it was built with)
-    schemes_saved = meta["state"].get("scheme") or [kw.get("scheme", "rk4")] * len(blocks)
-    for block, n, scheme in zip(blocks, meta["state"]["n_steps"], schemes_saved):
+    state = meta["state"]
+    for block, n, scheme in zip(blocks_of(model), state["n_steps"], state["scheme"]):
         try:
             block.scheme, block.n_steps = scheme, n
         except ValueError as e:

@@ -56,10 +56,6 @@ def _train_config(args, **overrides):
         data=args.data,
         data_dir=args.data_dir,
         widths=tuple(args.widths),
-        basis=args.basis,
-        n_basis=args.n_basis,
-        scheme=args.scheme,
-        n_steps=args.n_steps,
         act=args.act,
         norm=None if args.norm == "none" else args.norm,
         epochs=args.epochs,
@@ -68,11 +64,14 @@ def _train_config(args, **overrides):
         momentum=args.momentum,
         weight_decay=args.weight_decay,
         schedule=args.schedule,
-        refine_at=tuple(args.refine_at),
         seed=args.seed,
         device=args.device,
         progress=not args.no_progress,
     )
+    # the depth options, where not given here (the demo's parser has none: it gives them all)
+    for name in ("basis", "n_basis", "scheme", "n_steps", "refine_at"):
+        if name not in overrides:
+            kw[name] = getattr(args, name)
     kw.update(overrides)
     try:
         return TrainConfig(**kw)
@@ -674,14 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--max-drop", type=float, default=1.0)
     d.add_argument("--quick", action="store_true", help="a short run (6 epochs) for smoke tests")
     _add_train_options(d, depth=False)  # K 1 -> 2 -> 4, rk4, piecewise constant: set by the demo
-    d.set_defaults(
-        func=cmd_demo,
-        basis="piecewise_constant",
-        n_basis=1,
-        scheme="rk4",
-        n_steps=None,
-        refine_at=[],
-    )
+    d.set_defaults(func=cmd_demo)
 
     b = sub.add_parser(
         "bench",

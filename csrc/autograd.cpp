@@ -287,7 +287,6 @@ struct BasisInterp : public torch::autograd::Function<BasisInterp> {
       out.resize(1 + grads.size());
       return out;
     }
-    size_t i = 0;
     if (phi_t.size(1) == 0) {  // no stage times: nothing reached the nodes
       for (const auto& g : grads) {
         if (!g.defined()) {
@@ -302,6 +301,7 @@ struct BasisInterp : public torch::autograd::Function<BasisInterp> {
     }
     // the backward is the lookup itself with phi transposed (differentiable again)
     auto back = basis_interp_op(phi_t, defined);
+    size_t i = 0;
     for (const auto& g : grads) out.push_back(g.defined() ? back[i++] : at::Tensor());
     return out;
   }

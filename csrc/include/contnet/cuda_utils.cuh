@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 
 namespace contnet {
@@ -51,19 +52,22 @@ inline StridedIndex make_strided_index(const at::TensorIteratorBase& iter) {
   return s;
 }
 
-// Multiprocessors of the current device, looked up once per device.
+// Multiprocessors of the current device, looked up once per device (host threads may race
+// to fill an entry: each writes the same value, atomically). Devices past the table are
+// looked up at every call.
 inline int sm_count() {
   constexpr int kMaxDevices = 64;
-  static int cache[kMaxDevices] = {};
+  static std::atomic<int> cache[kMaxDevices];  // static storage: zero until filled
   int dev = 0;
   C10_CUDA_CHECK(cudaGetDevice(&dev));
-  if (dev >= kMaxDevices) dev = kMaxDevices - 1;
-  if (cache[dev] == 0) {
-    int sms = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    cache[dev] = sms;
+  if (dev < kMaxDevices) {
+    const int hit = cache[dev].load(std::memory_order_relaxed);
+    if (hit > 0) return hit;
   }
-  return cache[dev];
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  if (dev < kMaxDevices) cache[dev].store(sms, std::memory_order_relaxed);
+  return sms;
 }
 
 // Blocks for a grid-stride loop over `work` items: enough to fill the device, no more.

@@ -292,7 +292,9 @@ class _Stepwise(torch.autograd.Function):
     """Forward without a graph; backward step by step, each step's graph rebuilt from its
     input state and differentiated exactly. The input state comes from the states kept at
     step boundaries (``checkpoint``) or from stepping back from the output (``adjoint``),
-    and is stepped again under the forward's autocast and random states (:class:`_Replay`)."""
+    and is stepped again under the forward's autocast and random states (:class:`_Replay`).
+    A ``checkpoint`` backward under ``create_graph`` recomputes the whole pass instead,
+    with a graph, so that its gradient has one."""
 
     @staticmethod
     def forward(ctx, stepper, mode, recompute, x0, *params):
@@ -316,11 +318,43 @@ class _Stepwise(torch.autograd.Function):
         return state[0]
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad):
-        stepper, params = ctx.stepper, ctx.params
         saved = iter(ctx.saved_tensors)
         kept = [tuple(next(saved) if has else None for has in layout) for layout in ctx.layout]
+        if torch.is_grad_enabled() and ctx.mode == "checkpoint":
+            return _Stepwise._backward_graphed(ctx, grad, kept[0])
+        return _Stepwise._backward_stepwise(ctx, grad, kept)
+
+    @staticmethod
+    def _backward_graphed(ctx, grad, start):
+        """``checkpoint`` under ``create_graph``: the whole pass recomputed from the input
+        (saved with its history) with a graph, and differentiated with one, so that the
+        gradient can be differentiated again (memory as ``direct`` for this backward)."""
+        stepper, params = ctx.stepper, ctx.params
+        x0 = start[0]
+        take_x0 = ctx.needs_input_grad[3]
+        wanted = [i for i, p in enumerate(params) if p.requires_grad]
+        with ctx.recompute(), ctx.replay.autocast_state():
+            state = stepper.start(x0)
+            for n in range(stepper.n_steps):
+                with ctx.replay.rng_state(n):
+                    state = stepper.step(n, state)
+        targets = ([x0] if take_x0 else []) + [params[i] for i in wanted]
+        grads = list(
+            torch.autograd.grad(state[0], targets, grad, create_graph=True, allow_unused=True)
+            if targets and state[0].requires_grad
+            else [None] * len(targets)
+        )
+        g_x0 = grads.pop(0) if take_x0 else None
+        grad_params = [None] * len(params)
+        for i, g in zip(wanted, grads):
+            grad_params[i] = g
+        return (None, None, None, g_x0, *grad_params)
+
+    @staticmethod
+    @once_differentiable
+    def _backward_stepwise(ctx, grad, kept):
+        stepper, params = ctx.stepper, ctx.params
         wanted = [i for i, p in enumerate(params) if p.requires_grad]
         grad_params = [None] * len(params)
         state_after = kept[0] if ctx.mode == "adjoint" else None
@@ -413,6 +447,9 @@ def odeint(
               in time (order 1 for euler, 2 for heun). Runge-Kutta schemes only.
 
             With ``checkpoint`` and ``adjoint`` gradients flow to ``x0`` and to ``params``.
+            A ``checkpoint`` gradient taken with ``create_graph=True`` can be
+            differentiated again (that backward recomputes the pass with a graph: memory
+            as ``direct``); an ``adjoint`` gradient only once.
         trajectory: if true, return the states at the ``n_steps + 1`` step boundaries
             stacked along a new first dimension instead of the final state (``direct``).
         params: tensors the rate depends on that need gradients, for ``checkpoint`` and

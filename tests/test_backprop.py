@@ -188,6 +188,35 @@ def test_backprop_modes_through_odeint_with_params():
     assert e8 <= 1e-2 and e16 <= e8 / 8, (e8, e16)
 
 
+@pytest.mark.parametrize("scheme", ["rk4", "ab2", "lm"])
+def test_checkpoint_second_derivatives_equal_direct(scheme):
+    # a gradient penalty through backprop="checkpoint": the backward under create_graph
+    # recomputes the pass with a graph, so the gradient differentiates again as direct's;
+    # batch-norm statistics are still updated once (under the reference ops: the fused
+    # epilogue has no second derivative)
+    torch.manual_seed(0)
+    block = _block(scheme, 4, "piecewise_constant", 2, norm="batch").train()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    leaves = [x, *block.parameters()]
+    second, stats = {}, {}
+    with contnet.ops.use_reference():
+        for mode in ("direct", "checkpoint"):
+            _reset_stats(block)
+            block.backprop = mode
+            (g,) = torch.autograd.grad(block(x).square().sum(), x, create_graph=True)
+            second[mode] = torch.autograd.grad(g.square().sum(), leaves, allow_unused=True)
+            stats[mode] = [m.running_mean.clone() for m in _norms(block)]
+    used = 0
+    for a, b in zip(second["direct"], second["checkpoint"]):
+        assert (a is None) == (b is None)
+        if a is not None:
+            used += 1
+            torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+    assert used >= 3 and second["direct"][0].abs().max() > 0
+    for a, b in zip(stats["direct"], stats["checkpoint"]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def _saved_peak(fn):
     from bench.backprop_bench import SavedBytes
 

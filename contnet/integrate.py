@@ -266,7 +266,12 @@ class _Replay:
             self.module.set_rng_state(state, i)
 
     def save_rng(self) -> None:
-        self.rng.append(self._rng_now())
+        # a step that drew nothing leaves the states as they were: the next step shares
+        # the previous entry (a CPU generator's state is 5 KB; memory stays flat in steps)
+        now = self._rng_now()
+        if self.rng and _same_states(now, self.rng[-1]):
+            now = self.rng[-1]
+        self.rng.append(now)
 
     @contextlib.contextmanager
     def autocast_state(self):
@@ -286,6 +291,10 @@ class _Replay:
             yield
         finally:
             self._set_rng(now)
+
+
+def _same_states(a, b) -> bool:
+    return torch.equal(a[0], b[0]) and len(a[1]) == len(b[1]) and all(map(torch.equal, a[1], b[1]))
 
 
 class _Stepwise(torch.autograd.Function):

@@ -7,10 +7,9 @@ whose cells the steps resolve (``n_steps`` a multiple of ``K``) and one whose ce
 straddle (``K = 3``); the fitted slope of log error against log h.
 
 ``memory``: the activation memory of one forward+backward for ``n_steps`` 1..64 and each
-mode (``direct``, ``checkpoint``, ``adjoint``): on a GPU the peak allocated beyond the
-inputs and parameters; on the CPU the peak of the bytes held by tensors saved for backward
-(counted through ``torch.autograd.graph.saved_tensors_hooks`` over forward and backward,
-the steps recomputed in backward included).
+mode (``direct``, ``checkpoint``, ``adjoint``): the peak allocated beyond the inputs and
+parameters (:func:`bench.common.peak_bytes`: the CUDA allocator's peak on a GPU, the
+profiler's allocation events on the CPU).
 """
 
 from __future__ import annotations
@@ -23,50 +22,6 @@ import contnet
 from contnet.train import fitted_order
 
 from . import common
-
-
-class SavedBytes:
-    """Peak of the bytes held by tensors saved for backward while active (distinct storages;
-    a storage is released when the last graph node holding it is freed)."""
-
-    def __init__(self):
-        self.live, self.current, self.peak = {}, 0, 0
-
-    def _pack(self, t):
-        s = t.untyped_storage()
-        key = (s.data_ptr(), s.device)
-        entry = self.live.get(key)
-        if entry is None:
-            self.live[key] = entry = [s.nbytes(), 0]
-            self.current += s.nbytes()
-            self.peak = max(self.peak, self.current)
-        entry[1] += 1
-        return _Held(self, key, t)
-
-    def _release(self, key):
-        entry = self.live[key]
-        entry[1] -= 1
-        if entry[1] == 0:
-            self.current -= entry[0]
-            del self.live[key]
-
-    def __enter__(self):
-        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda h: h.tensor)
-        self._ctx.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
-
-
-class _Held:
-    __slots__ = ("owner", "key", "tensor")
-
-    def __init__(self, owner, key, tensor):
-        self.owner, self.key, self.tensor = owner, key, tensor
-
-    def __del__(self):
-        self.owner._release(self.key)
 
 
 def _block(channels, basis, K, scheme, n_steps, device, norm=None):
@@ -128,18 +83,11 @@ def memory(
         for n in steps:
             block.n_steps = n
             xs = x.clone().requires_grad_()
-            if device == "cuda":
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-                base = torch.cuda.memory_allocated()
-                torch.autograd.grad(block(xs).square().sum(), [xs, *block.parameters()])
-                torch.cuda.synchronize()
-                used = torch.cuda.max_memory_allocated() - base
-            else:
-                with SavedBytes() as counter:
-                    torch.autograd.grad(block(xs).square().sum(), [xs, *block.parameters()])
-                used = counter.peak
-            bytes_per_n.append(used)
+
+            def step(block=block, xs=xs):
+                return torch.autograd.grad(block(xs).square().sum(), [xs, *block.parameters()])
+
+            bytes_per_n.append(common.peak_bytes(step, device))
         rows.append({"mode": mode, "n_steps": list(steps), "bytes": bytes_per_n})
         print(
             f"{mode:<10} " + " ".join(f"{b / 2**20:8.2f}" for b in bytes_per_n) + "  MiB",
@@ -151,7 +99,7 @@ def memory(
         "basis": "fem_linear",
         "K": 4,
         "state_bytes": x.numel() * x.element_size(),
-        "kind": "peak allocated" if device == "cuda" else "peak bytes saved for backward",
+        "kind": "peak allocated",
         "rows": rows,
     }
 

@@ -20,8 +20,8 @@ timed side by side in one run:
 
 Reported per configuration: median ms of forward (no grad) and forward+backward (grads of
 the input and the weights), their ratios to ``floor`` and to ``hand``, and the memory of
-forward+backward (CUDA: peak allocated; CPU: bytes of the tensors saved for backward,
-counted through ``torch.autograd.graph.saved_tensors_hooks``).
+forward+backward (peak allocated above what was allocated before it,
+:func:`bench.common.peak_bytes`).
 """
 
 from __future__ import annotations
@@ -197,21 +197,6 @@ def _register_classic_rk4():
     tde.SOLVERS.setdefault("rk4_classic", ClassicRK4)
 
 
-def _saved_bytes(fn) -> int:
-    """Bytes of the distinct storages saved for backward while ``fn`` runs."""
-    seen = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        seen[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    del out
-    return sum(seen.values())
-
-
 def measure(problem: Problem, impls, device, rounds, min_run_time):
     fwd, fwdbwd, memory = {}, {}, {}
     for impl in impls:
@@ -228,15 +213,7 @@ def measure(problem: Problem, impls, device, rounds, min_run_time):
 
         train_step()  # warm-up (compiles, caches the interpolation coefficients)
         fwd[impl], fwdbwd[impl] = forward, train_step
-        if device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            train_step()
-            torch.cuda.synchronize()
-            memory[impl] = torch.cuda.max_memory_allocated() - base
-        else:
-            memory[impl] = _saved_bytes(lambda run=run: run(*problem.inputs("hand")))
+        memory[impl] = common.peak_bytes(train_step, device)
     t_fwd = common.time_side_by_side(fwd, rounds=rounds, min_run_time=min_run_time, device=device)
     t_fb = common.time_side_by_side(fwdbwd, rounds=rounds, min_run_time=min_run_time, device=device)
     with torch.no_grad():
@@ -412,9 +389,7 @@ def run(
                             for kind, t in (("forward", t_fwd), ("forward_backward", t_fb))
                         },
                         "memory_bytes": mem,
-                        "memory_kind": "peak allocated"
-                        if device == "cuda"
-                        else "saved for backward",
+                        "memory_kind": "peak allocated",
                         "contnet_vs_hand_rel_diff": check,
                     }
                     results.append(row)

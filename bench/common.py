@@ -126,6 +126,34 @@ def summary(rounds: list) -> dict:
     }
 
 
+def peak_bytes(fn, device: str) -> int:
+    """Peak of the bytes allocated while ``fn()`` runs, above what was allocated when it
+    started (its result freed before the return). CUDA: the caching allocator's
+    ``max_memory_allocated``. CPU: the allocation and free events that ``torch.profiler``
+    records with ``profile_memory`` (every tensor of PyTorch's CPU allocator, summed in
+    time order); memory a library allocates past it (oneDNN's scratch space) is not seen."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        out = fn()
+        torch.cuda.synchronize()
+        del out
+        return torch.cuda.max_memory_allocated() - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+        del out
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    events.sort(key=lambda e: e.start_ns())
+    current = peak = 0
+    for e in events:
+        current += e.nbytes()
+        peak = max(peak, current)
+    return peak
+
+
 def paired_ratio(timings: dict, name: str, ref: str) -> float:
     """Median over the interleaved rounds of ``name``'s time over ``ref``'s in the same
     round: a drift of the machine that slows one round slows both sides of its ratio."""

@@ -99,3 +99,20 @@ def test_block_bench_floor_values_stay_normal(basis):
         for w1, w2 in prob.floor_w:
             x = prob._rate_w(x, w1, w2)
             assert x.abs().max() > 1e3 * tiny
+
+
+def test_bench_peak_bytes_on_the_cpu():
+    """The CPU memory figure of the benches: the peak of what is allocated while a function
+    runs (here 1 + 2 MiB live at once, after a 1 MiB tensor freed), its result included."""
+    from bench import common
+
+    def fn():
+        a = torch.empty(2**18)
+        b = torch.empty(2**18)
+        del a
+        c = torch.empty(2**19)
+        return b, c
+
+    assert common.peak_bytes(fn, "cpu") == 3 * 2**20
+    # a freed temporary counts; the sum's scalar adds a few bytes
+    assert 2**20 < common.peak_bytes(lambda: torch.empty(2**18).sum(), "cpu") <= 2**20 + 64

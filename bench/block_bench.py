@@ -388,6 +388,12 @@ def run(
                             kind: {i: common.paired_ratio(t, i, "floor") for i in t}
                             for kind, t in (("forward", t_fwd), ("forward_backward", t_fb))
                         },
+                        # ratios of medians, in the targets' terms: impl / floor, and
+                        # hand / impl (how many times faster than hand)
+                        "over_floor": _ratios(t_fwd, t_fb, lambda t, i: t[i] / t["floor"]),
+                        "faster_than_hand": _ratios(t_fwd, t_fb, lambda t, i: t["hand"] / t[i])
+                        if "hand" in t_fb
+                        else None,
                         "memory_bytes": mem,
                         "memory_kind": "peak allocated",
                         "contnet_vs_hand_rel_diff": check,
@@ -415,6 +421,16 @@ def run(
     except ImportError:
         pass
     return payload
+
+
+def _ratios(t_fwd, t_fb, ratio) -> dict:
+    """``{"forward": {impl: r}, "forward_backward": {impl: r}}`` with ``r = ratio(medians,
+    impl)``."""
+    out = {}
+    for kind, t in (("forward", t_fwd), ("forward_backward", t_fb)):
+        medians = {i: v["median_s"] for i, v in t.items()}
+        out[kind] = {i: ratio(medians, i) for i in medians}
+    return out
 
 
 def _print_row(row, impls):

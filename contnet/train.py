@@ -314,6 +314,7 @@ def load_checkpoint(path) -> dict:
     for key in ("model", "state"):
         if key not in payload["meta"]:
             raise CheckpointError(f"checkpoint {path} metadata lacks {key!r}")
+    payload["path"] = str(path)  # for the errors of model_from_checkpoint
     return payload
 
 
@@ -323,23 +324,34 @@ def model_from_checkpoint(
     """Rebuild the model of a checkpoint at the depth discretisation it was saved with and
     load its weights. With ``n_basis`` different from the saved one, the weights are
     refined (if ``n_basis`` is reached by refining) or projected (if smaller)."""
-    meta = payload["meta"]
+    meta, where = payload["meta"], f"checkpoint {payload.get('path', '')}".rstrip()
     kw = dict(meta["model"])
-    saved_k = meta["state"]["n_basis"][0]
-    kw["n_basis"] = saved_k
-    model = build_model(kw)
-    # the manifestation it was saved in (compress saves another scheme than it was built with)
     state = meta["state"]
+    # the weight basis it was saved with: refine/project (compress --save, or the API's
+    # project onto another family) change it from the one the model was built with
+    if len(set(state["basis"])) != 1 or len(set(state["n_basis"])) != 1:
+        raise CheckpointError(
+            f"{where} has stages of different weight bases ({state['basis']}, n_basis "
+            f"{state['n_basis']}); a ContinuousNet has one for all its stages"
+        )
+    kw["basis"], saved_k = state["basis"][0], state["n_basis"][0]
+    kw["n_basis"] = saved_k
+    try:
+        model = build_model(kw)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where} describes a model that cannot be built: {e}") from e
+    # the manifestation it was saved in (compress saves another scheme than it was built with)
     for block, n, scheme in zip(blocks_of(model), state["n_steps"], state["scheme"]):
         try:
             block.scheme, block.n_steps = scheme, n
         except ValueError as e:
-            raise CheckpointError(f"checkpoint's saved manifestation cannot be set: {e}") from e
+            raise CheckpointError(f"{where}'s saved manifestation cannot be set: {e}") from e
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as e:
+        detail = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
         raise CheckpointError(
-            f"checkpoint weights do not match its metadata (basis {kw['basis']}, n_basis {saved_k}): {str(e).splitlines()[0]}"
+            f"{where} weights do not match its metadata (basis {kw['basis']}, n_basis {saved_k}): {detail}"
         ) from e
     if n_basis is not None and n_basis != saved_k:
         b = basis_lib.get(kw["basis"], saved_k)
@@ -354,7 +366,7 @@ def model_from_checkpoint(
             project(model, n_basis)
         else:
             raise CheckpointError(
-                f"checkpoint has n_basis={saved_k} ({kw['basis']}); n_basis={n_basis} is neither reached by "
+                f"{where} has n_basis={saved_k} ({kw['basis']}); n_basis={n_basis} is neither reached by "
                 f"refinement ({[saved_k] + reachable}) nor smaller (projection)"
             )
     return model.to(device)

@@ -261,6 +261,25 @@ def test_truncated_tampered_and_mismatched_checkpoints_are_refused(tmp_path):
     torch.save(payload, tmp_path / "mismatch.pt")
     with pytest.raises(train.CheckpointError, match="weights do not match its metadata"):
         train.model_from_checkpoint(train.load_checkpoint(tmp_path / "mismatch.pt"))
+    payload = torch.load(path, weights_only=True)
+    del payload["model"]["stages.1.unit.conv2.weight"]
+    torch.save(payload, tmp_path / "missing.pt")
+    with pytest.raises(
+        train.CheckpointError, match=r"missing\.pt weights .*stages\.1\.unit\.conv2"
+    ):
+        train.model_from_checkpoint(train.load_checkpoint(tmp_path / "missing.pt"))
+
+
+def test_checkpoint_of_a_model_projected_onto_another_family(tmp_path):
+    # the weights of a model projected onto another basis family are read in that family
+    torch.manual_seed(0)
+    net = contnet.ContinuousNet(1, 10, widths=(4, 8), n_basis=3, basis="fem_linear").eval()
+    contnet.project(net, 2, "legendre")
+    x = torch.randn(2, 1, 8, 8)
+    path = train.save_checkpoint(tmp_path / "ck.pt", net)
+    again = train.model_from_checkpoint(train.load_checkpoint(path)).eval()
+    assert again.stages[0].unit.basis == net.stages[0].unit.basis
+    torch.testing.assert_close(again(x), net(x), rtol=0, atol=0)
 
 
 def test_failed_write_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch._C._functorch import is_functorch_wrapped_tensor
 
 from . import ops, schemes
 from .integrate import BACKPROP_MODES, odeint, rate_times
@@ -148,7 +149,8 @@ class ContinuousBlock(nn.Module):
         """The stage times of a forward pass (:func:`contnet.integrate.rate_times`) and how
         each reads the basis: the cell index per time for a ``piecewise_constant`` basis,
         else ``phi[s, k] = phi_k(times[s])`` (float64 on ``device``). Cached per
-        manifestation outside of compilation (under ``torch.compile`` graph constants)."""
+        manifestation outside of compilation (under ``torch.compile`` graph constants) and
+        of ``torch.func`` transforms."""
 
         def build():
             times = rate_times(self.scheme, self.n_steps, adjoint=self.backprop == "adjoint")
@@ -166,8 +168,13 @@ class ContinuousBlock(nn.Module):
         scheme = self.scheme if isinstance(self.scheme, str) else id(self.scheme)
         key = (basis, scheme, self.n_steps, self.backprop == "adjoint", device)
         if key not in cache:
+            built = build()
+            # a tensor made inside a torch.func transform is the transform's (it cannot be
+            # kept: the block would no longer copy or pickle); used once, not cached
+            if isinstance(built[1], torch.Tensor) and is_functorch_wrapped_tensor(built[1]):
+                return built
             cache.clear()
-            cache[key] = build()
+            cache[key] = built
         return cache[key]
 
     def extra_repr(self) -> str:

@@ -1,6 +1,9 @@
 """The fused ops wired into odeint and ContinuousBlock: same results as the pure-PyTorch
 path to rounding, one interpolation launch per forward, training, torch.compile."""
 
+import copy
+import io
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -286,6 +289,25 @@ def test_weights_recomputed_by_hooks_and_parametrizations(basis, backprop):
     torch.testing.assert_close(after, _hand_rk4(unit, x, 2), rtol=1e-12, atol=1e-12)
     g = torch.autograd.grad(block(x).square().sum(), [unit.conv2.weight_g, unit.conv2.weight_v])
     assert all(torch.isfinite(v).all() and v.abs().max() > 0 for v in g)
+
+
+def test_block_copies_and_pickles_after_a_func_transform():
+    """The interpolation coefficients built inside torch.func.grad belong to the transform:
+    the block does not keep them, so it still deep-copies and pickles after it (an EMA copy,
+    a checkpoint), and its next pass is the same."""
+    unit = contnet.ConvUnit(3, n_basis=3, basis="fem_linear", norm=None).double()
+    block = contnet.ContinuousBlock(unit, n_steps=3)
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    params = {k: v.detach() for k, v in block.named_parameters()}
+    with ops.use_reference():
+        g = torch.func.grad(lambda p: torch.func.functional_call(block, p, (x,)).square().sum())(
+            params
+        )
+    assert set(g) == set(params)
+    twin = copy.deepcopy(block)
+    buffer = io.BytesIO()
+    torch.save(block, buffer)
+    torch.testing.assert_close(twin(x), block(x), rtol=0, atol=0)
 
 
 def test_double_backward_and_func_transforms_under_the_reference():

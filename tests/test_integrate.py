@@ -75,6 +75,19 @@ def test_errors_name_the_argument():
         contnet.odeint(3, x)
     with pytest.raises(ValueError, match="must return a tensor of x's shape"):
         contnet.odeint(lambda t, x: x[:2], x)
+    for scheme in ("euler", "rk4", "ab2"):  # not a tensor of uninitialised memory
+        with pytest.raises(ValueError, match="must return a tensor on x's device cpu, got meta"):
+            contnet.odeint(lambda t, x: x.to("meta"), x, scheme=scheme)
+
+    class Split:  # a rate with a fusable tail, scale * act(y + bias)
+        def __call__(self, t, x):
+            return x
+
+        def split(self, t, x):
+            return x.to("meta"), None, "identity", 1.0
+
+    with pytest.raises(ValueError, match="on x's device cpu, got meta"):
+        contnet.odeint(Split(), x.view(1, 3, 1, 1), scheme="rk4")
     with pytest.raises(ValueError, match="unknown backprop 'magic'"):
         contnet.odeint(f, x, backprop="magic")
     with pytest.raises(ValueError, match="t0 and t1 must differ"):

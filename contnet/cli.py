@@ -336,7 +336,12 @@ def cmd_compress(args) -> int:
 
 
 def cmd_train(args) -> int:
-    run_train(args)
+    from .train import CheckpointError
+
+    try:
+        run_train(args)
+    except CheckpointError as e:  # a --resume that cannot resume
+        raise SystemExit(f"contnet train: {e}") from None
     return 0
 
 
@@ -516,8 +521,26 @@ def _add_data(p, default="digits"):
     )
 
 
+def _device(text: str) -> str:
+    """An argparse type: a torch device this machine has (cpu, cuda, cuda:1, ...)."""
+    try:
+        device = torch.device(text)
+    except RuntimeError as e:
+        raise argparse.ArgumentTypeError(f"not a device: {e}") from None
+    if device.type != "cpu":
+        module = getattr(torch, device.type, None)
+        available = module is not None and getattr(module, "is_available", lambda: False)()
+        if not available:
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has no {device.type} device")
+        if device.index is not None and device.index >= module.device_count():
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: this machine has {module.device_count()} {device.type} device(s)"
+            )
+    return text
+
+
 def _add_device(p):
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu or cuda (default cpu)")
 
 
 def _add_train_options(p, depth=True):

@@ -81,10 +81,21 @@ class TrainConfig:
         self.refine_at = tuple(sorted(int(e) for e in self.refine_at))
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.refine_at and self.epochs < 2:
+            raise ValueError(
+                f"refine_at needs epochs >= 2 (a refinement starts an epoch after the first), "
+                f"got epochs={self.epochs} and refine_at={list(self.refine_at)}"
+            )
         if any(e <= 0 or e >= self.epochs for e in self.refine_at):
             raise ValueError(
                 f"refine_at epochs must lie in 1..{self.epochs - 1}, got {list(self.refine_at)}"
             )
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        for name in ("momentum", "weight_decay"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a number >= 0, got {v}")
         if self.schedule not in SCHEDULES:
             raise ValueError(
                 f"unknown schedule {self.schedule!r}; expected one of {list(SCHEDULES)}"

@@ -229,6 +229,20 @@ def test_cli_errors_are_clear(tmp_path):
         cli.main(["eval", "--checkpoint", str(tmp_path / "none.pt"), "--reference", "rk4", "x"])
     with pytest.raises(SystemExit, match="--reference takes SCHEME N_STEPS: unknown scheme"):
         cli.main(["eval", "--checkpoint", str(tmp_path / "none.pt"), "--reference", "rk5", "8"])
+    out = str(tmp_path / "run")
+    for option, value, message in (
+        ("--lr", "-1", "lr must be a positive number, got -1.0"),
+        ("--momentum", "-0.5", "momentum must be a number >= 0, got -0.5"),
+        ("--weight-decay", "nan", "weight_decay must be a number >= 0, got nan"),
+        ("--refine-at", "5", r"refine_at needs epochs >= 2 .* got epochs=1"),
+    ):
+        with pytest.raises(SystemExit, match=message):
+            cli.main(["train", "--epochs", "1", option, value, "--out", out])
+    # a --resume that cannot resume: a message, not a traceback
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="contnet train: checkpoint .* cannot be read safely"):
+        cli.main(["train", "--epochs", "1", "--out", out, "--resume", "--no-progress"])
 
 
 @pytest.mark.parametrize(
@@ -238,6 +252,8 @@ def test_cli_errors_are_clear(tmp_path):
         (["compress", "--checkpoint", "c.pt", "--candidate-n-basis", "0"], "--candidate-n-basis"),
         (["compress", "--checkpoint", "c.pt", "--save", "small.json"], "--save"),
         (["train", "--batch-size", "0"], "--batch-size"),
+        (["train", "--device", "foo"], "argument --device: not a device"),
+        (["eval", "--checkpoint", "c.pt", "--device", "meta:0:1"], "argument --device"),
         (["demo", "--scheme", "euler"], "unrecognized arguments: --scheme"),  # demo sets it
         (["demo", "--refine-at", "3"], "unrecognized arguments: --refine-at"),
     ],
@@ -246,6 +262,15 @@ def test_cli_rejects_bad_options_by_name(argv, option, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(argv)
     assert e.value.code == 2 and option in capsys.readouterr().err
+
+
+def test_cli_device_must_exist(capsys):
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    wanted = "cuda" if count == 0 else f"cuda:{count}"
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--device", wanted])
+    assert e.value.code == 2
+    assert f"argument --device: '{wanted}': this machine has" in capsys.readouterr().err
 
 
 def test_resume_refuses_other_settings_and_says_when_it_starts_afresh(tmp_path):

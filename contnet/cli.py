@@ -199,12 +199,22 @@ def _reference(pair) -> tuple[str, int]:
 
 
 def cmd_eval(args) -> int:
+    from .train import schemes_to_try
+
     reference = _reference(args.reference)
     model, _ = _model_from(args)
     dataset = _load_dataset(args)
     out = pathlib.Path(args.out or pathlib.Path(args.checkpoint).parent)
     try:
-        run_eval(model, dataset, out, args.schemes, args.steps, reference, device=args.device)
+        run_eval(
+            model,
+            dataset,
+            out,
+            args.schemes or schemes_to_try(model),
+            args.steps,
+            reference,
+            device=args.device,
+        )
     except ValueError as e:  # a scheme the model cannot take (lm without its learned k)
         raise SystemExit(f"contnet eval: {e}") from None
     return 0
@@ -332,6 +342,8 @@ def cmd_compress(args) -> int:
             extra={"compressed_from": str(args.checkpoint)},
         )
         print(f"compressed model -> {args.save}")
+    elif args.save:
+        print(f"no candidate within {args.max_drop} point(s): nothing saved to {args.save}")
     return 0
 
 
@@ -636,7 +648,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True)
     _add_data(e, default=None)
     e.add_argument(
-        "--schemes", nargs="+", default=["euler", "midpoint", "rk4"], choices=schemes.names()
+        "--schemes",
+        nargs="+",
+        default=None,
+        choices=schemes.names(),
+        help="schemes to try (default: the model's own, euler, midpoint, rk4)",
     )
     e.add_argument("--steps", type=_positive_int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
     e.add_argument(
@@ -668,7 +684,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="basis sizes to try (default: halving)",
     )
     c.add_argument(
-        "--schemes", nargs="+", default=["euler", "midpoint", "rk4"], choices=schemes.names()
+        "--schemes",
+        nargs="+",
+        default=None,
+        choices=schemes.names(),
+        help="schemes to try (default: the model's own, euler, midpoint, rk4)",
     )
     c.add_argument(
         "--steps",

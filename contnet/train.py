@@ -629,6 +629,12 @@ def fitted_order(steps, errors) -> float:
     return sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx
 
 
+def schemes_to_try(model: nn.Module) -> list[str]:
+    """The schemes to evaluate a trained model in: its own (an LM-ResNet's ``lm`` too),
+    then euler, midpoint and rk4."""
+    return list(dict.fromkeys(model_state(model)["scheme"] + ["euler", "midpoint", "rk4"]))
+
+
 @torch.no_grad()
 def manifestation_table(
     model: nn.Module,
@@ -705,7 +711,7 @@ def compress(
     dataset: Dataset,
     *,
     max_drop: float = 1.0,
-    schemes=("euler", "midpoint", "rk4"),
+    schemes=None,
     n_basis=None,
     steps=None,
     latency_batch: int = 256,
@@ -715,13 +721,14 @@ def compress(
 ) -> dict:
     """Evaluate cheaper versions of ``model``: the weights projected onto fewer basis nodes
     (``n_basis`` candidates, default halving down to the family's smallest) and/or other
-    schemes and fewer steps. Reports parameters, measured inference latency (batch
+    schemes (default :func:`schemes_to_try`) and fewer steps. Reports parameters, measured inference latency (batch
     ``latency_batch``) and test accuracy per candidate, and picks the fastest within
     ``max_drop`` accuracy points of the original (latencies within 5% of the fastest are
     ties, won by the fewest parameters). The model is left unchanged."""
     import copy
 
     blocks = blocks_of(model)
+    schemes = schemes or schemes_to_try(model)
     k0, fam = blocks[0].unit.n_basis, blocks[0].unit.basis.family
     n0, s0 = blocks[0].n_steps, blocks[0].scheme
     if n_basis is None:

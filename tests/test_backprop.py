@@ -1,5 +1,6 @@
 """Backprop modes (checkpoint, adjoint) and the multistep schemes (ab2, lm)."""
 
+import json
 import math
 
 import pytest
@@ -321,7 +322,7 @@ def test_lm_gradcheck_of_learnable_k():
         contnet.odeint(f, x0, scheme="lm")
 
 
-def test_lm_resnet_trains_on_digits_from_the_cli(tmp_path):
+def test_lm_resnet_trains_on_digits_from_the_cli(tmp_path, capsys):
     from contnet import cli, train
 
     out = tmp_path / "lm"
@@ -332,3 +333,14 @@ def test_lm_resnet_trains_on_digits_from_the_cli(tmp_path):
     assert hist[-1]["train_loss"] < 0.5 * hist[0]["train_loss"] and hist[-1]["test_acc"] > 0.9
     model = train.model_from_checkpoint(payload)
     assert model.stages[0].scheme == "lm" and model.stages[0].lm.theta.shape == (2,)
+    # eval and compress try the model's own scheme by default, then the Runge-Kutta ones
+    saved = tmp_path / "small.pt"
+    compress = ["compress", "--checkpoint", str(out / "checkpoint.pt"), "--steps", "2"]
+    assert cli.main([*compress, "--max-drop", "100", "--save", str(saved)]) == 0
+    result = json.loads((out / "compress.json").read_text())
+    assert result["candidates"][0]["scheme"] == "lm"
+    assert {c["scheme"] for c in result["candidates"]} == {"lm", "euler", "midpoint", "rk4"}
+    assert saved.is_file()
+    none = tmp_path / "none.pt"  # no candidate within -101 points: says so, writes nothing
+    assert cli.main([*compress, "--max-drop", "-101", "--save", str(none)]) == 0
+    assert not none.exists() and f"nothing saved to {none}" in capsys.readouterr().out

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -102,6 +103,22 @@ def _positive_int(v, name: str) -> int:
         raise TypeError(f"{name} must be an int, got {type(v).__name__}")
     if v < 1:
         raise ValueError(f"{name} must be >= 1, got {v}")
+    return v
+
+
+def _real(v, name: str) -> float:
+    """A finite real number (a Python or NumPy number, not a bool or a tensor) as a float."""
+    if isinstance(v, (bool, torch.Tensor)) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    return float(v)
+
+
+def _positive_float(v, name: str) -> float:
+    v = _real(v, name)
+    if v <= 0:
+        raise ValueError(f"{name} must be > 0, got {v}")
     return v
 
 
@@ -369,8 +386,15 @@ class TimeBatchNorm2d(TimeDependent):
     ):
         super().__init__(basis_lib.get("piecewise_constant", _positive_int(n_cells, "n_cells")))
         self.channels = _positive_int(channels, "channels")
-        self.eps = float(eps)
-        self.momentum = float(momentum)
+        self.eps = _positive_float(eps, "eps")
+        if momentum is None:
+            raise ValueError(
+                "momentum must be a number in [0, 1]; None (nn.BatchNorm2d's cumulative "
+                "average) is not supported"
+            )
+        self.momentum = _real(momentum, "momentum")
+        if not 0.0 <= self.momentum <= 1.0:
+            raise ValueError(f"momentum must be a number in [0, 1], got {momentum}")
         factory = {"device": device, "dtype": dtype}
         shape = (n_cells, channels)
         self.weight = nn.Parameter(torch.ones(shape, **factory)) if affine else None
@@ -502,7 +526,7 @@ class ConvUnit(nn.Module):
                 )
         self.channels, self.hidden = channels, hidden
         self.act_name, self.norm_name, self.preact = act, norm, bool(preact)
-        self.scale = float(scale)
+        self.scale = _real(scale, "scale")
         self.act = ACTIVATIONS[act]
         factory = {"device": device, "dtype": dtype}
         bias = norm is None if bias is None else bool(bias)

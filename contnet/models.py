@@ -312,6 +312,16 @@ def from_resnet(stage) -> ContinuousBlock:
             )
         if (a.eps, c.eps) != (n1.eps, n1.eps):
             raise ValueError(f"stage[{i}] batch norms must share eps={n1.eps} with stage[0]")
+        for name, norm in (("first", a), ("second", c)):
+            if norm.momentum is None:
+                raise ValueError(
+                    f"stage[{i}]'s {name} batch norm has momentum=None (a cumulative average), "
+                    "which a converted block does not keep; give it a momentum"
+                )
+        if (a.momentum, c.momentum) != (n1.momentum, n1.momentum):
+            raise ValueError(
+                f"stage[{i}] batch norms must share momentum={n1.momentum} with stage[0]"
+            )
     N = len(blocks)
     has_bias = any(p.bias is not None for _, c, _, d in parts for p in (c, d))
     w = c1.weight
@@ -344,7 +354,7 @@ def from_resnet(stage) -> ContinuousBlock:
                 dst.bias[i].copy_(src.bias if src.affine else torch.zeros_like(dst.bias[i]))
         for norm in (unit.norm1, unit.norm2):
             norm.eps = n1.eps
-            norm.momentum = n1.momentum if n1.momentum is not None else 0.1
+            norm.momentum = n1.momentum
     block = ContinuousBlock(unit, scheme="euler", n_steps=N)
     block.train(getattr(stage, "training", blocks[0].training))
     return block

@@ -99,5 +99,15 @@ def test_errors_name_the_argument():
         contnet.ConvUnit(4, basis="fem_linear", n_basis=1)
     with pytest.raises(ValueError, match="channels must be >= 1"):
         contnet.ConvUnit(0)
+    with pytest.raises(TypeError, match="scale must be a real number, got str"):
+        contnet.ConvUnit(4, scale="a")
+    with pytest.raises(ValueError, match="scale must be finite, got inf"):
+        contnet.ConvUnit(4, scale=float("inf"))
+    with pytest.raises(ValueError, match="momentum must be a number in \\[0, 1\\]; None"):
+        contnet.TimeBatchNorm2d(4, momentum=None)
+    with pytest.raises(ValueError, match="momentum must be a number in \\[0, 1\\], got 1.5"):
+        contnet.TimeBatchNorm2d(4, momentum=1.5)
+    with pytest.raises(ValueError, match="eps must be > 0, got 0.0"):
+        contnet.TimeBatchNorm2d(4, eps=0.0)
     with pytest.raises(TypeError, match="t must be a Python float"):
         contnet.TimeConv2d(3, 4, 3)(torch.tensor(0.5), torch.randn(1, 3, 5, 5))

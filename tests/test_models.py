@@ -214,6 +214,15 @@ def test_from_resnet_refuses_what_it_cannot_convert():
         contnet.from_resnet([b])
     with pytest.raises(ValueError, match="no bn1/norm1"):
         contnet.from_resnet([nn.Conv2d(4, 4, 3)])
+    # batch-norm settings a converted block would change silently
+    b = PreActBlock(4, 4)
+    b.bn2.momentum = None
+    with pytest.raises(ValueError, match=r"stage\[0\]'s second batch norm has momentum=None"):
+        contnet.from_resnet([b])
+    b = PreActBlock(4, 4)
+    b.bn1.momentum = 0.2
+    with pytest.raises(ValueError, match=r"stage\[1\] batch norms must share momentum=0.1"):
+        contnet.from_resnet([PreActBlock(4, 4), b])
 
 
 def test_continuous_net_manifestations_converge():

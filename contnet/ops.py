@@ -110,6 +110,10 @@ def _use_extension(op: str, t: torch.Tensor) -> bool:
     global _warned_missing
     if _force_reference:
         return False
+    # torch.func transforms (grad, vmap, jvp, ...) cannot see through the extension's C++
+    # autograd: inside one the references run (the same results, pure PyTorch)
+    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
+        return False
     if not extension_loaded():
         if not _warned_missing:
             _warned_missing = True

@@ -4,7 +4,6 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
-#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 #include <initializer_list>
@@ -247,10 +246,9 @@ struct RkEpilogue : public torch::autograd::Function<RkEpilogue> {
     const std::optional<at::Tensor> bias = has_bias ? std::optional<at::Tensor>(saved[1]) : std::nullopt;
     const std::optional<at::Tensor> gk = grad_k.defined() ? std::optional<at::Tensor>(grad_k) : std::nullopt;
     // A backward that builds no graph (create_graph=False: grad mode off) calls the kernel
-    // below autograd; through the autograd key the op would go to the not-implemented
-    // fallback, boxing every argument (~5 us a call on the host), only to forward it. With
-    // create_graph (or tangents) it does go there, so that asking for a double backward is
-    // a clear error.
+    // below autograd, skipping a dispatch. With create_graph (or tangents) it goes through
+    // the autograd key (rk_epilogue_backward_autograd), so that asking for a double
+    // backward is a clear error.
     std::optional<at::AutoDispatchBelowADInplaceOrView> below;
     if (!needs_autograd({&y, &saved[1], &grad_k}, {gs})) below.emplace();
     auto [grad_y, grad_terms, grad_bias] = f.call(gs, gk, y, bias, act, scale, n_terms, h, rows);
@@ -354,6 +352,45 @@ std::vector<at::Tensor> rk_epilogue_autograd(const at::Tensor& y, const std::opt
   return RkEpilogue::apply(y, bias, act, scale, bases, terms, h, coeffs, return_k);
 }
 
+// The epilogue's backward differentiates no further. Under create_graph its outputs get a
+// node that, if differentiated, raises an error that says what to do instead.
+struct RkEpilogueBackwardOnce : public torch::autograd::Function<RkEpilogueBackwardOnce> {
+  static variable_list forward(AutogradContext* ctx, at::TensorList grads, const std::optional<at::Tensor>& grad_k,
+                               const at::Tensor& y, const std::optional<at::Tensor>& bias, int64_t act, double scale,
+                               int64_t n_terms, double h, at::ArrayRef<double> coeffs) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto f = op<EpilogueBackwardSig>("contnet::rk_epilogue_backward");
+    auto [grad_y, grad_terms, grad_bias] = f.call(grads, grad_k, y, bias, act, scale, n_terms, h, coeffs);
+    variable_list out{grad_y, grad_bias};  // grad_bias undefined without a bias
+    out.insert(out.end(), grad_terms.begin(), grad_terms.end());
+    return out;
+  }
+
+  static variable_list backward(AutogradContext*, variable_list) {
+    TORCH_CHECK(false,
+                "the fused epilogue's backward (contnet::rk_epilogue_backward) has no derivative: for a "
+                "second derivative (a gradient penalty, a Hessian-vector product) run the model under "
+                "contnet.ops.use_reference() (the same results in pure PyTorch)");
+    return {};
+  }
+};
+
+std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> rk_epilogue_backward_autograd(
+    at::TensorList grads, const std::optional<at::Tensor>& grad_k, const at::Tensor& y,
+    const std::optional<at::Tensor>& bias, int64_t act, double scale, int64_t n_terms, double h,
+    at::ArrayRef<double> coeffs) {
+  const at::Tensor gk = grad_k.has_value() ? *grad_k : at::Tensor();
+  const at::Tensor b = bias.has_value() ? *bias : at::Tensor();
+  if (!needs_autograd({&gk, &y, &b}, {grads})) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto f = op<EpilogueBackwardSig>("contnet::rk_epilogue_backward");
+    return f.call(grads, grad_k, y, bias, act, scale, n_terms, h, coeffs);
+  }
+  auto outs = RkEpilogueBackwardOnce::apply(grads, grad_k, y, bias, act, scale, n_terms, h, coeffs);
+  std::vector<at::Tensor> grad_terms(outs.begin() + 2, outs.end());
+  return {outs[0], grad_terms, outs[1]};
+}
+
 std::vector<at::Tensor> basis_interp_autograd(const at::Tensor& phi, at::TensorList thetas) {
   TORCH_CHECK(!(phi.defined() && phi.requires_grad()),
               "phi must not require grad: the basis coefficients are constants");
@@ -373,7 +410,7 @@ TORCH_LIBRARY_IMPL(contnet, Autograd, m) {
   m.impl("rk_combine_learned_backward", &learned_backward_autograd);
   m.impl("rk_epilogue", &rk_epilogue_autograd);
   // no double backward through the epilogue: a clear error if one is asked for
-  m.impl("rk_epilogue_backward", torch::autograd::autogradNotImplementedFallback());
+  m.impl("rk_epilogue_backward", &rk_epilogue_backward_autograd);
   m.impl("basis_interp", &basis_interp_autograd);
 }
 

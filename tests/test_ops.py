@@ -268,24 +268,23 @@ def test_rk_epilogue_backward_of_unused_outputs():
 def test_rk_epilogue_backward_with_and_without_a_graph(device):
     """The backward calls its kernel below autograd when it builds no graph and through
     autograd with ``create_graph``: the same gradients, and a second derivative is a clear
-    error, not a wrong answer."""
-    y, b, bases, terms, coeffs = _epilogue_inputs(
-        (2, 3, 4, 4), torch.float64, device, "contiguous", 2, 1, True
-    )
-    for t in [y, b, *bases, *terms]:
-        t.requires_grad_()
-    leaves = [y, b, *bases, *terms]
-    out = ops.rk_epilogue(y, b, "tanh", 0.7, bases, terms, 0.5, coeffs, return_k=True)
-    w = [torch.randn_like(o) for o in out]
-    loss = sum((o * wo).sum() for o, wo in zip(out, w))
-    plain = torch.autograd.grad(loss, leaves, retain_graph=True)
-    graphed = torch.autograd.grad(loss, leaves, create_graph=True)
-    for p, g in zip(plain, graphed):
-        assert not p.requires_grad
-        torch.testing.assert_close(g, p, rtol=0, atol=0)
-    assert graphed[0].requires_grad
-    with pytest.raises(RuntimeError, match="contnet::rk_epilogue_backward is not implemented"):
-        torch.autograd.grad(graphed[0].sum(), y)
+    error that says what to do, not a wrong answer."""
+    for bias in (True, False):
+        y, b, bases, terms, coeffs = _epilogue_inputs(
+            (2, 3, 4, 4), torch.float64, device, "contiguous", 2, 1, bias
+        )
+        leaves = [t.requires_grad_() for t in [y, *bases, *terms] + ([b] if bias else [])]
+        out = ops.rk_epilogue(y, b, "tanh", 0.7, bases, terms, 0.5, coeffs, return_k=True)
+        w = [torch.randn_like(o) for o in out]
+        loss = sum((o * wo).sum() for o, wo in zip(out, w))
+        plain = torch.autograd.grad(loss, leaves, retain_graph=True)
+        graphed = torch.autograd.grad(loss, leaves, create_graph=True)
+        for p, g in zip(plain, graphed):
+            assert not p.requires_grad
+            torch.testing.assert_close(g, p, rtol=0, atol=0)
+        assert graphed[0].requires_grad
+        with pytest.raises(RuntimeError, match=r"has no derivative: .* contnet.ops.use_reference"):
+            torch.autograd.grad(graphed[0].sum(), y)
 
 
 @pytest.mark.parametrize("device", devices())
@@ -340,9 +339,10 @@ def _forward_ad_call(name):
     "name", ["rk_combine", "rk_combine_learned", "rk_epilogue", "eager entry", "basis_interp"]
 )
 def test_forward_mode_ad_is_a_clear_error(name):
-    """The ops have no forward-mode derivative: a tangent on an input, or a functorch
-    transform, raises instead of being dropped (the kernels alone would return no tangent
-    or a zero one), with and without grad mode."""
+    """The extension's kernels have no forward-mode derivative: a tangent on an input
+    raises instead of being dropped (the kernels alone would return no tangent or a zero
+    one), with and without grad mode. Inside a torch.func transform the public ops run the
+    references, whose tangent is the reference's; the extension's own entry refuses."""
     import torch.autograd.forward_ad as fwAD
 
     x, call = _forward_ad_call(name)
@@ -350,8 +350,17 @@ def test_forward_mode_ad_is_a_clear_error(name):
         with torch.set_grad_enabled(grad_mode), fwAD.dual_level():
             with pytest.raises(RuntimeError, match="jvp is not implemented"):
                 call(fwAD.make_dual(x, torch.randn_like(x)))
-    with pytest.raises(RuntimeError, match="functorch transforms"):
-        torch.func.jvp(call, (x,), (torch.randn_like(x),))
+    tangent = torch.randn_like(x)
+    if name == "eager entry":
+        with pytest.raises(RuntimeError, match="functorch transforms"):
+            torch.func.jvp(call, (x,), (tangent,))
+        return
+    out, jvp = torch.func.jvp(call, (x,), (tangent,))
+    with ops.use_reference():
+        ref_out, ref_jvp = torch.func.jvp(call, (x,), (tangent,))
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=0)
+    torch.testing.assert_close(jvp, ref_jvp, rtol=0, atol=0)
+    assert jvp.abs().max() > 0
 
 
 class _LoggedTensor(torch.Tensor):

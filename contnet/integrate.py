@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from . import ops, schemes
 
@@ -301,6 +300,14 @@ def _same_states(a, b) -> bool:
     return torch.equal(a[0], b[0]) and len(a[1]) == len(b[1]) and all(map(torch.equal, a[1], b[1]))
 
 
+_ADJOINT_ONCE = (
+    "backprop='adjoint' takes no create_graph: its gradient is approximate and has no graph "
+    "to differentiate again; for a second derivative use backprop='checkpoint' (exact, "
+    "recomputed with a graph) or 'direct', under contnet.ops.use_reference() where the "
+    "fused ops run"
+)
+
+
 class _Stepwise(torch.autograd.Function):
     """Forward without a graph; backward step by step, each step's graph rebuilt from its
     input state and differentiated exactly. The input state comes from the states kept at
@@ -334,9 +341,12 @@ class _Stepwise(torch.autograd.Function):
     def backward(ctx, grad):
         saved = iter(ctx.saved_tensors)
         kept = [tuple(next(saved) if has else None for has in layout) for layout in ctx.layout]
-        if torch.is_grad_enabled() and ctx.mode == "checkpoint":
+        if not torch.is_grad_enabled():  # no graph asked for (create_graph=False)
+            return _Stepwise._backward_stepwise(ctx, grad, kept)
+        if ctx.mode == "checkpoint":
             return _Stepwise._backward_graphed(ctx, grad, kept[0])
-        return _Stepwise._backward_stepwise(ctx, grad, kept)
+        # adjoint's gradient is approximate and has no graph to differentiate again
+        raise RuntimeError(_ADJOINT_ONCE)
 
     @staticmethod
     def _backward_graphed(ctx, grad, start):
@@ -365,7 +375,6 @@ class _Stepwise(torch.autograd.Function):
         return (None, None, None, g_x0, *grad_params)
 
     @staticmethod
-    @once_differentiable
     def _backward_stepwise(ctx, grad, kept):
         stepper, params = ctx.stepper, ctx.params
         wanted = [i for i, p in enumerate(params) if p.requires_grad]
@@ -462,7 +471,7 @@ def odeint(
             With ``checkpoint`` and ``adjoint`` gradients flow to ``x0`` and to ``params``.
             A ``checkpoint`` gradient taken with ``create_graph=True`` can be
             differentiated again (that backward recomputes the pass with a graph: memory
-            as ``direct``); an ``adjoint`` gradient only once.
+            as ``direct``); ``adjoint`` refuses ``create_graph=True``.
         trajectory: if true, return the states at the ``n_steps + 1`` step boundaries
             stacked along a new first dimension instead of the final state (``direct``).
         params: tensors the rate depends on that need gradients, for ``checkpoint`` and

@@ -260,11 +260,8 @@ def test_backprop_mode_errors():
         )
     x = torch.randn(2, dtype=torch.float64, requires_grad=True)
     out = contnet.odeint(lambda t, x: torch.sin(x), x, backprop="adjoint", n_steps=2)
-    (g,) = torch.autograd.grad(out.sum(), x, create_graph=True)
-    with pytest.raises(
-        RuntimeError, match="once_differentiable|does not require grad|double backward"
-    ):
-        torch.autograd.grad(g.sum(), x)
+    with pytest.raises(RuntimeError, match="backprop='adjoint' takes no create_graph"):
+        torch.autograd.grad(out.sum(), x, create_graph=True)
 
 
 # ---------------------------------------------------------------------------- multistep

@@ -300,6 +300,20 @@ def _same_states(a, b) -> bool:
     return torch.equal(a[0], b[0]) and len(a[1]) == len(b[1]) and all(map(torch.equal, a[1], b[1]))
 
 
+class _Gate(torch.autograd.Function):
+    """``x`` itself (a view); its backward passes the gradient on only once
+    ``gate["open"]`` is set (see :meth:`_Stepwise._backward_graphed`)."""
+
+    @staticmethod
+    def forward(ctx, x, gate):
+        ctx.gate = gate
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (grad if ctx.gate["open"] else None), None
+
+
 _ADJOINT_ONCE = (
     "backprop='adjoint' takes no create_graph: its gradient is approximate and has no graph "
     "to differentiate again; for a second derivative use backprop='checkpoint' (exact, "
@@ -354,9 +368,13 @@ class _Stepwise(torch.autograd.Function):
         (saved with its history) with a graph, and differentiated with one, so that the
         gradient can be differentiated again (memory as ``direct`` for this backward)."""
         stepper, params = ctx.stepper, ctx.params
-        x0 = start[0]
         take_x0 = ctx.needs_input_grad[3]
         wanted = [i for i, p in enumerate(params) if p.requires_grad]
+        # the pass starts from the input behind a gate shut for this vjp: the input's own
+        # history (which may read the same parameters: a block applied twice) is the
+        # caller's to differentiate, through the gradient returned for x0
+        gate = {"open": False}
+        x0 = _Gate.apply(start[0], gate) if start[0].requires_grad else start[0]
         with ctx.recompute(), ctx.replay.autocast_state():
             state = stepper.start(x0)
             for n in range(stepper.n_steps):
@@ -368,6 +386,7 @@ class _Stepwise(torch.autograd.Function):
             if targets and state[0].requires_grad
             else [None] * len(targets)
         )
+        gate["open"] = True  # differentiating the gradients again goes on into the history
         g_x0 = grads.pop(0) if take_x0 else None
         grad_params = [None] * len(params)
         for i, g in zip(wanted, grads):

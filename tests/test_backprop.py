@@ -194,19 +194,23 @@ def test_checkpoint_second_derivatives_equal_direct(scheme):
     # a gradient penalty through backprop="checkpoint": the backward under create_graph
     # recomputes the pass with a graph, so the gradient differentiates again as direct's;
     # batch-norm statistics are still updated once (under the reference ops: the fused
-    # epilogue has no second derivative)
+    # epilogue has no second derivative). The block is applied twice (weights tied): the
+    # second pass's input has a history that reads the same parameters
     torch.manual_seed(0)
-    block = _block(scheme, 4, "piecewise_constant", 2, norm="batch").train()
+    block = _block(scheme, 4, "fem_linear", 2, norm="batch").train()
     x = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
     leaves = [x, *block.parameters()]
-    second, stats = {}, {}
+    first, second, stats = {}, {}, {}
     with contnet.ops.use_reference():
         for mode in ("direct", "checkpoint"):
             _reset_stats(block)
             block.backprop = mode
-            (g,) = torch.autograd.grad(block(x).square().sum(), x, create_graph=True)
-            second[mode] = torch.autograd.grad(g.square().sum(), leaves, allow_unused=True)
+            g = torch.autograd.grad(block(block(x)).square().sum(), leaves, create_graph=True)
+            first[mode] = g
+            second[mode] = torch.autograd.grad(g[0].square().sum(), leaves, allow_unused=True)
             stats[mode] = [m.running_mean.clone() for m in _norms(block)]
+    for a, b in zip(first["direct"], first["checkpoint"]):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
     used = 0
     for a, b in zip(second["direct"], second["checkpoint"]):
         assert (a is None) == (b is None)

@@ -274,7 +274,7 @@ def run_compress(
     out: pathlib.Path,
     max_drop,
     n_basis=None,
-    schemes_=("euler", "midpoint", "rk4"),
+    schemes_=None,
     steps=None,
     log=print,
     device="cpu",

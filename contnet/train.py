@@ -629,10 +629,14 @@ def fitted_order(steps, errors) -> float:
     return sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx
 
 
-def schemes_to_try(model: nn.Module) -> list[str]:
-    """The schemes to evaluate a trained model in: its own (an LM-ResNet's ``lm`` too),
-    then euler, midpoint and rk4."""
-    return list(dict.fromkeys(model_state(model)["scheme"] + ["euler", "midpoint", "rk4"]))
+def schemes_to_try(model: nn.Module) -> list:
+    """The schemes to evaluate a trained model in: its own as its blocks hold it (a name,
+    an LM-ResNet's ``lm`` too, or a ``ButcherTableau``), then euler, midpoint and rk4."""
+    own = [b.scheme for b in blocks_of(model)]
+    keyed = {(s if isinstance(s, str) else id(s)): s for s in own}
+    for name in ("euler", "midpoint", "rk4"):
+        keyed.setdefault(name, name)
+    return list(keyed.values())
 
 
 @torch.no_grad()
@@ -753,15 +757,15 @@ def compress(
         if k != k0:
             project(m, k)
         for scheme in schemes:
+            tableau = schemes_lib.get(scheme)
             for n in steps:
                 _set(blocks_of(m), scheme, n)
                 _, acc = evaluate(m, dataset.x_test, dataset.y_test, device=device)
-                stages = schemes_lib.get(scheme).stages
                 cand = {
                     "n_basis": k,
-                    "scheme": scheme,
+                    "scheme": tableau.name,
                     "n_steps": n,
-                    "rate_evals": stages * n * len(blocks),
+                    "rate_evals": tableau.stages * n * len(blocks),
                     "parameters": count_parameters(m),
                     "accuracy": acc,
                     "drop_points": 100 * (base_acc - acc),
@@ -769,7 +773,7 @@ def compress(
                 }
                 candidates.append(cand)
                 log(
-                    f"  K={k:<3d} {scheme:<9s} n_steps={n:<3d} params {cand['parameters']:>8,d}  "
+                    f"  K={k:<3d} {tableau.name:<9s} n_steps={n:<3d} params {cand['parameters']:>8,d}  "
                     f"acc {acc:.4f}  latency {cand['latency_ms']:.2f} ms"
                 )
     ok = [c for c in candidates if c["drop_points"] <= max_drop]

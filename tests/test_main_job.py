@@ -216,6 +216,24 @@ def test_cli_train_eval_compress(tmp_path, capsys):
     assert "cheapest within 100.0 point(s)" in capsys.readouterr().out
 
 
+def test_compress_tries_the_models_own_tableau_first():
+    # a user's ButcherTableau (not a registered name) is tried as it is, then the defaults
+    from contnet import schemes
+
+    ralston = schemes.ButcherTableau(
+        "my_ralston", [[0, 0], [2 / 3, 0]], [1 / 4, 3 / 4], [0, 2 / 3], 2
+    )
+    net = contnet.ContinuousNet(1, 10, widths=(4,), n_basis=2).eval()
+    net.set_manifestation(ralston)
+    ds = data.load_digits()
+    ds.x_test, ds.y_test = ds.x_test[:32], ds.y_test[:32]
+    r = train.compress(
+        net, ds, n_basis=[2], steps=[2], latency_batch=8, min_run_time=0.01, log=lambda *a: None
+    )
+    assert [c["scheme"] for c in r["candidates"]] == ["my_ralston", "euler", "midpoint", "rk4"]
+    assert r["original"]["scheme"] == "my_ralston" and net.stages[0].scheme is ralston
+
+
 def test_cli_errors_are_clear(tmp_path):
     with pytest.raises(SystemExit, match="checkpoint .* does not exist"):
         cli.main(["eval", "--checkpoint", str(tmp_path / "none.pt")])

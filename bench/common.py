@@ -132,7 +132,7 @@ def peak_bytes(fn, device: str) -> int:
     ``max_memory_allocated``. CPU: the allocation and free events that ``torch.profiler``
     records with ``profile_memory`` (every tensor of PyTorch's CPU allocator, summed in
     time order); memory a library allocates past it (oneDNN's scratch space) is not seen."""
-    if device == "cuda":
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()

@@ -107,8 +107,11 @@ def _positive_int(v, name: str) -> int:
 
 
 def _real(v, name: str) -> float:
-    """A finite real number (a Python or NumPy number, not a bool or a tensor) as a float."""
-    if isinstance(v, (bool, torch.Tensor)) or not isinstance(v, numbers.Real):
+    """A finite real number (a Python or NumPy number or a one-element tensor, not a bool)
+    as a float."""
+    if isinstance(v, torch.Tensor) and v.numel() == 1 and v.is_floating_point():
+        v = v.item()
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
     if not math.isfinite(v):
         raise ValueError(f"{name} must be finite, got {v}")

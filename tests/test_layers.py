@@ -99,6 +99,7 @@ def test_errors_name_the_argument():
         contnet.ConvUnit(4, basis="fem_linear", n_basis=1)
     with pytest.raises(ValueError, match="channels must be >= 1"):
         contnet.ConvUnit(0)
+    assert contnet.ConvUnit(4, scale=torch.tensor(0.5)).scale == 0.5  # a one-element tensor
     with pytest.raises(TypeError, match="scale must be a real number, got str"):
         contnet.ConvUnit(4, scale="a")
     with pytest.raises(ValueError, match="scale must be finite, got inf"):

@@ -390,8 +390,8 @@ def run(
                         },
                         # ratios of medians, in the targets' terms: impl / floor, and
                         # hand / impl (how many times faster than hand)
-                        "over_floor": _ratios(t_fwd, t_fb, lambda t, i: t[i] / t["floor"]),
-                        "faster_than_hand": _ratios(t_fwd, t_fb, lambda t, i: t["hand"] / t[i])
+                        "over_floor": over_floor(t_fwd, t_fb),
+                        "faster_than_hand": faster_than_hand(t_fwd, t_fb)
                         if "hand" in t_fb
                         else None,
                         "memory_bytes": mem,
@@ -431,6 +431,16 @@ def _ratios(t_fwd, t_fb, ratio) -> dict:
         medians = {i: v["median_s"] for i, v in t.items()}
         out[kind] = {i: ratio(medians, i) for i in medians}
     return out
+
+
+def over_floor(t_fwd, t_fb) -> dict:
+    """Each implementation's median over the floor's, per pass."""
+    return _ratios(t_fwd, t_fb, lambda t, i: t[i] / t["floor"])
+
+
+def faster_than_hand(t_fwd, t_fb) -> dict:
+    """The hand loop's median over each implementation's, per pass."""
+    return _ratios(t_fwd, t_fb, lambda t, i: t["hand"] / t[i])
 
 
 def _print_row(row, impls):

@@ -116,3 +116,20 @@ def test_bench_peak_bytes_on_the_cpu():
     assert common.peak_bytes(fn, "cpu") == 3 * 2**20
     # a freed temporary counts; the sum's scalar adds a few bytes
     assert 2**20 < common.peak_bytes(lambda: torch.empty(2**18).sum(), "cpu") <= 2**20 + 64
+
+
+def test_block_bench_ratios_in_the_targets_terms():
+    """The JSON rows' ratios of medians: over_floor is impl / floor, faster_than_hand is
+    hand / impl, for each pass."""
+    from bench import block_bench, common
+
+    def timings(ms):
+        return {k: common.summary([v / 1e3, 2 * v / 1e3, v / 1e3]) for k, v in ms.items()}
+
+    fwd = timings({"floor": 2.0, "contnet": 2.2, "hand": 4.4})
+    fb = timings({"floor": 5.0, "contnet": 5.5, "hand": 8.25})
+    over = block_bench.over_floor(fwd, fb)
+    faster = block_bench.faster_than_hand(fwd, fb)
+    assert over["forward"] == pytest.approx({"floor": 1.0, "contnet": 1.1, "hand": 2.2})
+    assert over["forward_backward"] == pytest.approx({"floor": 1.0, "contnet": 1.1, "hand": 1.65})
+    assert faster["forward_backward"] == pytest.approx({"floor": 1.65, "contnet": 1.5, "hand": 1.0})

@@ -61,6 +61,14 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> learned_backward_op(const at::Te
 }
 
 
+std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> rk_epilogue_backward_op(
+    at::TensorList grads, const std::optional<at::Tensor>& grad_k, const at::Tensor& y,
+    const std::optional<at::Tensor>& bias, int64_t act, double scale, int64_t n_terms, double h,
+    at::ArrayRef<double> coeffs) {
+  static auto f = op<EpilogueBackwardSig>("contnet::rk_epilogue_backward");
+  return f.call(grads, grad_k, y, bias, act, scale, n_terms, h, coeffs);
+}
+
 std::vector<at::Tensor> basis_interp_op(const at::Tensor& phi, at::TensorList thetas) {
   static auto f = op<std::vector<at::Tensor>(const at::Tensor&, at::TensorList)>("contnet::basis_interp");
   return f.call(phi, thetas);
@@ -218,7 +226,6 @@ struct RkEpilogue : public torch::autograd::Function<RkEpilogue> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static auto f = op<EpilogueBackwardSig>("contnet::rk_epilogue_backward");
     auto saved = ctx->get_saved_variables();
     const at::Tensor y = saved[0];
     const auto ints = ctx->saved_data["ints"].toIntVector();
@@ -245,14 +252,9 @@ struct RkEpilogue : public torch::autograd::Function<RkEpilogue> {
     }
     const std::optional<at::Tensor> bias = has_bias ? std::optional<at::Tensor>(saved[1]) : std::nullopt;
     const std::optional<at::Tensor> gk = grad_k.defined() ? std::optional<at::Tensor>(grad_k) : std::nullopt;
-    // A backward that builds no graph (create_graph=False: grad mode off) calls the kernel
-    // below autograd, skipping a dispatch. With create_graph (or tangents) it goes through
-    // the autograd key (rk_epilogue_backward_autograd), so that asking for a double
-    // backward is a clear error.
-    std::optional<at::AutoDispatchBelowADInplaceOrView> below;
-    if (!needs_autograd({&y, &saved[1], &grad_k}, {gs})) below.emplace();
-    auto [grad_y, grad_terms, grad_bias] = f.call(gs, gk, y, bias, act, scale, n_terms, h, rows);
-    below.reset();
+    // through the autograd key (rk_epilogue_backward_autograd): the kernel itself when no
+    // graph is built, else a node that makes a double backward a clear error
+    auto [grad_y, grad_terms, grad_bias] = rk_epilogue_backward_op(gs, gk, y, bias, act, scale, n_terms, h, rows);
     out.push_back(grad_y);
     out.push_back(has_bias ? grad_bias : at::Tensor());
     out.emplace_back();  // act
@@ -359,8 +361,7 @@ struct RkEpilogueBackwardOnce : public torch::autograd::Function<RkEpilogueBackw
                                const at::Tensor& y, const std::optional<at::Tensor>& bias, int64_t act, double scale,
                                int64_t n_terms, double h, at::ArrayRef<double> coeffs) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    static auto f = op<EpilogueBackwardSig>("contnet::rk_epilogue_backward");
-    auto [grad_y, grad_terms, grad_bias] = f.call(grads, grad_k, y, bias, act, scale, n_terms, h, coeffs);
+    auto [grad_y, grad_terms, grad_bias] = rk_epilogue_backward_op(grads, grad_k, y, bias, act, scale, n_terms, h, coeffs);
     variable_list out{grad_y, grad_bias};  // grad_bias undefined without a bias
     out.insert(out.end(), grad_terms.begin(), grad_terms.end());
     return out;
@@ -383,8 +384,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> rk_epilogue_backward
   const at::Tensor b = bias.has_value() ? *bias : at::Tensor();
   if (!needs_autograd({&gk, &y, &b}, {grads})) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    static auto f = op<EpilogueBackwardSig>("contnet::rk_epilogue_backward");
-    return f.call(grads, grad_k, y, bias, act, scale, n_terms, h, coeffs);
+    return rk_epilogue_backward_op(grads, grad_k, y, bias, act, scale, n_terms, h, coeffs);
   }
   auto outs = RkEpilogueBackwardOnce::apply(grads, grad_k, y, bias, act, scale, n_terms, h, coeffs);
   std::vector<at::Tensor> grad_terms(outs.begin() + 2, outs.end());

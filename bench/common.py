@@ -16,6 +16,12 @@ import torch.utils.benchmark as tb
 import contnet
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+
+# torch.profiler's tracer (kineto) prints a line to stderr at every start and stop of a
+# profile, and on a machine without a GPU an error about the device count: hundreds of
+# lines in a run that measures memory on the CPU. It reads its level when the first
+# profile starts; a level set by the caller is kept.
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 ALLOCATOR = "system allocator defaults"
 
 
@@ -146,6 +152,11 @@ def peak_bytes(fn, device: str) -> int:
         out = fn()
         del out
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    if not events:
+        raise RuntimeError(
+            "peak_bytes: torch.profiler recorded no allocation while fn ran (set "
+            "KINETO_LOG_LEVEL=0 to see the profiler's own messages)"
+        )
     events.sort(key=lambda e: e.start_ns())
     current = peak = 0
     for e in events:

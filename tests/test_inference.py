@@ -118,6 +118,32 @@ def test_bench_peak_bytes_on_the_cpu():
     assert 2**20 < common.peak_bytes(lambda: torch.empty(2**18).sum(), "cpu") <= 2**20 + 64
 
 
+def test_bench_peak_bytes_prints_nothing():
+    """Measuring memory on the CPU profiles every pass; the profiler's own start and stop
+    lines stay out of the bench's output."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"}
+    code = (
+        "import torch\nfrom bench import common\n"
+        "for _ in range(3):\n    print(common.peak_bytes(lambda: torch.empty(256), 'cpu'))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=pathlib.Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1024"] * 3
+    assert "profiler_start" not in done.stderr and "profiler_stop" not in done.stderr
+
+
 def test_block_bench_ratios_in_the_targets_terms():
     """The JSON rows' ratios of medians: over_floor is impl / floor, faster_than_hand is
     hand / impl, for each pass."""

@@ -490,7 +490,11 @@ def odeint(
             With ``checkpoint`` and ``adjoint`` gradients flow to ``x0`` and to ``params``.
             A ``checkpoint`` gradient taken with ``create_graph=True`` can be
             differentiated again (that backward recomputes the pass with a graph: memory
-            as ``direct``); ``adjoint`` refuses ``create_graph=True``.
+            as ``direct``); ``adjoint`` refuses ``create_graph=True``. Inside a
+            ``torch.func`` transform (``grad``, ``vmap``, ``jvp``, ``functional_call``
+            ensembles) both step as ``direct``: the transform differentiates the steps
+            themselves, so the gradients are exact (also for ``adjoint``) and the memory is
+            ``direct``'s.
         trajectory: if true, return the states at the ``n_steps + 1`` step boundaries
             stacked along a new first dimension instead of the final state (``direct``).
         params: tensors the rate depends on that need gradients, for ``checkpoint`` and
@@ -521,7 +525,8 @@ def odeint(
     sch = schemes.get(scheme)
     n_steps = schemes.check_n_steps(n_steps)
     stepper = _stepper(f, sch, n_steps, float(t0), float(t1), lm_k)
-    if backprop == "direct" or not torch.is_grad_enabled():
+    # torch.func transforms differentiate (or batch) the steps themselves: as direct
+    if backprop == "direct" or not torch.is_grad_enabled() or ops.in_func_transform():
         state = stepper.start(x0)
         path = [x0] if trajectory else None
         for n in range(n_steps):

@@ -106,13 +106,19 @@ def use_reference(enabled: bool = True):
         _force_reference = before
 
 
+def in_func_transform() -> bool:
+    """Whether a torch.func transform (grad, vmap, jvp, ...) is running: those see only
+    what pure PyTorch does, not the extension's C++ autograd nor a Python
+    ``autograd.Function`` without a ``setup_context``."""
+    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+
+
 def _use_extension(op: str, t: torch.Tensor) -> bool:
     global _warned_missing
     if _force_reference:
         return False
-    # torch.func transforms (grad, vmap, jvp, ...) cannot see through the extension's C++
-    # autograd: inside one the references run (the same results, pure PyTorch)
-    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
+    # inside a torch.func transform the references run (the same results, pure PyTorch)
+    if in_func_transform():
         return False
     if not extension_loaded():
         if not _warned_missing:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pathlib
 import sys
@@ -510,6 +511,17 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _finite_float(text: str) -> float:
+    """An argparse type: a finite float."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+    return v
+
+
 def _checkpoint_path(text: str) -> str:
     """An argparse type: a checkpoint path (its metadata goes to the .json beside it)."""
     if pathlib.Path(text).suffix == ".json":
@@ -619,6 +631,21 @@ def _add_train_options(p, depth=True):
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _add_checkpoint(p: argparse.ArgumentParser) -> None:
+    """What eval and compress read: the checkpoint, its data and the schemes to try."""
+    p.add_argument(
+        "--checkpoint", required=True, help="a checkpoint written by train or compress --save"
+    )
+    _add_data(p, default=None)
+    p.add_argument(
+        "--schemes",
+        nargs="+",
+        default=None,
+        choices=schemes.names(),
+        help="schemes to try (default: the model's own, euler, midpoint, rk4)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="contnet",
@@ -645,16 +672,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the manifestation table of a checkpoint",
         description="Test accuracy and output drift of one set of weights under schemes x step counts, with the empirical order of convergence of the drift.",
     )
-    e.add_argument("--checkpoint", required=True)
-    _add_data(e, default=None)
+    _add_checkpoint(e)
     e.add_argument(
-        "--schemes",
+        "--steps",
+        type=_positive_int,
         nargs="+",
-        default=None,
-        choices=schemes.names(),
-        help="schemes to try (default: the model's own, euler, midpoint, rk4)",
+        default=[1, 2, 4, 8, 16, 32, 64],
+        help="step counts to try (default 1 2 4 8 16 32 64)",
     )
-    e.add_argument("--steps", type=_positive_int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
     e.add_argument(
         "--reference",
         nargs=2,
@@ -671,10 +696,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="cheaper manifestations of a checkpoint within an accuracy budget",
         description="Project onto fewer basis nodes and/or use another scheme or fewer steps; report parameters, inference latency and accuracy of each candidate and pick the fastest within --max-drop accuracy points.",
     )
-    c.add_argument("--checkpoint", required=True)
-    _add_data(c, default=None)
+    _add_checkpoint(c)
     c.add_argument(
-        "--max-drop", type=float, default=1.0, help="accuracy points allowed to lose (default 1)"
+        "--max-drop",
+        type=_finite_float,
+        default=1.0,
+        help="accuracy points allowed to lose (default 1)",
     )
     c.add_argument(
         "--candidate-n-basis",
@@ -682,13 +709,6 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         help="basis sizes to try (default: halving)",
-    )
-    c.add_argument(
-        "--schemes",
-        nargs="+",
-        default=None,
-        choices=schemes.names(),
-        help="schemes to try (default: the model's own, euler, midpoint, rk4)",
     )
     c.add_argument(
         "--steps",
@@ -713,7 +733,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Refined training (K 1 -> 2 -> 4) against training at K = 4 from the start, the manifestation table, compression and plots, on scikit-learn's digits.",
     )
     d.add_argument("--out", default="runs/demo")
-    d.add_argument("--max-drop", type=float, default=1.0)
+    d.add_argument(
+        "--max-drop",
+        type=_finite_float,
+        default=1.0,
+        help="accuracy points the compressed model may lose (default 1)",
+    )
     d.add_argument("--quick", action="store_true", help="a short run (6 epochs) for smoke tests")
     _add_train_options(d, depth=False)  # K 1 -> 2 -> 4, rk4, piecewise constant: set by the demo
     d.set_defaults(func=cmd_demo)

@@ -731,6 +731,10 @@ def compress(
     ties, won by the fewest parameters). The model is left unchanged."""
     import copy
 
+    if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)):
+        raise TypeError(f"max_drop must be a number of accuracy points, got {max_drop!r}")
+    if not math.isfinite(max_drop):
+        raise ValueError(f"max_drop must be a finite number of accuracy points, got {max_drop}")
     blocks = blocks_of(model)
     schemes = schemes or schemes_to_try(model)
     k0, fam = blocks[0].unit.n_basis, blocks[0].unit.basis.family

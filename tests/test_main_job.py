@@ -232,6 +232,10 @@ def test_compress_tries_the_models_own_tableau_first():
     )
     assert [c["scheme"] for c in r["candidates"]] == ["my_ralston", "euler", "midpoint", "rk4"]
     assert r["original"]["scheme"] == "my_ralston" and net.stages[0].scheme is ralston
+    # a budget that no comparison can meet is refused before any candidate is evaluated
+    for bad, error in ((float("nan"), ValueError), ("1", TypeError)):
+        with pytest.raises(error, match="max_drop must be a"):
+            train.compress(net, ds, max_drop=bad, log=lambda *a: None)
 
 
 def test_cli_errors_are_clear(tmp_path):
@@ -269,6 +273,8 @@ def test_cli_errors_are_clear(tmp_path):
         (["eval", "--checkpoint", "c.pt", "--steps", "0"], "--steps"),
         (["compress", "--checkpoint", "c.pt", "--candidate-n-basis", "0"], "--candidate-n-basis"),
         (["compress", "--checkpoint", "c.pt", "--save", "small.json"], "--save"),
+        (["compress", "--checkpoint", "c.pt", "--max-drop", "nan"], "--max-drop"),
+        (["demo", "--max-drop", "inf"], "--max-drop"),
         (["train", "--batch-size", "0"], "--batch-size"),
         (["train", "--device", "foo"], "argument --device: not a device"),
         (["eval", "--checkpoint", "c.pt", "--device", "meta:0:1"], "argument --device"),

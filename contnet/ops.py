@@ -192,8 +192,8 @@ def _dense_format(t: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def _empty_dense(t: torch.Tensor) -> torch.Tensor:
-    return torch.empty(t.shape, dtype=t.dtype, device=t.device).contiguous(
+def _empty_dense(t: torch.Tensor, dtype=None) -> torch.Tensor:
+    return torch.empty(t.shape, dtype=dtype or t.dtype, device=t.device).contiguous(
         memory_format=_dense_format(t)
     )
 
@@ -324,8 +324,12 @@ def _bias_view(bias: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return bias.view((1, -1) + (1,) * (y.dim() - 2))
 
 
-def rk_epilogue_reference(y, bias, act, scale, bases, terms, h, coeffs, return_k=False):
-    """Pure-PyTorch :func:`rk_epilogue` (computed in float for float16/bfloat16)."""
+def rk_epilogue_reference(
+    y, bias, act, scale, bases, terms, h, coeffs, return_k=False, return_mask=False
+):
+    """Pure-PyTorch :func:`rk_epilogue` (computed in float for float16/bfloat16). With
+    ``return_mask`` (relu only; the op's schema has it, for its own backward) the bool
+    tensor ``y + bias > 0`` (NaN: true) comes last."""
     acc = _opmath(y.dtype)
     z = y.to(acc) if bias is None else y.to(acc) + _bias_view(bias.to(acc), y)
     k = scale * _ACT_FUNCS[act](z)
@@ -340,6 +344,10 @@ def rk_epilogue_reference(y, bias, act, scale, bases, terms, h, coeffs, return_k
         outs.append((out + (h * row[n_terms]) * k).to(y.dtype))
     if return_k:
         outs.append(k.to(y.dtype))
+    if return_mask:
+        if act != ACT_CODES["relu"]:
+            raise ValueError(f"return_mask needs act relu ({ACT_CODES['relu']}), got act {act}")
+        outs.append(~(z <= 0))
     return outs
 
 
@@ -469,13 +477,20 @@ if extension_loaded():
         return [_empty_dense(grad) for _ in terms], coeffs.new_empty(coeffs.shape)
 
     @lib.register_fake("contnet::rk_epilogue")
-    def _(y, bias, act, scale, bases, terms, h, coeffs, return_k):
-        return [_empty_dense(y) for _ in range(len(bases) + int(return_k))]
+    def _(y, bias, act, scale, bases, terms, h, coeffs, return_k, return_mask=False):
+        outs = [_empty_dense(y) for _ in range(len(bases) + int(return_k))]
+        return outs + ([_empty_dense(y, torch.bool)] if return_mask else [])
 
     @lib.register_fake("contnet::rk_epilogue_backward")
     def _(grads, grad_k, y, bias, act, scale, n_terms, h, coeffs):
-        grad_bias = bias.new_empty(bias.shape) if bias is not None else y.new_empty(0)
-        return _empty_dense(y), [_empty_dense(y) for _ in range(n_terms)], grad_bias
+        # a bool y is relu's mask: the gradients take the dtype of the outputs' gradients
+        dtype = (list(grads) + [grad_k])[0].dtype if y.dtype == torch.bool else y.dtype
+        grad_bias = bias.new_empty(bias.shape) if bias is not None else y.new_empty(0, dtype=dtype)
+        return (
+            _empty_dense(y, dtype),
+            [_empty_dense(y, dtype) for _ in range(n_terms)],
+            grad_bias,
+        )
 
     @lib.register_fake("contnet::basis_interp")
     def _(phi, thetas):

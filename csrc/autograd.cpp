@@ -11,10 +11,12 @@
 #include <tuple>
 #include <vector>
 
+#include "contnet/activations.h"
+
 namespace contnet {
 
 using EpilogueSig = std::vector<at::Tensor>(const at::Tensor&, const std::optional<at::Tensor>&, int64_t, double,
-                                            at::TensorList, at::TensorList, double, at::ArrayRef<double>, bool);
+                                            at::TensorList, at::TensorList, double, at::ArrayRef<double>, bool, bool);
 using EpilogueBackwardSig = std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor>(
     at::TensorList, const std::optional<at::Tensor>&, const at::Tensor&, const std::optional<at::Tensor>&, int64_t,
     double, int64_t, double, at::ArrayRef<double>);
@@ -23,9 +25,9 @@ using EpilogueBackwardSig = std::tuple<at::Tensor, std::vector<at::Tensor>, at::
 // entry of csrc/python.cpp).
 std::vector<at::Tensor> rk_epilogue_op(const at::Tensor& y, const std::optional<at::Tensor>& bias, int64_t act,
                                        double scale, at::TensorList bases, at::TensorList terms, double h,
-                                       at::ArrayRef<double> coeffs, bool return_k) {
+                                       at::ArrayRef<double> coeffs, bool return_k, bool return_mask) {
   static auto f = c10::Dispatcher::singleton().findSchemaOrThrow("contnet::rk_epilogue", "").typed<EpilogueSig>();
-  return f.call(y, bias, act, scale, bases, terms, h, coeffs, return_k);
+  return f.call(y, bias, act, scale, bases, terms, h, coeffs, return_k, return_mask);
 }
 
 namespace {
@@ -206,28 +208,38 @@ struct RkCombineLearnedBackward : public torch::autograd::Function<RkCombineLear
 };
 
 // ---------------------------------------------------------------------------- rk_epilogue
+// What the backward keeps of y: relu its bool mask (a quarter of y's bytes at float32, and
+// y itself can be freed), identity nothing (its derivative does not read y), the others y.
 struct RkEpilogue : public torch::autograd::Function<RkEpilogue> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& y, const std::optional<at::Tensor>& bias,
                                int64_t act, double scale, at::TensorList bases, at::TensorList terms, double h,
-                               at::ArrayRef<double> coeffs, bool return_k) {
+                               at::ArrayRef<double> coeffs, bool return_k, bool return_mask) {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->set_materialize_grads(false);  // unused outputs cost nothing in backward
     // the arguments backward needs, in two entries (each entry of saved_data is a keyed
-    // insertion paid on every call): {act, n_bases, n_terms, has_bias, return_k} and
-    // {scale, h, coeffs...}
+    // insertion paid on every call): {act, n_bases, n_terms, has_bias, return_k,
+    // return_mask} and {scale, h, coeffs...}
     const bool has_bias = bias.has_value() && bias->defined();
+    const bool masked = act == kRelu;
     ctx->saved_data["ints"] = std::vector<int64_t>{act, static_cast<int64_t>(bases.size()),
-                                                   static_cast<int64_t>(terms.size()), has_bias, return_k};
+                                                   static_cast<int64_t>(terms.size()), has_bias, return_k,
+                                                   return_mask};
     std::vector<double> reals{scale, h};
     reals.insert(reals.end(), coeffs.begin(), coeffs.end());
     ctx->saved_data["reals"] = std::move(reals);
-    ctx->save_for_backward({y, has_bias ? *bias : at::Tensor()});
-    return rk_epilogue_op(y, bias, act, scale, bases, terms, h, coeffs, return_k);
+    auto outs = rk_epilogue_op(y, bias, act, scale, bases, terms, h, coeffs, return_k, masked || return_mask);
+    const at::Tensor kept = masked ? outs.back() : act == kIdentity ? at::Tensor() : y;
+    ctx->save_for_backward({kept, has_bias ? *bias : at::Tensor()});
+    if (return_mask) {
+      ctx->mark_non_differentiable({outs.back()});
+    } else if (masked) {
+      outs.pop_back();
+    }
+    return outs;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
-    const at::Tensor y = saved[0];
     const auto ints = ctx->saved_data["ints"].toIntVector();
     const auto reals = ctx->saved_data["reals"].toDoubleVector();
     const int64_t act = ints[0], n_bases = ints[1], n_terms = ints[2];
@@ -244,12 +256,14 @@ struct RkEpilogue : public torch::autograd::Function<RkEpilogue> {
       rows.insert(rows.end(), coeffs + o * (n_terms + 1), coeffs + (o + 1) * (n_terms + 1));
     }
     // one gradient per forward argument: y, bias (undefined when absent), act, scale,
-    // bases, terms, h, coeffs, return_k
+    // bases, terms, h, coeffs, return_k, return_mask
     variable_list out;
     if (gs.empty() && !grad_k.defined()) {
-      out.resize(4 + n_bases + n_terms + 3);
+      out.resize(4 + n_bases + n_terms + 4);
       return out;
     }
+    // identity kept nothing of y: an output gradient has its shape, layout and dtype
+    const at::Tensor y = saved[0].defined() ? saved[0] : gs.empty() ? grad_k : gs[0];
     const std::optional<at::Tensor> bias = has_bias ? std::optional<at::Tensor>(saved[1]) : std::nullopt;
     const std::optional<at::Tensor> gk = grad_k.defined() ? std::optional<at::Tensor>(grad_k) : std::nullopt;
     // through the autograd key (rk_epilogue_backward_autograd): the kernel itself when no
@@ -258,12 +272,13 @@ struct RkEpilogue : public torch::autograd::Function<RkEpilogue> {
     out.push_back(grad_y);
     out.push_back(has_bias ? grad_bias : at::Tensor());
     out.emplace_back();  // act
-    out.emplace_back();                      // scale
+    out.emplace_back();  // scale
     for (int64_t o = 0; o < n_bases; ++o) out.push_back(grads[o]);
     out.insert(out.end(), grad_terms.begin(), grad_terms.end());
     out.emplace_back();  // h
     out.emplace_back();  // coeffs
     out.emplace_back();  // return_k
+    out.emplace_back();  // return_mask
     return out;
   }
 };
@@ -345,13 +360,13 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> learned_backward_autograd(const 
 
 std::vector<at::Tensor> rk_epilogue_autograd(const at::Tensor& y, const std::optional<at::Tensor>& bias, int64_t act,
                                              double scale, at::TensorList bases, at::TensorList terms, double h,
-                                             at::ArrayRef<double> coeffs, bool return_k) {
+                                             at::ArrayRef<double> coeffs, bool return_k, bool return_mask) {
   const at::Tensor b = bias.has_value() ? *bias : at::Tensor();
   if (!needs_autograd({&y, &b}, {bases, terms})) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return rk_epilogue_op(y, bias, act, scale, bases, terms, h, coeffs, return_k);
+    return rk_epilogue_op(y, bias, act, scale, bases, terms, h, coeffs, return_k, return_mask);
   }
-  return RkEpilogue::apply(y, bias, act, scale, bases, terms, h, coeffs, return_k);
+  return RkEpilogue::apply(y, bias, act, scale, bases, terms, h, coeffs, return_k, return_mask);
 }
 
 // The epilogue's backward differentiates no further. Under create_graph its outputs get a

@@ -6,6 +6,7 @@
 #include <ATen/ops/sum.h>
 #include <c10/util/Exception.h>
 
+#include "contnet/activations.h"
 #include "contnet/checks.h"
 #include "contnet/rk_combine.h"
 
@@ -53,9 +54,11 @@ at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
 }  // namespace
 
 EpilogueOperands epilogue_operands(const at::Tensor& y, const std::optional<at::Tensor>& bias,
-                                   at::TensorList bases, at::TensorList terms, bool return_k,
-                                   c10::DeviceType device) {
+                                   int64_t act, at::TensorList bases, at::TensorList terms,
+                                   bool return_k, bool return_mask, c10::DeviceType device) {
   check_epilogue(y, bias, bases, terms);
+  TORCH_CHECK(!return_mask || act == kRelu, "return_mask needs act relu (", int(kRelu),
+              "), got act ", act);
   check_kernel_device(y, device);
   const auto fmt = dense_format(y);
   EpilogueOperands a;
@@ -65,6 +68,10 @@ EpilogueOperands epilogue_operands(const at::Tensor& y, const std::optional<at::
   for (const auto& t : terms) a.terms.push_back(in_format(t, fmt));
   const size_t n_outs = bases.size() + (return_k ? 1 : 0);
   for (size_t o = 0; o < n_outs; ++o) a.outs.push_back(at::empty_like(a.y));
+  if (return_mask) {
+    a.mask = at::empty_like(a.y, a.y.options().dtype(at::kBool));
+    a.outs.push_back(a.mask);
+  }
   a.ci = channel_index(a.y, fmt);
   return a;
 }
@@ -72,25 +79,42 @@ EpilogueOperands epilogue_operands(const at::Tensor& y, const std::optional<at::
 EpilogueGradOperands epilogue_grad_operands(at::TensorList grads,
                                             const std::optional<at::Tensor>& grad_k,
                                             const at::Tensor& y,
-                                            const std::optional<at::Tensor>& bias,
+                                            const std::optional<at::Tensor>& bias, int64_t act,
                                             int64_t n_terms, c10::DeviceType device) {
-  check_epilogue(y, bias, grads, {}, "grads");
+  const bool has_gk = grad_k.has_value() && grad_k->defined();
+  TORCH_CHECK(y.defined(), "y is undefined");
+  const bool masked = y.scalar_type() == at::kBool;
+  // with a mask the gradients' dtype comes from the gradients, checked against the first
+  at::Tensor like = y;
+  if (masked) {
+    TORCH_CHECK(act == kRelu, "y may be a bool mask only for act relu (", int(kRelu), "), got act ",
+                act);
+    TORCH_CHECK(!grads.empty() || has_gk, "with a bool mask for y, grads or grad_k must be given");
+    like = grads.empty() ? *grad_k : grads[0];
+    const char* like_name = grads.empty() ? "grad_k" : "grads[0]";
+    TORCH_CHECK(y.sizes() == like.sizes(), "y (a mask) must have the shape of ", like_name, " ",
+                like.sizes(), ", got ", y.sizes());
+    TORCH_CHECK(y.device() == like.device(), "y (a mask) must be on the device of ", like_name,
+                " (", like.device(), "), got ", y.device());
+  }
+  check_epilogue(like, bias, grads, {}, "grads");
   // before anything is allocated for them
   TORCH_CHECK(n_terms >= 0 && n_terms <= kMaxTerms, "n_terms must be 0 to ", kMaxTerms, ", got ",
               n_terms);
   check_kernel_device(y, device);
   const auto fmt = dense_format(y);
   EpilogueGradOperands a;
-  if (grad_k.has_value() && grad_k->defined()) {
-    check_like(*grad_k, y, "grad_k", "y");
+  if (has_gk) {
+    check_like(*grad_k, like, "grad_k", masked ? "grads" : "y");
     a.grad_k = in_format(*grad_k, fmt);
   }
-  a.y = in_format(y, fmt);
+  (masked ? a.mask : a.y) = in_format(y, fmt);
   a.bias = contiguous_or_undefined(bias);
   for (const auto& t : grads) a.grads.push_back(in_format(t, fmt));
-  for (int64_t j = 0; j < n_terms; ++j) a.grad_terms.push_back(at::empty_like(a.y));
-  a.grad_y = at::empty_like(a.y);
-  a.ci = channel_index(a.y, fmt);
+  const auto grad_options = y.options().dtype(like.scalar_type());
+  for (int64_t j = 0; j < n_terms; ++j) a.grad_terms.push_back(at::empty_like(y, grad_options, fmt));
+  a.grad_y = at::empty_like(y, grad_options, fmt);
+  a.ci = channel_index(y, fmt);
   return a;
 }
 
@@ -112,7 +136,7 @@ CombineOperands combine_operands(const at::Tensor& x, at::TensorList terms, doub
 }
 
 at::Tensor EpilogueGradOperands::grad_bias() const {
-  return bias.defined() ? channel_sum(grad_y).to(bias.scalar_type()) : at::empty({0}, y.options());
+  return bias.defined() ? channel_sum(grad_y).to(bias.scalar_type()) : at::empty({0}, grad_y.options());
 }
 
 }  // namespace contnet

@@ -22,12 +22,16 @@ TORCH_LIBRARY(contnet, m) {
   // Fused stage epilogue: the unit's tail and the stage updates in one pass.
   //   k = scale * act(y + bias[channel])
   //   out[o] = bases[o] + h * (sum_j coeffs[o][j] * terms[j] + coeffs[o][T] * k)
-  // coeffs is row-major len(bases) x (len(terms) + 1); returns out (and k if return_k).
+  // coeffs is row-major len(bases) x (len(terms) + 1); returns out, then k if return_k,
+  // then if return_mask (act relu only) the bool tensor y + bias > 0 (NaN: true): all that
+  // relu's backward reads, a quarter of y's bytes at float32.
   m.def(
       "rk_epilogue(Tensor y, Tensor? bias, int act, float scale, Tensor[] bases, "
-      "Tensor[] terms, float h, float[] coeffs, bool return_k) -> Tensor[]");
+      "Tensor[] terms, float h, float[] coeffs, bool return_k, bool return_mask=False) -> Tensor[]");
   // Gradients for y, terms and bias from the gradients of the outputs (grads, one per row of
   // coeffs) and of k (grad_k, if k was returned); the gradient for bases[o] is grads[o].
+  // y is the forward's y, or for act relu its mask (return_mask); identity reads only its
+  // shape and layout.
   m.def(
       "rk_epilogue_backward(Tensor[] grads, Tensor? grad_k, Tensor y, Tensor? bias, int act, "
       "float scale, int n_terms, float h, float[] coeffs) -> (Tensor, Tensor[], Tensor)");

@@ -28,7 +28,7 @@ namespace contnet {
 // csrc/autograd.cpp: the op through the dispatcher
 std::vector<at::Tensor> rk_epilogue_op(const at::Tensor& y, const std::optional<at::Tensor>& bias, int64_t act,
                                        double scale, at::TensorList bases, at::TensorList terms, double h,
-                                       at::ArrayRef<double> coeffs, bool return_k);
+                                       at::ArrayRef<double> coeffs, bool return_k, bool return_mask);
 
 namespace {
 
@@ -115,7 +115,7 @@ PyObject* rk_epilogue(PyObject* /*module*/, PyObject* const* args, Py_ssize_t na
   std::vector<at::Tensor> outs;
   {
     pybind11::gil_scoped_release no_gil;
-    outs = rk_epilogue_op(y, bias, act, scale, bases, terms, h, coeffs, args[8] == Py_True);
+    outs = rk_epilogue_op(y, bias, act, scale, bases, terms, h, coeffs, args[8] == Py_True, /*return_mask=*/false);
   }
   THPObjectPtr list(PyList_New(static_cast<Py_ssize_t>(outs.size())));  // torch.ops returns a list
   if (!list) throw python_error();

@@ -265,6 +265,100 @@ def test_rk_epilogue_backward_of_unused_outputs():
 
 
 @pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_rk_epilogue_relu_mask(device, layout):
+    """``return_mask`` adds relu's bool mask ``y + bias > 0`` (NaN: true), which the
+    backward takes in place of y with the same gradients; both pass opcheck, and other
+    activations refuse it by name."""
+    y, b, bases, terms, coeffs = _epilogue_inputs(
+        (2, 3, 4, 5), torch.float64, device, layout, 2, 1, True
+    )
+    relu = ops.ACT_CODES["relu"]
+    # opcheck compares outputs without equal_nan: it runs on finite values
+    torch.library.opcheck(
+        torch.ops.contnet.rk_epilogue.default,
+        (y, b, relu, -0.8, bases, terms, 0.25, coeffs, True),
+        {"return_mask": True},
+    )
+    y[0, 0, 0, :2] = torch.tensor([float("nan"), -float(b[0])])  # NaN, and z exactly 0
+    args = (y, b, relu, -0.8, bases, terms, 0.25, coeffs, True)
+    outs = torch.ops.contnet.rk_epilogue.default(*args, return_mask=True)
+    ref = ops.rk_epilogue_reference(*args, return_mask=True)
+    assert outs[-1].dtype == torch.bool and len(outs) == len(bases) + 2
+    assert torch.equal(outs[-1], ref[-1]) and torch.equal(outs[-1], ~(y + b.view(1, -1, 1, 1) <= 0))
+    for o, r in zip(outs[:-1], ref[:-1]):
+        torch.testing.assert_close(o, r, rtol=1e-12, atol=1e-12, equal_nan=True)
+    grads = [torch.randn_like(t) for t in bases]
+    grad_k = torch.randn_like(y)
+    back = (grads, grad_k, y, b, relu, -0.8, len(terms), 0.25, coeffs)
+    with_y = torch.ops.contnet.rk_epilogue_backward.default(*back)
+    with_mask = torch.ops.contnet.rk_epilogue_backward.default(grads, grad_k, outs[-1], *back[3:])
+    for a, m in zip(with_y, with_mask):
+        for ta, tm in zip(*((a, m) if isinstance(a, list) else ([a], [m]))):
+            assert tm.dtype == torch.float64
+            torch.testing.assert_close(tm, ta, rtol=0, atol=0, equal_nan=True)
+    torch.library.opcheck(
+        torch.ops.contnet.rk_epilogue_backward.default, (grads, grad_k, outs[-1], *back[3:])
+    )
+    tanh = ops.ACT_CODES["tanh"]
+    with pytest.raises(RuntimeError, match="return_mask needs act relu"):
+        torch.ops.contnet.rk_epilogue.default(
+            y, b, tanh, 0.8, bases, terms, 0.25, coeffs, False, True
+        )
+    with pytest.raises(RuntimeError, match="y may be a bool mask only for act relu"):
+        torch.ops.contnet.rk_epilogue_backward.default(
+            grads, None, outs[-1], b, tanh, 0.8, 1, 0.25, coeffs
+        )
+    with pytest.raises(RuntimeError, match="y .a mask. must have the shape of grads.0."):
+        torch.ops.contnet.rk_epilogue_backward.default(
+            grads, None, outs[-1][:1], b, relu, 0.8, 1, 0.25, coeffs
+        )
+
+
+@pytest.mark.parametrize("device", devices())
+def test_rk_epilogue_keeps_for_backward_only_what_it_reads(device):
+    """Through autograd, relu keeps its bool mask instead of y (y itself can be freed),
+    identity keeps nothing of y, other activations keep y; the gradients are the
+    reference's, for the outputs and k alone."""
+    kinds = {"relu": torch.bool, "identity": None, "tanh": torch.float32}
+    for act, kept_dtype in kinds.items():
+        y, b, bases, terms, coeffs = _epilogue_inputs(
+            (2, 3, 4, 4), torch.float32, device, "channels_last", 2, 1, True
+        )
+        leaves = [t.requires_grad_() for t in [y, b, *bases, *terms]]
+        kept = []
+
+        def pack(t, kept=kept):
+            kept.append(t)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            outs = ops.rk_epilogue(y, b, act, 0.7, bases, terms, 0.5, coeffs, return_k=True)
+        big = [t.dtype for t in kept if t.shape == y.shape]
+        assert big == ([kept_dtype] if kept_dtype else []), act
+        ref = ops.rk_epilogue_reference(
+            y, b, ops.ACT_CODES[act], 0.7, bases, terms, 0.5, coeffs, return_k=True
+        )
+        for used in ([0, 1, 2], [2], [1]):
+            w = [torch.randn_like(outs[i]) for i in used]
+            got = torch.autograd.grad(
+                sum((outs[i] * wi).sum() for i, wi in zip(used, w)),
+                leaves,
+                retain_graph=True,
+                allow_unused=True,
+            )
+            want = torch.autograd.grad(
+                sum((ref[i] * wi).sum() for i, wi in zip(used, w)),
+                leaves,
+                retain_graph=True,
+                allow_unused=True,
+            )
+            for leaf, g, r in zip(leaves, got, want):
+                zero = torch.zeros_like(leaf)
+                torch.testing.assert_close(zero if g is None else g, zero if r is None else r)
+
+
+@pytest.mark.parametrize("device", devices())
 def test_rk_epilogue_backward_with_and_without_a_graph(device):
     """The backward calls its kernel below autograd when it builds no graph and through
     autograd with ``create_graph``: the same gradients, and a second derivative is a clear

@@ -90,6 +90,15 @@ CONTNET_CPU_CLONES void tail_run(acc_t* __restrict__ k, const scalar_t* __restri
   });
 }
 
+// mask[i] = relu_pass(y[i] + bias[channel of begin + i])
+template <typename scalar_t, typename acc_t>
+CONTNET_CPU_CLONES void mask_run(bool* __restrict__ mask, const scalar_t* __restrict__ y, const scalar_t* bias,
+                                 ChannelIndex ci, int64_t begin, int64_t len) {
+  for_bias_segments<acc_t>(bias, ci, begin, len, [&](int64_t i0, int64_t i1, auto add) CONTNET_FORCE_INLINE {
+    for (int64_t i = i0; i < i1; ++i) mask[i] = relu_pass(add(static_cast<acc_t>(y[i]), i));
+  });
+}
+
 // out[i] = base[i] + sum_{j<NT} c_j term_j[i] + ck * k[i]   (zero c_j already dropped)
 template <typename scalar_t, typename acc_t, int NT>
 CONTNET_CPU_CLONES void out_run(scalar_t* __restrict__ out, const scalar_t* __restrict__ base,
@@ -135,6 +144,13 @@ CONTNET_CPU_CLONES void grad_tail_run(scalar_t* __restrict__ gy, const acc_t* __
   });
 }
 
+// gy[i] = mask[i] ? buf[i] * scale : 0   (relu, from its mask)
+template <typename scalar_t, typename acc_t>
+CONTNET_CPU_CLONES void grad_mask_run(scalar_t* __restrict__ gy, const acc_t* __restrict__ buf,
+                                      const bool* __restrict__ mask, acc_t scale, int64_t len) {
+  for (int64_t i = 0; i < len; ++i) gy[i] = static_cast<scalar_t>(mask[i] ? buf[i] * scale : acc_t(0));
+}
+
 // out[i] = sum_{o<NO} c_o g_o[i]
 template <typename scalar_t, typename acc_t, int NO>
 CONTNET_CPU_CLONES void grad_term_run(scalar_t* __restrict__ out, const scalar_t* const* g_in, const acc_t* c_in,
@@ -157,6 +173,7 @@ struct Operands {
   const scalar_t* term[kMaxTerms];
   scalar_t* out[kMaxOutputs];
   scalar_t* k;  // null unless k is returned
+  bool* mask;   // null unless the mask is returned
 };
 
 template <typename scalar_t, typename acc_t>
@@ -182,13 +199,14 @@ void epilogue_chunk(const Epilogue<acc_t>& e, const Operands<scalar_t>& p, Chann
   if (p.k) {
     for (int64_t i = 0; i < len; ++i) p.k[begin + i] = static_cast<scalar_t>(k[i]);
   }
+  if (p.mask) mask_run<scalar_t, acc_t>(p.mask + begin, p.y + begin, p.bias, ci, begin, len);
 }
 
 std::vector<at::Tensor> rk_epilogue_cpu(const at::Tensor& y_in, const std::optional<at::Tensor>& bias_in,
                                         int64_t act, double scale, at::TensorList bases_in,
                                         at::TensorList terms_in, double h, at::ArrayRef<double> coeffs,
-                                        bool return_k) {
-  auto a = epilogue_operands(y_in, bias_in, bases_in, terms_in, return_k, at::kCPU);
+                                        bool return_k, bool return_mask) {
+  auto a = epilogue_operands(y_in, bias_in, act, bases_in, terms_in, return_k, return_mask, at::kCPU);
   const at::Tensor &y = a.y, &bias = a.bias;
   const auto &bases = a.bases, &terms = a.terms, &outs = a.outs;
   const int n_out = static_cast<int>(bases.size()), n_terms = static_cast<int>(terms.size());
@@ -201,7 +219,8 @@ std::vector<at::Tensor> rk_epilogue_cpu(const at::Tensor& y_in, const std::optio
     p.bias = bias.defined() ? bias.data_ptr<scalar_t>() : nullptr;
     for (int o = 0; o < n_out; ++o) p.base[o] = bases[o].data_ptr<scalar_t>(), p.out[o] = outs[o].data_ptr<scalar_t>();
     for (int j = 0; j < n_terms; ++j) p.term[j] = terms[j].data_ptr<scalar_t>();
-    p.k = return_k ? outs.back().data_ptr<scalar_t>() : nullptr;
+    p.k = return_k ? outs[n_out].data_ptr<scalar_t>() : nullptr;
+    p.mask = a.mask.defined() ? a.mask.data_ptr<bool>() : nullptr;
     const int64_t numel = y.numel();
     at::parallel_for(0, (numel + kChunk - 1) / kChunk, 1, [&](int64_t cb, int64_t ce) {
       for (int64_t c = cb; c < ce; ++c)
@@ -215,16 +234,17 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> rk_epilogue_backward
     at::TensorList grads_in, const std::optional<at::Tensor>& grad_k_in, const at::Tensor& y_in,
     const std::optional<at::Tensor>& bias_in, int64_t act, double scale, int64_t n_terms, double h,
     at::ArrayRef<double> coeffs) {
-  auto a = epilogue_grad_operands(grads_in, grad_k_in, y_in, bias_in, n_terms, at::kCPU);
-  const at::Tensor &y = a.y, &bias = a.bias, &gk_t = a.grad_k, &grad_y = a.grad_y;
+  auto a = epilogue_grad_operands(grads_in, grad_k_in, y_in, bias_in, act, n_terms, at::kCPU);
+  const at::Tensor &y = a.y, &mask = a.mask, &bias = a.bias, &gk_t = a.grad_k, &grad_y = a.grad_y;
   const auto &grads = a.grads, &grad_terms = a.grad_terms;
   const bool has_gk = gk_t.defined();
   const int n_out = static_cast<int>(grads.size());
   const ChannelIndex ci = a.ci;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "rk_epilogue_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_y.scalar_type(), "rk_epilogue_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto e = make_epilogue<acc_t>(static_cast<int>(act), scale, n_out, static_cast<int>(n_terms), h, coeffs);
-    const scalar_t* yp = y.data_ptr<scalar_t>();
+    const scalar_t* yp = y.defined() ? y.data_ptr<scalar_t>() : nullptr;
+    const bool* mp = mask.defined() ? mask.data_ptr<bool>() : nullptr;
     const scalar_t* bp = bias.defined() ? bias.data_ptr<scalar_t>() : nullptr;
     const scalar_t* gkp = has_gk ? gk_t.data_ptr<scalar_t>() : nullptr;
     const scalar_t* gp[kMaxOutputs] = {};
@@ -232,7 +252,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> rk_epilogue_backward
     for (int o = 0; o < n_out; ++o) gp[o] = grads[o].data_ptr<scalar_t>();
     for (int64_t j = 0; j < n_terms; ++j) gtp[j] = grad_terms[j].data_ptr<scalar_t>();
     scalar_t* gyp = grad_y.data_ptr<scalar_t>();
-    const int64_t numel = y.numel();
+    const int64_t numel = grad_y.numel();
     at::parallel_for(0, (numel + kChunk - 1) / kChunk, 1, [&](int64_t cb, int64_t ce) {
       for (int64_t ch = cb; ch < ce; ++ch) {
         const int64_t begin = ch * kChunk, len = std::min(kChunk, numel - begin);
@@ -249,9 +269,13 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> rk_epilogue_backward
         with_count<0, kMaxOutputs>(no, [&](auto NO) {
           grad_k_run<scalar_t, acc_t, decltype(NO)::value>(buf, g, c, gkp ? gkp + begin : nullptr, len);
         });
-        with_act(e.act, [&](auto A) {
-          grad_tail_run<scalar_t, acc_t, decltype(A)::value>(gyp + begin, buf, yp + begin, bp, ci, e.scale, begin, len);
-        });
+        if (mp) {
+          grad_mask_run<scalar_t, acc_t>(gyp + begin, buf, mp + begin, e.scale, len);
+        } else {
+          with_act(e.act, [&](auto A) {
+            grad_tail_run<scalar_t, acc_t, decltype(A)::value>(gyp + begin, buf, yp + begin, bp, ci, e.scale, begin, len);
+          });
+        }
         for (int64_t j = 0; j < n_terms; ++j) {
           int nj = 0;
           for (int o = 0; o < n_out; ++o) {

@@ -34,6 +34,7 @@ struct EpiloguePtrs {
   const scalar_t* term[kMaxTerms];
   scalar_t* out[kMaxOutputs];
   scalar_t* k;  // null unless k is returned
+  bool* mask;   // null unless relu's mask is returned
   ChannelIndex ci;
   int64_t numel;
 };
@@ -75,12 +76,35 @@ CONTNET_UNROLL
   *reinterpret_cast<cuda::Pack<scalar_t, VEC>*>(p + i) = pk;
 }
 
+// VEC mask bytes from i, in one access of VEC bytes (aligned: i is a multiple of VEC and
+// the mask's base pointer is 16-byte aligned when VEC > 1).
+template <int VEC>
+__device__ inline void load_mask(const bool* p, int64_t i, bool* m) {
+  const auto pk = *reinterpret_cast<const cuda::Pack<bool, VEC>*>(p + i);
+CONTNET_UNROLL
+  for (int e = 0; e < VEC; ++e) m[e] = pk.val[e];
+}
+
+template <int VEC>
+__device__ inline void store_mask(bool* p, int64_t i, const bool* m) {
+  cuda::Pack<bool, VEC> pk;
+CONTNET_UNROLL
+  for (int e = 0; e < VEC; ++e) pk.val[e] = m[e];
+  *reinterpret_cast<cuda::Pack<bool, VEC>*>(p + i) = pk;
+}
+
 // Elements [i, i + VEC) of the forward.
 template <int VEC, typename scalar_t, typename acc_t>
 __device__ inline void epilogue_at(const EpiloguePtrs<scalar_t>& p, const Epilogue<acc_t>& e, int64_t i) {
   acc_t k[VEC], b[VEC], term[kMaxTerms][VEC], v[VEC];
   load<VEC>(p.y, i, k);
   bias_of<VEC>(p.bias, p.ci, i, b);
+  if (p.mask) {
+    bool m[VEC];
+CONTNET_UNROLL
+    for (int q = 0; q < VEC; ++q) m[q] = relu_pass(k[q] + b[q]);
+    store_mask<VEC>(p.mask, i, m);
+  }
 CONTNET_UNROLL
   for (int q = 0; q < VEC; ++q) k[q] = epilogue_k(e, k[q], b[q]);
 CONTNET_UNROLL
@@ -122,7 +146,8 @@ template <typename scalar_t>
 struct EpilogueGradPtrs {
   const scalar_t* g[kMaxOutputs];
   const scalar_t* gk;  // null without a gradient for k
-  const scalar_t* y;
+  const scalar_t* y;     // null with a mask
+  const bool* mask;      // relu's mask, or null
   const scalar_t* bias;
   scalar_t* grad_y;
   scalar_t* grad_term[kMaxTerms];
@@ -135,11 +160,16 @@ template <int VEC, typename scalar_t, typename acc_t>
 __device__ inline void epilogue_grad_at(const EpilogueGradPtrs<scalar_t>& p, const Epilogue<acc_t>& e,
                                         int64_t i) {
   acc_t g[kMaxOutputs][VEC], y[VEC], gk[VEC], b[VEC], out[VEC];
+  bool m[VEC];
 CONTNET_UNROLL
   for (int o = 0; o < kMaxOutputs; ++o)
     if (o < e.n_out) load<VEC>(p.g[o], i, g[o]);
-  load<VEC>(p.y, i, y);
-  bias_of<VEC>(p.bias, p.ci, i, b);
+  if (p.mask) {
+    load_mask<VEC>(p.mask, i, m);
+  } else {
+    load<VEC>(p.y, i, y);
+    bias_of<VEC>(p.bias, p.ci, i, b);
+  }
   if (p.gk) {
     load<VEC>(p.gk, i, gk);
   } else {
@@ -151,7 +181,7 @@ CONTNET_UNROLL
     acc_t gq[kMaxOutputs];
 CONTNET_UNROLL
     for (int o = 0; o < kMaxOutputs; ++o) gq[o] = o < e.n_out ? g[o][q] : acc_t(0);
-    out[q] = epilogue_grad_y(e, y[q], b[q], gq, gk[q]);
+    out[q] = p.mask ? epilogue_grad_y_masked(e, m[q], gq, gk[q]) : epilogue_grad_y(e, y[q], b[q], gq, gk[q]);
   }
   store<VEC>(p.grad_y, i, out);
 CONTNET_UNROLL
@@ -188,8 +218,8 @@ void launch_vectorized(std::initializer_list<const void*> ptrs, int64_t numel, L
 std::vector<at::Tensor> rk_epilogue_cuda(const at::Tensor& y_in, const std::optional<at::Tensor>& bias_in,
                                          int64_t act, double scale, at::TensorList bases_in,
                                          at::TensorList terms_in, double h, at::ArrayRef<double> coeffs,
-                                         bool return_k) {
-  auto a = epilogue_operands(y_in, bias_in, bases_in, terms_in, return_k, at::kCUDA);
+                                         bool return_k, bool return_mask) {
+  auto a = epilogue_operands(y_in, bias_in, act, bases_in, terms_in, return_k, return_mask, at::kCUDA);
   const c10::cuda::CUDAGuard guard(y_in.device());
   const at::Tensor &y = a.y, &bias = a.bias;
   const auto &bases = a.bases, &terms = a.terms, &outs = a.outs;
@@ -203,12 +233,13 @@ std::vector<at::Tensor> rk_epilogue_cuda(const at::Tensor& y_in, const std::opti
     p.bias = bias.defined() ? bias.data_ptr<scalar_t>() : nullptr;
     for (int o = 0; o < n_out; ++o) p.base[o] = bases[o].data_ptr<scalar_t>(), p.out[o] = outs[o].data_ptr<scalar_t>();
     for (int j = 0; j < n_terms; ++j) p.term[j] = terms[j].data_ptr<scalar_t>();
-    p.k = return_k ? outs.back().data_ptr<scalar_t>() : nullptr;
+    p.k = return_k ? outs[n_out].data_ptr<scalar_t>() : nullptr;
+    p.mask = a.mask.defined() ? a.mask.data_ptr<bool>() : nullptr;
     p.ci = a.ci;
     p.numel = y.numel();
     launch_vectorized<scalar_t>(
         {p.y, p.base[0], p.base[1], p.base[2], p.term[0], p.term[1], p.term[2], p.term[3], p.term[4],
-         p.term[5], p.term[6], p.term[7], p.out[0], p.out[1], p.out[2], p.k},
+         p.term[5], p.term[6], p.term[7], p.out[0], p.out[1], p.out[2], p.k, p.mask},
         p.numel, [&](auto vec, int grid) {
           epilogue_kernel<scalar_t, acc_t, decltype(vec)::value>
               <<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(p, e);
@@ -221,27 +252,28 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> rk_epilogue_backward
     at::TensorList grads_in, const std::optional<at::Tensor>& grad_k_in, const at::Tensor& y_in,
     const std::optional<at::Tensor>& bias_in, int64_t act, double scale, int64_t n_terms, double h,
     at::ArrayRef<double> coeffs) {
-  auto a = epilogue_grad_operands(grads_in, grad_k_in, y_in, bias_in, n_terms, at::kCUDA);
+  auto a = epilogue_grad_operands(grads_in, grad_k_in, y_in, bias_in, act, n_terms, at::kCUDA);
   const c10::cuda::CUDAGuard guard(y_in.device());
-  const at::Tensor &y = a.y, &bias = a.bias, &gk = a.grad_k, &grad_y = a.grad_y;
+  const at::Tensor &y = a.y, &mask = a.mask, &bias = a.bias, &gk = a.grad_k, &grad_y = a.grad_y;
   const auto &grads = a.grads, &grad_terms = a.grad_terms;
   const bool has_gk = gk.defined();
   const int n_out = static_cast<int>(grads.size());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "rk_epilogue_backward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_y.scalar_type(), "rk_epilogue_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto e = make_epilogue<acc_t>(static_cast<int>(act), scale, n_out, static_cast<int>(n_terms), h, coeffs);
-    if (y.numel() == 0) return;
+    if (grad_y.numel() == 0) return;
     EpilogueGradPtrs<scalar_t> p{};
     for (int o = 0; o < n_out; ++o) p.g[o] = grads[o].data_ptr<scalar_t>();
     p.gk = has_gk ? gk.data_ptr<scalar_t>() : nullptr;
-    p.y = y.data_ptr<scalar_t>();
+    p.y = y.defined() ? y.data_ptr<scalar_t>() : nullptr;
+    p.mask = mask.defined() ? mask.data_ptr<bool>() : nullptr;
     p.bias = bias.defined() ? bias.data_ptr<scalar_t>() : nullptr;
     p.grad_y = grad_y.data_ptr<scalar_t>();
     for (int64_t j = 0; j < n_terms; ++j) p.grad_term[j] = grad_terms[j].data_ptr<scalar_t>();
     p.ci = a.ci;
-    p.numel = y.numel();
+    p.numel = grad_y.numel();
     launch_vectorized<scalar_t>(
-        {p.g[0], p.g[1], p.g[2], p.gk, p.y, p.grad_y, p.grad_term[0], p.grad_term[1], p.grad_term[2],
+        {p.g[0], p.g[1], p.g[2], p.gk, p.y, p.mask, p.grad_y, p.grad_term[0], p.grad_term[1], p.grad_term[2],
          p.grad_term[3], p.grad_term[4], p.grad_term[5], p.grad_term[6], p.grad_term[7]},
         p.numel, [&](auto vec, int grid) {
           epilogue_backward_kernel<scalar_t, acc_t, decltype(vec)::value>

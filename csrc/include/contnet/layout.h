@@ -32,21 +32,25 @@ ChannelIndex channel_index(const at::Tensor& t, at::MemoryFormat f);
 at::Tensor channel_sum(const at::Tensor& t);
 
 // The fused epilogue's operands, checked (check_epilogue, and y on `device`) and brought to
-// y's dense format, with the outputs allocated: one per base, then k if asked for.
+// y's dense format, with the outputs allocated: one per base, then k if asked for, then
+// relu's bool mask if asked for (act must be relu).
 struct EpilogueOperands {
   at::Tensor y, bias;  // bias undefined without one
   std::vector<at::Tensor> bases, terms, outs;
+  at::Tensor mask;     // undefined unless asked for; also the last of outs
   ChannelIndex ci;
 };
 
 EpilogueOperands epilogue_operands(const at::Tensor& y, const std::optional<at::Tensor>& bias,
-                                   at::TensorList bases, at::TensorList terms, bool return_k,
-                                   c10::DeviceType device);
+                                   int64_t act, at::TensorList bases, at::TensorList terms,
+                                   bool return_k, bool return_mask, c10::DeviceType device);
 
 // The same for the epilogue's backward: the outputs' gradients `grads` and k's `grad_k`
-// (undefined if none), with the gradients of y and of the `n_terms` terms allocated.
+// (undefined if none), with the gradients of y and of the `n_terms` terms allocated. A
+// bool y is relu's mask (`mask` set, `y` undefined; act must be relu); the gradients'
+// dtype is then that of grads (or grad_k).
 struct EpilogueGradOperands {
-  at::Tensor y, bias, grad_k;
+  at::Tensor y, mask, bias, grad_k;
   std::vector<at::Tensor> grads, grad_terms;
   at::Tensor grad_y;
   ChannelIndex ci;
@@ -58,7 +62,7 @@ struct EpilogueGradOperands {
 EpilogueGradOperands epilogue_grad_operands(at::TensorList grads,
                                             const std::optional<at::Tensor>& grad_k,
                                             const at::Tensor& y,
-                                            const std::optional<at::Tensor>& bias,
+                                            const std::optional<at::Tensor>& bias, int64_t act,
                                             int64_t n_terms, c10::DeviceType device);
 
 // rk_combine's operands (coefficients by value) as its kernels take them: the terms whose

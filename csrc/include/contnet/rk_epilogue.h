@@ -6,7 +6,7 @@
 // and of its backward, given the gradients g_o of the outputs (and g_k of k):
 //
 //   gk     = g_k + sum_o c[o][kK] * g_o
-//   grad_y = gk * scale * act'(y + bias_c)
+//   grad_y = gk * scale * act'(y + bias_c)      (relu: from the mask y + bias_c > 0)
 //   grad_term_j = sum_o c[o][j] * g_o
 //
 // Coefficients are pre-multiplied by the step h. Zero coefficients of terms and of output
@@ -50,14 +50,34 @@ C10_HOST_DEVICE inline acc_t epilogue_out(const Epilogue<acc_t>& e, int o, acc_t
   return madd(acc, e.c[o][kK], k);
 }
 
-// d loss / d y from the upstream gradients (g: n_out values, gk: gradient of k itself).
+// d loss / d k from the upstream gradients (g: n_out values, gk: gradient of k itself).
 template <typename acc_t>
-C10_HOST_DEVICE inline acc_t epilogue_grad_y(const Epilogue<acc_t>& e, acc_t y, acc_t b,
-                                             const acc_t* g, acc_t gk) {
+C10_HOST_DEVICE inline acc_t epilogue_grad_k(const Epilogue<acc_t>& e, const acc_t* g, acc_t gk) {
   CONTNET_UNROLL
   for (int o = 0; o < kMaxOutputs; ++o)
     if (o < e.n_out && e.c[o][kK] != acc_t(0)) gk = madd(gk, e.c[o][kK], g[o]);
-  return act_backward(e.act, gk * e.scale, y + b);
+  return gk;
+}
+
+// d loss / d y.
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t epilogue_grad_y(const Epilogue<acc_t>& e, acc_t y, acc_t b,
+                                             const acc_t* g, acc_t gk) {
+  return act_backward(e.act, epilogue_grad_k(e, g, gk) * e.scale, y + b);
+}
+
+// relu's mask of z = y + b: what its backward reads (relu_pass(z) ? g : 0 is
+// act_backward_t<kRelu>(g, z), NaN included).
+template <typename acc_t>
+C10_HOST_DEVICE inline bool relu_pass(acc_t z) {
+  return !(z <= acc_t(0));
+}
+
+// d loss / d y for relu, from the mask.
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t epilogue_grad_y_masked(const Epilogue<acc_t>& e, bool pass,
+                                                    const acc_t* g, acc_t gk) {
+  return pass ? epilogue_grad_k(e, g, gk) * e.scale : acc_t(0);
 }
 
 template <typename acc_t>

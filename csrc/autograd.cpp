@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "contnet/activations.h"
+#include "contnet/layout.h"
 
 namespace contnet {
 
@@ -217,13 +218,15 @@ struct RkEpilogue : public torch::autograd::Function<RkEpilogue> {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->set_materialize_grads(false);  // unused outputs cost nothing in backward
     // the arguments backward needs, in two entries (each entry of saved_data is a keyed
-    // insertion paid on every call): {act, n_bases, n_terms, has_bias, return_k,
-    // return_mask} and {scale, h, coeffs...}
+    // insertion paid on every call): {act, n_bases, n_terms, has_bias, return_k} and
+    // {scale, h, coeffs...}
     const bool has_bias = bias.has_value() && bias->defined();
     const bool masked = act == kRelu;
+    // and for identity, whether y was channels_last: the layout its gradient keeps
+    const bool channels_last = act == kIdentity && dense_format(y) == at::MemoryFormat::ChannelsLast;
     ctx->saved_data["ints"] = std::vector<int64_t>{act, static_cast<int64_t>(bases.size()),
                                                    static_cast<int64_t>(terms.size()), has_bias, return_k,
-                                                   return_mask};
+                                                   channels_last};
     std::vector<double> reals{scale, h};
     reals.insert(reals.end(), coeffs.begin(), coeffs.end());
     ctx->saved_data["reals"] = std::move(reals);
@@ -262,7 +265,12 @@ struct RkEpilogue : public torch::autograd::Function<RkEpilogue> {
       out.resize(4 + n_bases + n_terms + 4);
       return out;
     }
-    // identity kept nothing of y: an output gradient has its shape, layout and dtype
+    // identity kept nothing of y: an output gradient (its shape and dtype) in y's layout
+    // stands in for it, taken in place of that gradient so it is made dense once
+    if (!saved[0].defined()) {
+      at::Tensor& stand_in = gs.empty() ? grad_k : gs[0];
+      stand_in = in_format(stand_in, ints[5] != 0 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+    }
     const at::Tensor y = saved[0].defined() ? saved[0] : gs.empty() ? grad_k : gs[0];
     const std::optional<at::Tensor> bias = has_bias ? std::optional<at::Tensor>(saved[1]) : std::nullopt;
     const std::optional<at::Tensor> gk = grad_k.defined() ? std::optional<at::Tensor>(grad_k) : std::nullopt;

@@ -53,20 +53,22 @@ void check_same_kind(at::TensorList ts, const char* name, const at::Tensor& ref,
 }
 
 void check_epilogue(const at::Tensor& y, const std::optional<at::Tensor>& bias,
-                    at::TensorList bases, at::TensorList terms, const char* bases_name) {
-  TORCH_CHECK(y.defined(), "y is undefined");
-  check_float_dtype(y, "y");
-  TORCH_CHECK(y.dim() >= 2, "y must have a channel dimension (dim >= 2), got shape ", y.sizes());
+                    at::TensorList bases, at::TensorList terms, const char* bases_name,
+                    const char* y_name) {
+  TORCH_CHECK(y.defined(), y_name, " is undefined");
+  check_float_dtype(y, y_name);
+  TORCH_CHECK(y.dim() >= 2, y_name, " must have a channel dimension (dim >= 2), got shape ",
+              y.sizes());
   if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == y.size(1),
-                "bias must have shape (", y.size(1), ",) for y's channels, got ", bias->sizes());
-    TORCH_CHECK(bias->scalar_type() == y.scalar_type(), "bias must have y's dtype (",
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == y.size(1), "bias must have shape (",
+                y.size(1), ",) for ", y_name, "'s channels, got ", bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == y.scalar_type(), "bias must have ", y_name, "'s dtype (",
                 y.scalar_type(), "), got ", bias->scalar_type());
-    TORCH_CHECK(bias->device() == y.device(), "bias must be on y's device (", y.device(),
-                "), got ", bias->device());
+    TORCH_CHECK(bias->device() == y.device(), "bias must be on ", y_name, "'s device (",
+                y.device(), "), got ", bias->device());
   }
-  check_same_kind(bases, bases_name, y, "y");
-  check_same_kind(terms, "terms", y, "y");
+  check_same_kind(bases, bases_name, y, y_name);
+  check_same_kind(terms, "terms", y, y_name);
 }
 
 }  // namespace contnet

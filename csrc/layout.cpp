@@ -86,18 +86,24 @@ EpilogueGradOperands epilogue_grad_operands(at::TensorList grads,
   const bool masked = y.scalar_type() == at::kBool;
   // with a mask the gradients' dtype comes from the gradients, checked against the first
   at::Tensor like = y;
+  const char* like_name = "y";
   if (masked) {
     TORCH_CHECK(act == kRelu, "y may be a bool mask only for act relu (", int(kRelu), "), got act ",
                 act);
     TORCH_CHECK(!grads.empty() || has_gk, "with a bool mask for y, grads or grad_k must be given");
     like = grads.empty() ? *grad_k : grads[0];
-    const char* like_name = grads.empty() ? "grad_k" : "grads[0]";
+    like_name = grads.empty() ? "grad_k" : "grads[0]";
     TORCH_CHECK(y.sizes() == like.sizes(), "y (a mask) must have the shape of ", like_name, " ",
                 like.sizes(), ", got ", y.sizes());
     TORCH_CHECK(y.device() == like.device(), "y (a mask) must be on the device of ", like_name,
                 " (", like.device(), "), got ", y.device());
+  } else {
+    const auto dt = y.scalar_type();
+    TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
+                "y must be float32, float64, float16 or bfloat16, or for act relu a bool mask of "
+                "y + bias > 0, got ", dt);
   }
-  check_epilogue(like, bias, grads, {}, "grads");
+  check_epilogue(like, bias, grads, {}, "grads", like_name);
   // before anything is allocated for them
   TORCH_CHECK(n_terms >= 0 && n_terms <= kMaxTerms, "n_terms must be 0 to ", kMaxTerms, ", got ",
               n_terms);
@@ -105,7 +111,7 @@ EpilogueGradOperands epilogue_grad_operands(at::TensorList grads,
   const auto fmt = dense_format(y);
   EpilogueGradOperands a;
   if (has_gk) {
-    check_like(*grad_k, like, "grad_k", masked ? "grads" : "y");
+    check_like(*grad_k, like, "grad_k", like_name);
     a.grad_k = in_format(*grad_k, fmt);
   }
   (masked ? a.mask : a.y) = in_format(y, fmt);

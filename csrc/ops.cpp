@@ -30,8 +30,8 @@ TORCH_LIBRARY(contnet, m) {
       "Tensor[] terms, float h, float[] coeffs, bool return_k, bool return_mask=False) -> Tensor[]");
   // Gradients for y, terms and bias from the gradients of the outputs (grads, one per row of
   // coeffs) and of k (grad_k, if k was returned); the gradient for bases[o] is grads[o].
-  // y is the forward's y, or for act relu its mask (return_mask); identity reads only its
-  // shape and layout.
+  // y is the forward's y, or for act relu its mask (return_mask); identity's derivative
+  // does not depend on y's values (its autograd passes an output gradient as y).
   m.def(
       "rk_epilogue_backward(Tensor[] grads, Tensor? grad_k, Tensor y, Tensor? bias, int act, "
       "float scale, int n_terms, float h, float[] coeffs) -> (Tensor, Tensor[], Tensor)");

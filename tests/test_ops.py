@@ -309,6 +309,14 @@ def test_rk_epilogue_relu_mask(device, layout):
         torch.ops.contnet.rk_epilogue_backward.default(
             grads, None, outs[-1], b, tanh, 0.8, 1, 0.25, coeffs
         )
+    with pytest.raises(RuntimeError, match=r"grads\[1\] must have the dtype of grads\[0\]"):
+        torch.ops.contnet.rk_epilogue_backward.default(
+            [grads[0], grads[1].float()], None, outs[-1], b, relu, 0.8, 1, 0.25, coeffs
+        )
+    with pytest.raises(RuntimeError, match="or for act relu a bool mask"):
+        torch.ops.contnet.rk_epilogue_backward.default(
+            grads, None, outs[-1].to(torch.uint8), b, relu, 0.8, 1, 0.25, coeffs
+        )
     with pytest.raises(RuntimeError, match="y .a mask. must have the shape of grads.0."):
         torch.ops.contnet.rk_epilogue_backward.default(
             grads, None, outs[-1][:1], b, relu, 0.8, 1, 0.25, coeffs
@@ -316,16 +324,19 @@ def test_rk_epilogue_relu_mask(device, layout):
 
 
 @pytest.mark.parametrize("device", devices())
-def test_rk_epilogue_keeps_for_backward_only_what_it_reads(device):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [True, False])
+def test_rk_epilogue_keeps_for_backward_only_what_it_reads(device, dtype, bias):
     """Through autograd, relu keeps its bool mask instead of y (y itself can be freed),
     identity keeps nothing of y, other activations keep y; the gradients are the
-    reference's, for the outputs and k alone."""
-    kinds = {"relu": torch.bool, "identity": None, "tanh": torch.float32}
+    reference's, for the outputs and k alone, and y's gradient keeps y's layout
+    (channels_last here) when the outputs' gradients come contiguous."""
+    kinds = {"relu": torch.bool, "identity": None, "tanh": dtype}
     for act, kept_dtype in kinds.items():
         y, b, bases, terms, coeffs = _epilogue_inputs(
-            (2, 3, 4, 4), torch.float32, device, "channels_last", 2, 1, True
+            (2, 3, 4, 4), dtype, device, "channels_last", 2, 1, bias
         )
-        leaves = [t.requires_grad_() for t in [y, b, *bases, *terms]]
+        leaves = [t.requires_grad_() for t in [y, *bases, *terms] + ([b] if bias else [])]
         kept = []
 
         def pack(t, kept=kept):
@@ -340,22 +351,23 @@ def test_rk_epilogue_keeps_for_backward_only_what_it_reads(device):
             y, b, ops.ACT_CODES[act], 0.7, bases, terms, 0.5, coeffs, return_k=True
         )
         for used in ([0, 1, 2], [2], [1]):
-            w = [torch.randn_like(outs[i]) for i in used]
-            got = torch.autograd.grad(
-                sum((outs[i] * wi).sum() for i, wi in zip(used, w)),
-                leaves,
-                retain_graph=True,
-                allow_unused=True,
+            w = [torch.randn(outs[i].shape, device=device).to(dtype) for i in used]
+            got, want = (
+                torch.autograd.grad(
+                    sum((o[i] * wi).sum() for i, wi in zip(used, w)),
+                    leaves,
+                    retain_graph=True,
+                    allow_unused=True,
+                )
+                for o in (outs, ref)
             )
-            want = torch.autograd.grad(
-                sum((ref[i] * wi).sum() for i, wi in zip(used, w)),
-                leaves,
-                retain_graph=True,
-                allow_unused=True,
-            )
+            assert got[0].is_contiguous(memory_format=torch.channels_last), act
+            tol = {"rtol": 2e-2, "atol": 1e-2} if dtype == torch.bfloat16 else {}  # ulps
             for leaf, g, r in zip(leaves, got, want):
                 zero = torch.zeros_like(leaf)
-                torch.testing.assert_close(zero if g is None else g, zero if r is None else r)
+                torch.testing.assert_close(
+                    zero if g is None else g, zero if r is None else r, **tol
+                )
 
 
 @pytest.mark.parametrize("device", devices())

@@ -33,7 +33,9 @@ void check_same_kind(at::TensorList ts, const char* name, const at::Tensor& ref,
 // The fused epilogue's operands: `y` float with a channel dimension (dim 1); `bias`, if
 // given, one value per channel in y's dtype and device; `bases` (named `bases_name` in
 // errors: the backward checks its output gradients the same way) and `terms` like `y`.
+// `y_name`: y's name in errors (the backward with a mask checks against grads[0]).
 void check_epilogue(const at::Tensor& y, const std::optional<at::Tensor>& bias,
-                    at::TensorList bases, at::TensorList terms, const char* bases_name = "bases");
+                    at::TensorList bases, at::TensorList terms, const char* bases_name = "bases",
+                    const char* y_name = "y");
 
 }  // namespace contnet

@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <optional>
 #include <tuple>
 #include <type_traits>
@@ -144,11 +145,16 @@ CONTNET_CPU_CLONES void grad_tail_run(scalar_t* __restrict__ gy, const acc_t* __
   });
 }
 
-// gy[i] = mask[i] ? buf[i] * scale : 0   (relu, from its mask)
+// gy[i] = mask[i] ? buf[i] * scale : 0   (relu, from its mask). The mask is read as bytes
+// and the product formed first: so written the select vectorises (a bool operand, or the
+// product inside the select, leaves a branch per element, mispredicted half the time).
 template <typename scalar_t, typename acc_t>
 CONTNET_CPU_CLONES void grad_mask_run(scalar_t* __restrict__ gy, const acc_t* __restrict__ buf,
-                                      const bool* __restrict__ mask, acc_t scale, int64_t len) {
-  for (int64_t i = 0; i < len; ++i) gy[i] = static_cast<scalar_t>(mask[i] ? buf[i] * scale : acc_t(0));
+                                      const uint8_t* __restrict__ mask, acc_t scale, int64_t len) {
+  for (int64_t i = 0; i < len; ++i) {
+    const acc_t v = buf[i] * scale;
+    gy[i] = static_cast<scalar_t>(mask[i] != 0 ? v : acc_t(0));
+  }
 }
 
 // out[i] = sum_{o<NO} c_o g_o[i]
@@ -244,7 +250,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> rk_epilogue_backward
     using acc_t = at::opmath_type<scalar_t>;
     const auto e = make_epilogue<acc_t>(static_cast<int>(act), scale, n_out, static_cast<int>(n_terms), h, coeffs);
     const scalar_t* yp = y.defined() ? y.data_ptr<scalar_t>() : nullptr;
-    const bool* mp = mask.defined() ? mask.data_ptr<bool>() : nullptr;
+    const uint8_t* mp = mask.defined() ? reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>()) : nullptr;
     const scalar_t* bp = bias.defined() ? bias.data_ptr<scalar_t>() : nullptr;
     const scalar_t* gkp = has_gk ? gk_t.data_ptr<scalar_t>() : nullptr;
     const scalar_t* gp[kMaxOutputs] = {};

@@ -131,8 +131,9 @@ class ContinuousBlock(nn.Module):
             nodes = [w.unbind(0) for w in flat]
             rows = [[node[k] for k in lookup] for node in nodes]
         else:
-            # in the nodes' layout (channels_last filter banks stay so: one copy here, not
-            # a conversion in every stage's convolution)
+            # in the nodes' layout (channels_last filter banks stay so, not converted in
+            # every stage's convolution): the kernels write it so, the reference's
+            # contiguous output is converted here
             interp = ops.basis_interp(lookup, flat)
             rows = [node_layout_like(w, v).unbind(0) for w, v in zip(flat, interp)]
         # every tensor at each stage time, then grouped by name: {"conv1": (W, b), ...}

@@ -23,6 +23,7 @@ Ops (float32, float64, float16, bfloat16 -- half types accumulate in float; CPU 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -190,6 +191,24 @@ def _dense_format(t: torch.Tensor) -> torch.memory_format:
     ):
         return torch.channels_last
     return torch.contiguous_format
+
+
+def _node_major_strides(t: torch.Tensor):
+    """basis_interp's output strides for a node stack ``t`` (as its kernels lay them out):
+    ``t``'s own, dim 0 of stride ``M = t[0].numel()``, when each node is one dense block of
+    ``M`` elements at offset ``k * M`` in one layout for all (e.g. channels_last filter
+    banks); else None (the output is contiguous)."""
+    if t.dim() < 1:
+        return None
+    m = math.prod(t.shape[1:])
+    if t.shape[0] != 1 and t.stride(0) != m:
+        return None
+    expected = 1
+    for stride, size in sorted((st, sz) for st, sz in zip(t.stride()[1:], t.shape[1:]) if sz != 1):
+        if stride != expected:
+            return None
+        expected *= size
+    return (m,) + tuple(t.stride()[1:])
 
 
 def _empty_dense(t: torch.Tensor, dtype=None) -> torch.Tensor:
@@ -506,4 +525,11 @@ if extension_loaded():
 
     @lib.register_fake("contnet::basis_interp")
     def _(phi, thetas):
-        return [t.new_empty((phi.shape[0],) + tuple(t.shape[1:])) for t in thetas]
+        outs = []
+        for t in thetas:
+            shape = (phi.shape[0],) + tuple(t.shape[1:])
+            strides = _node_major_strides(t)
+            outs.append(
+                t.new_empty(shape) if strides is None else t.new_empty_strided(shape, strides)
+            )
+        return outs

@@ -5,9 +5,11 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_strided.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -17,8 +19,13 @@
 
 namespace contnet {
 
-// Shared with the CUDA file: checks and the output shapes (S, *theta.shape[1:]).
+// Shared with the CUDA file: checks and the outputs (S, *theta.shape[1:]), laid out as
+// node_major_or_contiguous(theta) is.
 std::vector<at::Tensor> basis_interp_outputs(const at::Tensor& phi, at::TensorList thetas);
+// `t` itself when each node t[k] is one dense block of M = numel / K elements at offset
+// k * M, all nodes in one layout (node-major: the kernels combine the blocks elementwise,
+// whatever the layout inside them, e.g. channels_last filter banks), else a contiguous copy.
+at::Tensor node_major_or_contiguous(const at::Tensor& t);
 
 namespace {
 
@@ -42,7 +49,7 @@ std::vector<at::Tensor> basis_interp_cpu(const at::Tensor& phi_in, at::TensorLis
     for (int64_t k = 0; k < K; ++k)
       if (pp[s * K + k] != 0.0) nz[s].emplace_back(k, pp[s * K + k]);
   for (size_t j = 0; j < thetas_in.size(); ++j) {
-    const at::Tensor theta = thetas_in[j].contiguous();
+    const at::Tensor theta = node_major_or_contiguous(thetas_in[j]);
     const int64_t M = theta.numel() / K;
     if (S * M == 0) continue;
     const int64_t chunks = (M + kChunk - 1) / kChunk;
@@ -68,7 +75,33 @@ std::vector<at::Tensor> basis_interp_cpu(const at::Tensor& phi_in, at::TensorLis
   return outs;
 }
 
+// The strides of a node-major `t` (see node_major_or_contiguous), or nothing: dim 0 of
+// stride M (any stride when it has one node), the other dims dense in some order.
+std::optional<std::vector<int64_t>> node_major_strides(const at::Tensor& t) {
+  if (t.dim() < 1) return std::nullopt;
+  int64_t m = 1;
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size) of dims 1.. of size > 1
+  for (int64_t d = 1; d < t.dim(); ++d) {
+    m *= t.size(d);
+    if (t.size(d) != 1) dims.emplace_back(t.stride(d), t.size(d));
+  }
+  if (t.size(0) != 1 && t.stride(0) != m) return std::nullopt;
+  std::sort(dims.begin(), dims.end());
+  int64_t expected = 1;
+  for (const auto& [stride, size] : dims) {
+    if (stride != expected) return std::nullopt;
+    expected *= size;
+  }
+  std::vector<int64_t> strides(t.strides().begin(), t.strides().end());
+  strides[0] = m;
+  return strides;
+}
+
 }  // namespace
+
+at::Tensor node_major_or_contiguous(const at::Tensor& t) {
+  return node_major_strides(t).has_value() ? t : t.contiguous();
+}
 
 std::vector<at::Tensor> basis_interp_outputs(const at::Tensor& phi, at::TensorList thetas) {
   TORCH_CHECK(phi.defined(), "phi is undefined");
@@ -88,7 +121,9 @@ std::vector<at::Tensor> basis_interp_outputs(const at::Tensor& phi, at::TensorLi
                 t.device());
     std::vector<int64_t> shape(t.sizes().begin(), t.sizes().end());
     shape[0] = phi.size(0);
-    outs.push_back(at::empty(shape, t.options().memory_format(at::MemoryFormat::Contiguous)));
+    const auto strides = node_major_strides(t);
+    outs.push_back(strides ? at::empty_strided(shape, *strides, t.options())
+                           : at::empty(shape, t.options().memory_format(at::MemoryFormat::Contiguous)));
   }
   return outs;
 }

@@ -18,6 +18,7 @@
 namespace contnet {
 
 std::vector<at::Tensor> basis_interp_outputs(const at::Tensor& phi, at::TensorList thetas);
+at::Tensor node_major_or_contiguous(const at::Tensor& t);
 
 namespace {
 
@@ -50,7 +51,7 @@ std::vector<at::Tensor> basis_interp_cuda(const at::Tensor& phi_in, at::TensorLi
   const at::Tensor phi = phi_in.contiguous();
   const int64_t S = phi.size(0), K = phi.size(1);
   std::vector<at::Tensor> thetas;
-  for (const auto& t : thetas_in) thetas.push_back(t.contiguous());
+  for (const auto& t : thetas_in) thetas.push_back(node_major_or_contiguous(t));
   // one launch per run of same-dtype tensors, at most kMaxInterpTensors each
   size_t start = 0;
   while (start < thetas.size()) {

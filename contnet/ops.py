@@ -447,8 +447,12 @@ def basis_interp(phi: torch.Tensor, thetas: Sequence[torch.Tensor]) -> list[torc
 
     ``phi``: float64 ``(S, K)`` coefficients of the basis at ``S`` stage times (see
     :meth:`contnet.basis.Basis.__call__`), on the tensors' device; a constant (no gradient).
-    ``thetas``: tensors with ``K`` nodes along dim 0. Returns contiguous tensors of shape
-    ``(S, *theta.shape[1:])``, all in one launch; differentiable in ``thetas``.
+    ``thetas``: tensors with ``K`` nodes along dim 0. Returns tensors of shape
+    ``(S, *theta.shape[1:])``, all in one launch; differentiable in ``thetas``. Where each
+    node of a theta is one dense block in one layout for all (channels_last filter banks
+    stacked along dim 0, as a channels_last block keeps them) the kernels read it in place
+    and the output keeps that layout (dim 0 of stride ``theta[0].numel()``); otherwise, and
+    from the reference, the output is contiguous.
     """
     _check_tensor(phi, "phi")
     if phi.dtype != torch.float64 or phi.dim() != 2:

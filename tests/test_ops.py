@@ -581,7 +581,10 @@ def test_basis_interp_keeps_channels_last_filter_banks(device):
     theta = bank.contiguous(memory_format=torch.channels_last).unflatten(0, (K, 6))
     theta.requires_grad_()
     assert not theta.is_contiguous()
-    (out,) = ops.basis_interp(phi, [theta])
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        (out,) = ops.basis_interp(phi, [theta])
+    copies = [e.name for e in prof.events() if e.name in ("aten::contiguous", "aten::clone")]
+    assert copies == []
     assert out.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
     (ref,) = ops.basis_interp_reference(phi, [theta.detach()])
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
@@ -595,7 +598,22 @@ def test_basis_interp_keeps_channels_last_filter_banks(device):
     sliced = torch.randn(K, 6, 8, device=device, dtype=torch.float64)[:, :, ::2]
     (out,) = ops.basis_interp(phi, [sliced])
     assert out.is_contiguous()
-    torch.library.opcheck(torch.ops.contnet.basis_interp.default, (phi, [sliced]))
+    # the layouts where the kernels' rule and the fake kernel's could part: one node with
+    # any stride along dim 0, size-1 dims with odd strides, transposed and expanded nodes
+    one = contnet.basis.get("fem_linear", 2)(torch.rand(S).tolist()).to(device)[:, :1]
+    odd = [
+        torch.randn(6, 1, 5, device=device, dtype=torch.float64).transpose(0, 1),
+        torch.randn(K, 1, 4, device=device, dtype=torch.float64).as_strided(
+            (K, 1, 4), (4, 1000, 1)
+        ),
+        torch.randn(K, 5, 4, device=device, dtype=torch.float64).transpose(1, 2),
+        torch.randn(1, 4, device=device, dtype=torch.float64).expand(K, 4),
+    ]
+    for theta_ in [sliced, *odd]:
+        p = one if theta_.shape[0] == 1 else phi
+        (out,) = ops.basis_interp(p, [theta_])
+        torch.testing.assert_close(out, ops.basis_interp_reference(p, [theta_])[0])
+        torch.library.opcheck(torch.ops.contnet.basis_interp.default, (p, [theta_]))
 
 
 def test_basis_interp_of_no_stage_times():

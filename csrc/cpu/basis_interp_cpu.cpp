@@ -19,8 +19,8 @@
 
 namespace contnet {
 
-// Shared with the CUDA file: checks and the outputs (S, *theta.shape[1:]), laid out as
-// node_major_or_contiguous(theta) is.
+// Shared with the CUDA file: checks and the outputs (S, *theta.shape[1:]): theta's strides
+// with dim 0 of stride M where theta is node-major (below), else contiguous.
 std::vector<at::Tensor> basis_interp_outputs(const at::Tensor& phi, at::TensorList thetas);
 // `t` itself when each node t[k] is one dense block of M = numel / K elements at offset
 // k * M, all nodes in one layout (node-major: the kernels combine the blocks elementwise,

@@ -15,6 +15,7 @@ UNITS = [
     dict(preact=True, norm="batch"),  # fused tail: identity act
     dict(preact=False, norm=None, act="tanh"),  # fused tail: bias + tanh
     dict(preact=False, norm="batch"),  # not fusable: batch norm in the tail
+    dict(preact=False, norm=None, bias=True),  # fused tail: bias + relu (a mask for backward)
 ]
 BASES = [("piecewise_constant", 3), ("fem_linear", 3), ("legendre", 2), ("piecewise_linear", 4)]
 
@@ -25,7 +26,7 @@ def _block(basis, K, unit, scheme, n_steps=3):
 
 
 @pytest.mark.parametrize("basis,K", BASES)
-@pytest.mark.parametrize("unit", UNITS, ids=["preact", "tanh", "bn-tail"])
+@pytest.mark.parametrize("unit", UNITS, ids=["preact", "tanh", "bn-tail", "relu"])
 @pytest.mark.parametrize("scheme", ["euler", "heun", "rk3", "rk4", "rk4_38", "ab2"])
 def test_block_matches_reference_path(basis, K, unit, scheme):
     block = _block(basis, K, unit, scheme)
@@ -178,18 +179,31 @@ def test_training_with_ops_equals_reference_path():
     torch.testing.assert_close(torch.tensor(fused), torch.tensor(ref), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("basis,K", [("piecewise_constant", 2), ("fem_linear", 3)])
-def test_torch_compile_fullgraph_matches_eager(basis, K):
+@pytest.mark.parametrize(
+    "basis,K,unit,channels_last",
+    [
+        ("piecewise_constant", 2, 0, False),
+        ("fem_linear", 3, 0, False),
+        ("fem_linear", 3, 3, True),  # relu's mask, channels_last weights read in place
+    ],
+)
+def test_torch_compile_fullgraph_matches_eager(basis, K, unit, channels_last):
     torch._dynamo.reset()
-    block = _block(basis, K, UNITS[0], "rk4", n_steps=2).train()
-    x = torch.randn(2, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+    block = _block(basis, K, UNITS[unit], "rk4", n_steps=2).train()
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    if channels_last:
+        block = block.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    params = list(block.parameters())
     compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
     out_c = compiled(x)
-    (gc,) = torch.autograd.grad(out_c.square().sum(), x)
+    gc = torch.autograd.grad(out_c.square().sum(), [x, *params])
     out_e = block(x)
-    (ge,) = torch.autograd.grad(out_e.square().sum(), x)
+    ge = torch.autograd.grad(out_e.square().sum(), [x, *params])
     torch.testing.assert_close(out_c, out_e)
-    torch.testing.assert_close(gc, ge)
+    for a, b in zip(gc, ge):
+        torch.testing.assert_close(a, b)
 
 
 def test_compiled_autograd_traces_the_fused_nodes():

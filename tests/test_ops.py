@@ -365,9 +365,15 @@ def test_rk_epilogue_keeps_for_backward_only_what_it_reads(device, dtype, bias):
             tol = {"rtol": 2e-2, "atol": 1e-2} if dtype == torch.bfloat16 else {}  # ulps
             for leaf, g, r in zip(leaves, got, want):
                 zero = torch.zeros_like(leaf)
-                torch.testing.assert_close(
-                    zero if g is None else g, zero if r is None else r, **tol
-                )
+                g, r = (zero if g is None else g), (zero if r is None else r)
+                if leaf is b and dtype == torch.bfloat16:
+                    # a sum over 32 elements rounded to bfloat16 one by one (the kernel's
+                    # gradient of y) or not (the reference's): a few roundoffs of the
+                    # summed magnitudes apart, which cancellation can make large relatively
+                    bound = 4 * EPS[dtype] * want[0].float().abs().sum((0, 2, 3)) + 1e-3
+                    assert ((g.float() - r.float()).abs() <= bound).all(), act
+                else:
+                    torch.testing.assert_close(g, r, **tol)
 
 
 @pytest.mark.parametrize("device", devices())

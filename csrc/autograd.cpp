@@ -267,11 +267,12 @@ struct RkEpilogue : public torch::autograd::Function<RkEpilogue> {
     }
     // identity kept nothing of y: an output gradient (its shape and dtype) in y's layout
     // stands in for it, taken in place of that gradient so it is made dense once
-    if (!saved[0].defined()) {
+    at::Tensor y = saved[0];
+    if (!y.defined()) {
       at::Tensor& stand_in = gs.empty() ? grad_k : gs[0];
       stand_in = in_format(stand_in, ints[5] != 0 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+      y = stand_in;
     }
-    const at::Tensor y = saved[0].defined() ? saved[0] : gs.empty() ? grad_k : gs[0];
     const std::optional<at::Tensor> bias = has_bias ? std::optional<at::Tensor>(saved[1]) : std::nullopt;
     const std::optional<at::Tensor> gk = grad_k.defined() ? std::optional<at::Tensor>(grad_k) : std::nullopt;
     // through the autograd key (rk_epilogue_backward_autograd): the kernel itself when no

@@ -159,3 +159,16 @@ def test_block_bench_ratios_in_the_targets_terms():
     assert over["forward"] == pytest.approx({"floor": 1.0, "contnet": 1.1, "hand": 2.2})
     assert over["forward_backward"] == pytest.approx({"floor": 1.0, "contnet": 1.1, "hand": 1.65})
     assert faster["forward_backward"] == pytest.approx({"floor": 1.65, "contnet": 1.5, "hand": 1.0})
+
+
+def test_block_bench_defaults():
+    """``python -m bench block`` without options: ``host`` (batch 1, a measure of host time)
+    only when asked for; on a GPU, whose eager passes wait on the host, more rounds than 3."""
+    from bench import block_bench
+
+    gpu, cpu = block_bench.defaults("cuda"), block_bench.defaults("cpu")
+    assert gpu["shapes"] == ["stage1", "stage2", "stage3", "wide"]
+    assert cpu["shapes"] == ["stage1", "stage2", "stage3"]
+    assert block_bench.defaults("cuda:0") == gpu
+    assert gpu["rounds"] == 5 and cpu["rounds"] == 9
+    assert gpu["default_batch"] is None and cpu["default_batch"] == 16

@@ -616,7 +616,7 @@ def main(argv=None):
         type=int,
         default=None,
         help="interleaved rounds (default: 9 on the CPU, whose rounds vary by 10-30%%; 5 on a "
-        "GPU, whose eager passes wait on a host whose rounds vary by up to 50%%)",
+        "GPU, whose eager passes wait on a host whose rounds vary by up to 60%%)",
     )
     p.add_argument("--min-run-time", type=float, default=None, help="default: 0.3 s CPU, 0.5 s GPU")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)

@@ -7,10 +7,11 @@
 
 namespace contnet {
 
-void check_float_dtype(const at::Tensor& t, const char* name) {
+void check_float_dtype(const at::Tensor& t, const char* name, const char* alternative) {
   const auto dt = t.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
-              name, " must be float32, float64, float16 or bfloat16, got ", dt);
+              name, " must be float32, float64, float16 or bfloat16",
+              alternative ? ", " : "", alternative ? alternative : "", ", got ", dt);
 }
 
 void check_like(const at::Tensor& t, const at::Tensor& ref, const std::string& name,

@@ -98,10 +98,7 @@ EpilogueGradOperands epilogue_grad_operands(at::TensorList grads,
     TORCH_CHECK(y.device() == like.device(), "y (a mask) must be on the device of ", like_name,
                 " (", like.device(), "), got ", y.device());
   } else {
-    const auto dt = y.scalar_type();
-    TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
-                "y must be float32, float64, float16 or bfloat16, or for act relu a bool mask of "
-                "y + bias > 0, got ", dt);
+    check_float_dtype(y, "y", "or for act relu a bool mask of y + bias > 0");
   }
   check_epilogue(like, bias, grads, {}, "grads", like_name);
   // before anything is allocated for them

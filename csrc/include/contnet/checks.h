@@ -11,7 +11,9 @@
 
 namespace contnet {
 
-void check_float_dtype(const at::Tensor& t, const char* name);
+// `t` is float32, float64, float16 or bfloat16; `alternative`, if given, names what else the
+// caller accepts (checked by the caller), in the error after the float types.
+void check_float_dtype(const at::Tensor& t, const char* name, const char* alternative = nullptr);
 
 // `t` has the shape, dtype and device of `ref`.
 void check_like(const at::Tensor& t, const at::Tensor& ref, const std::string& name,

@@ -52,11 +52,20 @@ except ImportError as err:  # pragma: no cover - exercised only without the buil
 
 #: activation codes shared with csrc/include/contnet/activations.h
 ACT_CODES = {"identity": 0, "relu": 1, "tanh": 2, "gelu": 3, "silu": 4, "softplus": 5}
+
+
+def _gelu(z: torch.Tensor) -> torch.Tensor:
+    """Exact gelu, ``z * Phi(z)``, written out as the kernels compute it. ``F.gelu``'s
+    vectorised CPU loop gives NaN at ``+inf`` in float32 (its scalar loop, float64 and the
+    formula give ``inf``); this form gives every value ``F.gelu`` gives in float64."""
+    return 0.5 * z * (1.0 + torch.erf(z * math.sqrt(0.5)))
+
+
 _ACT_FUNCS = {
     0: lambda z: z,
     1: F.relu,
     2: torch.tanh,
-    3: F.gelu,
+    3: _gelu,
     4: F.silu,
     5: F.softplus,
 }
@@ -352,15 +361,18 @@ def rk_epilogue_reference(
     acc = _opmath(y.dtype)
     z = y.to(acc) if bias is None else y.to(acc) + _bias_view(bias.to(acc), y)
     k = scale * _ACT_FUNCS[act](z)
+    # each operand widened once: a term's gradient sums over the outputs in float and is
+    # rounded once, as the kernels round it
+    operands = [t.to(acc) for t in terms] + [k]
     n_terms = len(terms)
     outs = []
     for o, base in enumerate(bases):
         row = coeffs[o * (n_terms + 1) : (o + 1) * (n_terms + 1)]
         out = base.to(acc)
-        for j, t in enumerate(terms):
-            if not _vanishes(h * row[j], y.dtype):
-                out = out + (h * row[j]) * t.to(acc)
-        outs.append((out + (h * row[n_terms]) * k).to(y.dtype))
+        for c, t in zip(row, operands):
+            if not _vanishes(h * c, y.dtype):
+                out = out + (h * c) * t
+        outs.append(out.to(y.dtype))
     if return_k:
         outs.append(k.to(y.dtype))
     if return_mask:
@@ -386,8 +398,11 @@ def rk_epilogue(
         k      = scale * act(y + bias[channel])            (channel: dim 1 of y)
         out[o] = bases[o] + h * (sum_j C[o][j] terms[j] + C[o][T] k),   T = len(terms)
 
-    ``coeffs`` is ``C`` row-major, ``len(bases) x (T + 1)``. ``act``: a name or code of
-    :data:`ACT_CODES`. Returns ``[out_0, ..., out_{M-1}]`` and ``k`` last if ``return_k``.
+    ``coeffs`` is ``C`` row-major, ``len(bases) x (T + 1)``; a coefficient whose ``h * C``
+    is zero in the accumulation type is skipped, its operand (a term, or ``k``) not read
+    for that output, so a non-finite value there has no effect. ``act``: a name or code of
+    :data:`ACT_CODES`, computed as ``torch.nn.functional``'s activation (gelu in its exact
+    erf form). Returns ``[out_0, ..., out_{M-1}]`` and ``k`` last if ``return_k``.
     At most 3 bases and 8 terms. Differentiable in ``y``, ``bias``, ``bases``, ``terms``.
     """
     _check_tensor(y, "y")

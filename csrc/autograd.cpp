@@ -13,6 +13,7 @@
 
 #include "contnet/activations.h"
 #include "contnet/layout.h"
+#include "contnet/rk_combine.h"
 
 namespace contnet {
 
@@ -275,11 +276,19 @@ struct RkEpilogue : public torch::autograd::Function<RkEpilogue> {
     }
     const std::optional<at::Tensor> bias = has_bias ? std::optional<at::Tensor>(saved[1]) : std::nullopt;
     const std::optional<at::Tensor> gk = grad_k.defined() ? std::optional<at::Tensor>(grad_k) : std::nullopt;
+    // whether a gradient reaches k: its own, or an output that read it (a coefficient of k
+    // that does not vanish). If none does, y and bias are not on a path to the loss and
+    // get no gradient, as autograd of the same ops would give (not 0 * act'(z), NaN where
+    // act' is).
+    bool k_read = grad_k.defined();
+    const bool in_double = (gs.empty() ? grad_k : gs[0]).scalar_type() == at::kDouble;
+    for (size_t o = 0; o < gs.size() && !k_read; ++o)
+      k_read = !coefficient_vanishes(h * rows[o * (n_terms + 1) + n_terms], in_double);
     // through the autograd key (rk_epilogue_backward_autograd): the kernel itself when no
     // graph is built, else a node that makes a double backward a clear error
     auto [grad_y, grad_terms, grad_bias] = rk_epilogue_backward_op(gs, gk, y, bias, act, scale, n_terms, h, rows);
-    out.push_back(grad_y);
-    out.push_back(has_bias ? grad_bias : at::Tensor());
+    out.push_back(k_read ? grad_y : at::Tensor());
+    out.push_back(has_bias && k_read ? grad_bias : at::Tensor());
     out.emplace_back();  // act
     out.emplace_back();  // scale
     for (int64_t o = 0; o < n_bases; ++o) out.push_back(grads[o]);

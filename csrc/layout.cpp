@@ -107,14 +107,20 @@ EpilogueGradOperands epilogue_grad_operands(at::TensorList grads,
   check_kernel_device(y, device);
   const auto fmt = dense_format(y);
   EpilogueGradOperands a;
-  if (has_gk) {
-    check_like(*grad_k, like, "grad_k", like_name);
-    a.grad_k = in_format(*grad_k, fmt);
-  }
-  (masked ? a.mask : a.y) = in_format(y, fmt);
+  if (has_gk) check_like(*grad_k, like, "grad_k", like_name);
+  a.dtype = like.scalar_type();
+  // the bias's gradient sums y's gradients unrounded, as autograd of the forward's float
+  // arithmetic does: float16/bfloat16 operands are widened for the kernel
+  const bool widen = bias.has_value() && bias->defined() && at::isReducedFloatingType(a.dtype);
+  const auto wide = [&](const at::Tensor& t) {
+    return in_format(widen && t.defined() && t.scalar_type() != at::kBool ? t.to(at::kFloat) : t, fmt);
+  };
+  if (has_gk) a.grad_k = wide(*grad_k);
+  (masked ? a.mask : a.y) = wide(y);
   a.bias = contiguous_or_undefined(bias);
-  for (const auto& t : grads) a.grads.push_back(in_format(t, fmt));
-  const auto grad_options = y.options().dtype(like.scalar_type());
+  if (widen) a.bias = a.bias.to(at::kFloat);
+  for (const auto& t : grads) a.grads.push_back(wide(t));
+  const auto grad_options = y.options().dtype(widen ? at::kFloat : a.dtype);
   for (int64_t j = 0; j < n_terms; ++j) a.grad_terms.push_back(at::empty_like(y, grad_options, fmt));
   a.grad_y = at::empty_like(y, grad_options, fmt);
   a.ci = channel_index(y, fmt);
@@ -127,7 +133,7 @@ CombineOperands combine_operands(const at::Tensor& x, at::TensorList terms, doub
   CombineOperands a;
   for (size_t j = 0; j < terms.size(); ++j) {
     const double hc = h * coeffs[j];
-    if (in_double ? hc == 0.0 : static_cast<float>(hc) == 0.0f) continue;
+    if (coefficient_vanishes(hc, in_double)) continue;
     a.terms.push_back(terms[j]);
     a.coeffs.push_back(coeffs[j]);
   }
@@ -138,8 +144,12 @@ CombineOperands combine_operands(const at::Tensor& x, at::TensorList terms, doub
   return a;
 }
 
-at::Tensor EpilogueGradOperands::grad_bias() const {
-  return bias.defined() ? channel_sum(grad_y).to(bias.scalar_type()) : at::empty({0}, grad_y.options());
+std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> EpilogueGradOperands::results() const {
+  at::Tensor grad_bias =
+      bias.defined() ? channel_sum(grad_y).to(dtype) : at::empty({0}, grad_y.options().dtype(dtype));
+  std::vector<at::Tensor> terms;
+  for (const auto& t : grad_terms) terms.push_back(t.scalar_type() == dtype ? t : t.to(dtype));
+  return {grad_y.scalar_type() == dtype ? grad_y : grad_y.to(dtype), std::move(terms), std::move(grad_bias)};
 }
 
 }  // namespace contnet

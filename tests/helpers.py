@@ -5,6 +5,13 @@ import torch
 
 from contnet import ops
 
+#: property-based cases run per target (printed at the end of the run by conftest)
+CASES: dict = {}
+
+
+def count_case(target: str) -> None:
+    CASES[target] = CASES.get(target, 0) + 1
+
 
 def devices():
     """CPU always; CUDA as a parameter marked `cuda` (skipped without a GPU)."""

@@ -100,8 +100,9 @@ CONTNET_CPU_CLONES void mask_run(bool* __restrict__ mask, const scalar_t* __rest
   });
 }
 
-// out[i] = base[i] + sum_{j<NT} c_j term_j[i] + ck * k[i]   (zero c_j already dropped)
-template <typename scalar_t, typename acc_t, int NT>
+// out[i] = base[i] + sum_{j<NT} c_j term_j[i] + ck * k[i]   (zero c_j already dropped; the
+// k term only WITH_K, which the caller sets where ck is nonzero)
+template <typename scalar_t, typename acc_t, int NT, bool WITH_K>
 CONTNET_CPU_CLONES void out_run(scalar_t* __restrict__ out, const scalar_t* __restrict__ base,
                                 const scalar_t* const* term_in, const acc_t* c_in, acc_t ck,
                                 const acc_t* __restrict__ k, int64_t len) {
@@ -111,7 +112,8 @@ CONTNET_CPU_CLONES void out_run(scalar_t* __restrict__ out, const scalar_t* __re
   for (int64_t i = 0; i < len; ++i) {
     acc_t acc = static_cast<acc_t>(base[i]);
     for (int j = 0; j < NT; ++j) acc = madd(acc, c[j], static_cast<acc_t>(term[j][i]));
-    out[i] = static_cast<scalar_t>(madd(acc, ck, k[i]));
+    if constexpr (WITH_K) acc = madd(acc, ck, k[i]);
+    out[i] = static_cast<scalar_t>(acc);
   }
 }
 
@@ -198,8 +200,14 @@ void epilogue_chunk(const Epilogue<acc_t>& e, const Operands<scalar_t>& p, Chann
       terms[nt] = p.term[j] + begin;
       c[nt++] = e.c[o][j];
     }
+    const acc_t ck = e.c[o][kK];
     with_count<0, kMaxTerms>(nt, [&](auto NT) {
-      out_run<scalar_t, acc_t, decltype(NT)::value>(p.out[o] + begin, p.base[o] + begin, terms, c, e.c[o][kK], k, len);
+      constexpr int n = decltype(NT)::value;
+      if (ck != acc_t(0)) {
+        out_run<scalar_t, acc_t, n, true>(p.out[o] + begin, p.base[o] + begin, terms, c, ck, k, len);
+      } else {
+        out_run<scalar_t, acc_t, n, false>(p.out[o] + begin, p.base[o] + begin, terms, c, ck, k, len);
+      }
     });
   }
   if (p.k) {
@@ -296,7 +304,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> rk_epilogue_backward
       }
     });
   });
-  return {a.grad_y, a.grad_terms, a.grad_bias()};
+  return a.results();
 }
 
 }  // namespace

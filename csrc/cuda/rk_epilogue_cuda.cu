@@ -280,7 +280,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> rk_epilogue_backward
               <<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(p, e);
         });
   });
-  return {a.grad_y, a.grad_terms, a.grad_bias()};
+  return a.results();
 }
 
 }  // namespace

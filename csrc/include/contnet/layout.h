@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <tuple>
 #include <vector>
 
 namespace contnet {
@@ -48,15 +49,19 @@ EpilogueOperands epilogue_operands(const at::Tensor& y, const std::optional<at::
 // The same for the epilogue's backward: the outputs' gradients `grads` and k's `grad_k`
 // (undefined if none), with the gradients of y and of the `n_terms` terms allocated. A
 // bool y is relu's mask (`mask` set, `y` undefined; act must be relu); the gradients'
-// dtype is then that of grads (or grad_k).
+// dtype is then that of grads (or grad_k). With a bias, float16/bfloat16 operands are
+// widened to float, so that the bias's gradient sums y's gradients before they are
+// rounded (as autograd of the forward's float arithmetic does).
 struct EpilogueGradOperands {
   at::Tensor y, mask, bias, grad_k;
   std::vector<at::Tensor> grads, grad_terms;
   at::Tensor grad_y;
   ChannelIndex ci;
+  at::ScalarType dtype;  // of the gradients returned
 
-  // The bias's gradient once grad_y is computed (empty without a bias).
-  at::Tensor grad_bias() const;
+  // (grad_y, grad_terms, grad_bias) once the kernel has written grad_y and grad_terms, in
+  // `dtype`; grad_bias is empty without a bias.
+  std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> results() const;
 };
 
 EpilogueGradOperands epilogue_grad_operands(at::TensorList grads,

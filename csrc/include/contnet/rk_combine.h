@@ -49,6 +49,12 @@ CONTNET_UNROLL
   return acc;
 }
 
+// Host side: whether a step coefficient `hc = h * c` is zero in the accumulation type
+// (float below double; a tiny one underflows). Such a term is skipped, forward and backward.
+inline bool coefficient_vanishes(double hc, bool in_double) {
+  return in_double ? hc == 0.0 : static_cast<float>(hc) == 0.0f;
+}
+
 // Host side: coefficients `h * coeffs[start + j]` for j < n, in the accumulation type.
 template <typename acc_t>
 inline Coefs<acc_t> make_coefs(double h, c10::ArrayRef<double> coeffs, size_t start, int n) {

@@ -9,8 +9,9 @@
 //   grad_y = gk * scale * act'(y + bias_c)      (relu: from the mask y + bias_c > 0)
 //   grad_term_j = sum_o c[o][j] * g_o
 //
-// Coefficients are pre-multiplied by the step h. Zero coefficients of terms and of output
-// gradients are skipped (so a non-finite operand with a zero coefficient has no effect).
+// Coefficients are pre-multiplied by the step h. A zero coefficient (of a term, or of k in
+// an output) is skipped in the forward and in the backward alike: its operand is not read
+// there, so a non-finite value with a zero coefficient has no effect.
 #pragma once
 
 #include <c10/macros/Macros.h>
@@ -47,7 +48,7 @@ C10_HOST_DEVICE inline acc_t epilogue_out(const Epilogue<acc_t>& e, int o, acc_t
   CONTNET_UNROLL
   for (int j = 0; j < kMaxTerms; ++j)
     if (j < e.n_terms && e.c[o][j] != acc_t(0)) acc = madd(acc, e.c[o][j], term[j]);
-  return madd(acc, e.c[o][kK], k);
+  return e.c[o][kK] != acc_t(0) ? madd(acc, e.c[o][kK], k) : acc;
 }
 
 // d loss / d k from the upstream gradients (g: n_out values, gk: gradient of k itself).

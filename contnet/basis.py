@@ -23,6 +23,7 @@ floats, so it costs no tensor work in a forward pass and traces as constants und
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -109,7 +110,10 @@ class Basis:
     # ------------------------------------------------------------------ evaluation
     def coefficients(self, t: float) -> tuple[tuple[int, float], ...]:
         """Non-zero ``(k, phi_k(t))`` pairs at one time (plain floats)."""
-        t = _clamp01(float(t))
+        t = float(t)
+        if not math.isfinite(t):
+            raise ValueError(f"t must be a finite time, got {t}")
+        t = _clamp01(t)
         fam, K = self.family, self.n_basis
         if fam == "piecewise_constant":
             return ((_cell(t, K), 1.0),)
@@ -130,7 +134,12 @@ class Basis:
 
     def __call__(self, times) -> torch.Tensor:
         """``phi[s, k] = phi_k(times[s])`` as a float64 tensor of shape ``(S, K)``."""
-        ts = torch.as_tensor(times, dtype=torch.float64).reshape(-1).tolist()
+        try:
+            ts = torch.as_tensor(times, dtype=torch.float64).reshape(-1).tolist()
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"times must be a sequence of real numbers, got {times!r}") from e
+        if not all(map(math.isfinite, ts)):
+            raise ValueError(f"times must be finite, got {times!r}")
         out = torch.zeros(len(ts), self.n_basis, dtype=torch.float64)
         for s, t in enumerate(ts):
             for k, w in self.coefficients(t):

@@ -90,6 +90,9 @@ class ContinuousBlock(nn.Module):
         self._backprop = value
 
     def forward(self, x):
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+            raise TypeError(f"x must be a floating-point tensor, got {got}")
         rate = self._rate(x)
         kw = {}
         if schemes.get(self.scheme).name == "lm":

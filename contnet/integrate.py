@@ -14,7 +14,6 @@ unrolls into one graph under ``torch.compile``.
 from __future__ import annotations
 
 import contextlib
-import numbers
 from dataclasses import dataclass
 
 import torch
@@ -515,16 +514,12 @@ def odeint(
         raise TypeError(f"x0 must be a torch.Tensor, got {type(x0).__name__}")
     if not x0.is_floating_point():
         raise TypeError(f"x0 must be a floating-point tensor, got {x0.dtype}")
-    for name, v in (("t0", t0), ("t1", t1)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
-    if t0 == t1:
-        raise ValueError(f"t0 and t1 must differ, got t0 = t1 = {t0}")
+    t0, t1 = schemes.check_interval(t0, t1)
     if backprop not in BACKPROP_MODES:
         raise ValueError(f"unknown backprop {backprop!r}; expected one of {list(BACKPROP_MODES)}")
     sch = schemes.get(scheme)
     n_steps = schemes.check_n_steps(n_steps)
-    stepper = _stepper(f, sch, n_steps, float(t0), float(t1), lm_k)
+    stepper = _stepper(f, sch, n_steps, t0, t1, lm_k)
     # torch.func transforms differentiate (or batch) the steps themselves: as direct
     if backprop == "direct" or not torch.is_grad_enabled() or ops.in_func_transform():
         state = stepper.start(x0)

@@ -125,9 +125,23 @@ def _positive_float(v, name: str) -> float:
     return v
 
 
+def check_state(x, channels: int, what: str = "channels") -> None:
+    """``x`` must be a floating-point ``(N, channels, H, W)`` tensor (``what`` names the
+    setting ``channels`` comes from, for the message)."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(f"x must be a floating-point tensor, got {got}")
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise ValueError(
+            f"x must have shape (N, {channels}, H, W) for {what}={channels}, got {tuple(x.shape)}"
+        )
+
+
 def _check_time(t) -> float:
     if isinstance(t, torch.Tensor) or isinstance(t, bool) or not isinstance(t, (int, float)):
         raise TypeError(f"t must be a Python float, got {type(t).__name__}")
+    if not math.isfinite(t):
+        raise ValueError(f"t must be finite, got {t}")
     return float(t)
 
 
@@ -345,10 +359,7 @@ class TimeConv2d(TimeDependent):
         :meth:`basis_tensors` (``(W,)`` or ``(W, b)``), as a block precomputes them for all
         stage times; else they are looked up here.
         ``use_bias=False`` leaves the bias out (for a caller that fuses it)."""
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"x must have shape (N, {self.in_channels}, H, W) for in_channels={self.in_channels}, got {tuple(x.shape)}"
-            )
+        check_state(x, self.in_channels, "in_channels")
         return self.apply_weights(x, self.weight_at(t) if weights is None else weights, use_bias)
 
     def apply_weights(self, x: torch.Tensor, weights, use_bias: bool = True) -> torch.Tensor:
@@ -411,10 +422,7 @@ class TimeBatchNorm2d(TimeDependent):
         return super().project(n_basis, "piecewise_constant")
 
     def forward(self, t: float, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ValueError(
-                f"x must have shape (N, {self.channels}, H, W) for channels={self.channels}, got {tuple(x.shape)}"
-            )
+        check_state(x, self.channels, "channels")
         ((k, _),) = self.coefficients(_check_time(t))
         w = self.weight[k] if self.weight is not None else None
         b = self.bias[k] if self.bias is not None else None
@@ -555,10 +563,7 @@ class ConvUnit(nn.Module):
         return x if norm is None else norm(t, x)
 
     def _check(self, x):
-        if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ValueError(
-                f"x must have shape (N, {self.channels}, H, W) for channels={self.channels}, got {tuple(x.shape)}"
-            )
+        check_state(x, self.channels, "channels")
 
     def basis_tensors(self) -> dict[str, list[torch.Tensor]]:
         """``{"conv1": [...], "conv2": [...]}``: the tensors expanded in the unit's weight

@@ -3,13 +3,24 @@ refinement in depth, projection onto another basis, conversion of a residual sta
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import basis as basis_lib
+from . import schemes as schemes_lib
 from .block import ContinuousBlock
-from .layers import ACTIVATIONS, NORMS, ConvUnit, TimeBatchNorm2d, TimeDependent, _positive_int
+from .layers import (
+    ACTIVATIONS,
+    NORMS,
+    ConvUnit,
+    TimeBatchNorm2d,
+    TimeDependent,
+    _positive_int,
+    check_state,
+)
 
 __all__ = [
     "ContinuousNet",
@@ -69,11 +80,13 @@ class ContinuousNet(nn.Module):
         backprop: str = "direct",
     ):
         super().__init__()
+        if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence):
+            raise TypeError(f"widths must be a sequence of ints, got {type(widths).__name__}")
         widths = tuple(widths)
         if not widths:
             raise ValueError("widths must name at least one stage width")
-        for w in widths:
-            _positive_int(w, "widths[i]")
+        for i, w in enumerate(widths):
+            _positive_int(w, f"widths[{i}]")
         if norm not in NORMS:
             raise ValueError(f"unknown norm {norm!r}; expected one of {list(NORMS)}")
         self.config = {
@@ -82,7 +95,7 @@ class ContinuousNet(nn.Module):
             "widths": list(widths),
             "n_basis": n_basis,
             "basis": basis,
-            "scheme": scheme if isinstance(scheme, str) else scheme.name,
+            "scheme": scheme if isinstance(scheme, str) else schemes_lib.get(scheme).name,
             "n_steps": n_steps,
             "act": act,
             "norm": norm,
@@ -122,11 +135,7 @@ class ContinuousNet(nn.Module):
         return self.act(self.norm(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.config["in_channels"]
-        if x.dim() != 4 or x.shape[1] != c:
-            raise ValueError(
-                f"x must have shape (N, {c}, H, W) for in_channels={c}, got {tuple(x.shape)}"
-            )
+        check_state(x, self.config["in_channels"], "in_channels")
         return self.head(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
 
 
@@ -170,12 +179,38 @@ def _move_optimizer_state(optimizer, changes) -> None:
             }
 
 
-def _apply_tree(module: nn.Module, fn, optimizer) -> dict:
+def _basis_map(old: basis_lib.Basis, new: basis_lib.Basis) -> torch.Tensor:
+    """The matrix taking node values in ``old`` to ``new``: the exact refinement matrix
+    where ``new`` is ``old`` refined, else the L2 projection."""
+    return old.refine_matrix() if new == old.refined() else old.projection_matrix(new)
+
+
+def _map_tree(module: nn.Module, target, optimizer) -> dict:
+    """Move every time-dependent layer of ``module`` to the basis ``target(layer)`` (the
+    batch norms of a :class:`ConvUnit` to as many cells as its new weight basis has), and
+    the ``optimizer``'s state with them. Every target is computed, and every argument
+    checked, before anything changes: an error leaves the module and the optimizer as
+    they were."""
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}"
+        )
+    follow = {}  # a unit's norms: piecewise constant on its weights' cells
+    for unit in module.modules():
+        if isinstance(unit, ConvUnit):
+            cells = basis_lib.get("piecewise_constant", target(unit.conv1).n_cells)
+            follow.update({n: cells for n in (unit.norm1, unit.norm2) if n is not None})
+    plans = []
+    for m in module.modules():
+        if isinstance(m, TimeDependent):
+            new = follow.get(m) or target(m)
+            if new != m.basis:
+                plans.append((m, new, _basis_map(m.basis, new)))
     changes = []
-    for m in [m for m in module.modules() if isinstance(m, TimeDependent)]:
-        changes += fn(m)
+    for m, new, M in plans:
+        changes += m._apply_basis_map(new, M)
     if optimizer is not None:
         _move_optimizer_state(optimizer, changes)
     return {new: M for _, new, M in changes}
@@ -183,14 +218,16 @@ def _apply_tree(module: nn.Module, fn, optimizer) -> dict:
 
 def refine(module: nn.Module, *, steps: bool = True, optimizer=None) -> dict:
     """Refine every time-dependent layer of ``module`` to the next finer basis (exact:
-    ``theta(t)`` is unchanged) and, with ``steps``, double every block's ``n_steps``.
+    ``theta(t)`` is unchanged) and, with ``steps``, double every block's ``n_steps``. The
+    batch norms of a :class:`ConvUnit` follow its weights' cells (a ``legendre`` basis has
+    one cell at every size: its norms keep theirs).
 
     The refined tensors are new parameters: pass the ``optimizer`` so that it holds them in
     place of the old ones, with its per-parameter state (momentum, moments) mapped by the
     same linear map. (A ``DistributedDataParallel`` wrapper must be built anew.) Returns
     ``{new_tensor: R}`` with ``new = R @ old`` along the node dimension.
     """
-    maps = _apply_tree(module, lambda m: m.refine(), optimizer)
+    maps = _map_tree(module, lambda m: m.basis.refined(), optimizer)
     if steps:
         for m in module.modules():
             if isinstance(m, ContinuousBlock):
@@ -201,23 +238,19 @@ def refine(module: nn.Module, *, steps: bool = True, optimizer=None) -> dict:
 def project(module: nn.Module, n_basis: int, basis: str | None = None, *, optimizer=None) -> dict:
     """L2-project every time-dependent layer of ``module`` onto ``n_basis`` nodes of
     ``basis`` (default: each layer's own family). Batch-norm statistics of a
-    :class:`ConvUnit` go onto as many cells as its new weight basis has. ``n_steps`` is
-    left as it is. Returns ``{tensor: P}`` with ``new = P @ old`` along the node dimension.
+    :class:`ConvUnit` go onto as many cells as its new weight basis has; other batch norms
+    onto ``n_basis`` cells. ``n_steps`` is left as it is. Returns ``{tensor: P}`` with
+    ``new = P @ old`` along the node dimension.
     """
     if basis is not None:
         basis_lib.check_family(basis)
-    cells = {}
-    for unit in module.modules() if isinstance(module, nn.Module) else ():
-        if isinstance(unit, ConvUnit):
-            n = basis_lib.get(basis or unit.basis.family, n_basis).n_cells
-            cells.update({norm: n for norm in (unit.norm1, unit.norm2) if norm is not None})
 
-    def fn(m):
+    def target(m):
         if isinstance(m, TimeBatchNorm2d):
-            return m.project(cells.get(m, n_basis))
-        return m.project(n_basis, basis)
+            return basis_lib.get("piecewise_constant", n_basis)
+        return basis_lib.get(basis or m.basis.family, n_basis)
 
-    return _apply_tree(module, fn, optimizer)
+    return _map_tree(module, target, optimizer)
 
 
 # ----------------------------------------------------------------------------- from_resnet

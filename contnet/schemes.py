@@ -19,6 +19,7 @@ same pieces as the forward step over their interval (see :func:`stage_times`).
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -231,6 +232,19 @@ def check_n_steps(n_steps) -> int:
     return n_steps
 
 
+def check_interval(t0, t1) -> tuple[float, float]:
+    """Validate an integration interval (finite real numbers, ``t0 != t1``) and return it
+    as floats."""
+    for name, v in (("t0", t0), ("t1", t1)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+        if not math.isfinite(v):
+            raise ValueError(f"{name} must be finite, got {v}")
+    if t0 == t1:
+        raise ValueError(f"t0 and t1 must differ, got t0 = t1 = {t0}")
+    return float(t0), float(t1)
+
+
 def _time(t0: float, t1: float, num: int, den: int) -> float:
     # On [0, 1] the time is the correctly rounded rational num/den (Python's int / int is
     # correctly rounded), so equal rationals give identical floats: stage times meet basis
@@ -245,6 +259,7 @@ def _time(t0: float, t1: float, num: int, den: int) -> float:
 def step_times(n_steps: int, t0: float = 0.0, t1: float = 1.0) -> list[float]:
     """The ``n_steps + 1`` step boundaries ``t_0 < ... < t_N`` (or descending if t1 < t0)."""
     n_steps = check_n_steps(n_steps)
+    t0, t1 = check_interval(t0, t1)
     return [_time(t0, t1, n, n_steps) for n in range(n_steps + 1)]
 
 
@@ -264,9 +279,10 @@ def stage_times(scheme, n_steps: int, t0: float = 0.0, t1: float = 1.0) -> list[
     """
     sch = get(scheme)
     n_steps = check_n_steps(n_steps)
+    t0, t1 = check_interval(t0, t1)
     if torch.compiler.is_compiling():  # traced once into constants; no cache needed
         return _stage_times(sch, n_steps, t0, t1)
-    key = (id(sch), n_steps, float(t0), float(t1))
+    key = (id(sch), n_steps, t0, t1)
     hit = _STAGE_TIMES.get(key)
     if hit is not None and hit[0] is sch:
         return hit[1]

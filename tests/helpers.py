@@ -2,8 +2,9 @@
 
 import pytest
 import torch
+from torch import nn
 
-from contnet import ops
+from contnet import TimeBatchNorm2d, ops
 
 #: property-based cases run per target (printed at the end of the run by conftest)
 CASES: dict = {}
@@ -34,3 +35,14 @@ def autocast_errors(model, x, dtype):
     with ops.use_reference():
         eager = _autocast_error(model, x, dtype)
     return fused, eager
+
+
+def randomise_norms(module):
+    """Random affine parameters and running statistics in every norm (nothing trivial)."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (TimeBatchNorm2d, nn.BatchNorm2d)):
+                m.running_mean.normal_(0, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.3)

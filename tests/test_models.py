@@ -1,28 +1,18 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import contnet
 from contnet import basis
 
+from .helpers import randomise_norms
+
 FAMILIES = [("piecewise_constant", 2), ("fem_linear", 2), ("piecewise_linear", 2), ("legendre", 2)]
-
-
-def _randomise(module):
-    """Random affine parameters and running statistics in every norm (nothing trivial)."""
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, (contnet.TimeBatchNorm2d, nn.BatchNorm2d)):
-                m.running_mean.normal_(0, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.3)
 
 
 def _block(family, K, norm="batch", scheme="rk4", n_steps=4):
     unit = contnet.ConvUnit(3, n_basis=K, basis=family, norm=norm, act="tanh").double()
-    _randomise(unit)
+    randomise_norms(unit)
     return contnet.ContinuousBlock(unit, scheme=scheme, n_steps=n_steps).eval()
 
 
@@ -153,83 +143,11 @@ def test_projection_onto_another_family_is_exact_for_its_polynomials():
         torch.testing.assert_close(block(x), before, rtol=1e-12, atol=1e-12)
 
 
-class PreActBlock(nn.Module):
-    """The common pre-activation basic block (identity shortcut)."""
-
-    def __init__(self, c, hidden, bias=False):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(c)
-        self.conv1 = nn.Conv2d(c, hidden, 3, 1, 1, bias=bias)
-        self.bn2 = nn.BatchNorm2d(hidden)
-        self.conv2 = nn.Conv2d(hidden, c, 3, 1, 1, bias=bias)
-        self.shortcut = nn.Sequential()
-
-    def forward(self, x):
-        out = self.conv1(F.relu(self.bn1(x)))
-        return self.shortcut(x) + self.conv2(F.relu(self.bn2(out)))
-
-
-class TimmStyle(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.norm1, self.conv1 = nn.BatchNorm2d(c), nn.Conv2d(c, c, 3, 1, 1, bias=False)
-        self.norm2, self.conv2 = nn.BatchNorm2d(c), nn.Conv2d(c, c, 3, 1, 1, bias=False)
-        self.downsample = None
-
-    def forward(self, x):
-        return x + self.conv2(F.relu(self.norm2(self.conv1(F.relu(self.norm1(x))))))
-
-
-@pytest.mark.parametrize(
-    "make", [lambda: PreActBlock(4, 6), lambda: PreActBlock(4, 4, bias=True), lambda: TimmStyle(4)]
-)
-def test_from_resnet_reproduces_stage(make):
-    stage = nn.Sequential(*[make() for _ in range(3)]).double()
-    _randomise(stage)
-    stage.eval()
-    block = contnet.from_resnet(stage)
-    assert (block.scheme, block.n_steps, block.unit.n_basis, block.unit.basis.family) == (
-        "euler",
-        3,
-        3,
-        "piecewise_constant",
-    )
-    assert not block.training
-    x = torch.randn(2, 4, 7, 7, dtype=torch.float64)
-    with torch.no_grad():
-        torch.testing.assert_close(block(x), stage(x), rtol=0, atol=1e-6)
-        assert (block(x) - stage(x)).abs().max() < 1e-12
-
-
-def test_from_resnet_refuses_what_it_cannot_convert():
-    with pytest.raises(ValueError, match="at least one residual block"):
-        contnet.from_resnet(nn.Sequential())
-    b = PreActBlock(4, 4)
-    b.shortcut = nn.Sequential(nn.Conv2d(4, 4, 1))
-    with pytest.raises(ValueError, match="identity shortcut"):
-        contnet.from_resnet([b])
-    b = PreActBlock(4, 4)
-    b.conv1 = nn.Conv2d(4, 4, 3, 2, 1)
-    with pytest.raises(ValueError, match="stride 1"):
-        contnet.from_resnet([b])
-    with pytest.raises(ValueError, match="no bn1/norm1"):
-        contnet.from_resnet([nn.Conv2d(4, 4, 3)])
-    # batch-norm settings a converted block would change silently
-    b = PreActBlock(4, 4)
-    b.bn2.momentum = None
-    with pytest.raises(ValueError, match=r"stage\[0\]'s second batch norm has momentum=None"):
-        contnet.from_resnet([b])
-    b = PreActBlock(4, 4)
-    b.bn1.momentum = 0.2
-    with pytest.raises(ValueError, match=r"stage\[1\] batch norms must share momentum=0.1"):
-        contnet.from_resnet([PreActBlock(4, 4), b])
-
-
 def test_continuous_net_manifestations_converge():
     net = contnet.ContinuousNet(
         1, 10, widths=(4, 8), n_basis=2, basis="fem_linear", act="tanh"
     ).double()
-    _randomise(net)
+    randomise_norms(net)
     net.eval()
     x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
     with torch.no_grad():

@@ -18,7 +18,15 @@ import contnet
 from contnet import basis as basis_lib
 from contnet import schemes
 
-from .helpers import count_case
+from .blocks import (
+    LayerScaleBlock,
+    PostActBlock,
+    PreActBlock,
+    SqueezeExcite,
+    TimmStyle,
+    WithChild,
+)
+from .helpers import count_case, randomise_norms
 
 ERRORS = (ValueError, TypeError)
 NAN, INF = float("nan"), float("inf")
@@ -407,6 +415,78 @@ def test_refine_and_project_any_arguments(data):
     if maps is not None and optimizer is not None:
         held = {id(p) for g in opt.param_groups for p in g["params"]}
         assert all(id(p) in held for p in net.parameters())
+
+
+# ----------------------------------------------------------------------------- from_resnet
+def _faulty_block(kind, c):
+    b = PreActBlock(c, c)
+    if kind == "post":
+        return PostActBlock(c)
+    if kind == "gamma":
+        return LayerScaleBlock(c)
+    if kind in ("dropout", "se"):
+        return WithChild(c, nn.Dropout(0.2) if kind == "dropout" else SqueezeExcite(c))
+    if kind == "stride":
+        b.conv1 = nn.Conv2d(c, c, 3, 2, 1, bias=False)
+    elif kind == "shortcut":
+        b.shortcut = nn.Conv2d(c, c, 1)
+    elif kind == "momentum":
+        b.bn1.momentum = None
+    elif kind == "even":
+        b.conv2 = nn.Conv2d(c, c, 2, 1, 1, bias=False)
+    elif kind == "not_module":
+        return "block"
+    return b
+
+
+@settings()
+@given(data=st.data())
+def test_from_resnet_any_stage(data):
+    count_case("api.from_resnet")
+    draw = data.draw
+    a = Args(draw, ["stage"])
+    c, n = draw(st.sampled_from([2, 3])), draw(st.integers(1, 3))
+    dtype = draw(st.sampled_from([torch.float64, torch.float32, torch.bfloat16]))
+    hidden, bias = c + draw(st.integers(0, 2)), draw(st.booleans())
+    timm = draw(st.booleans()) and hidden == c
+    blocks = [TimmStyle(c) if timm else PreActBlock(c, hidden, bias=bias) for _ in range(n)]
+    fault = a(
+        "stage",
+        ["none"],
+        [
+            "post",
+            "gamma",
+            "dropout",
+            "se",
+            "stride",
+            "shortcut",
+            "momentum",
+            "even",
+            "not_module",
+            "empty",
+            "int",
+        ],
+    )
+    if fault == "empty":
+        blocks = []
+    elif fault != "none" and fault != "int":
+        blocks[draw(st.integers(0, n - 1))] = _faulty_block(fault, c)
+    stage = 3 if fault == "int" else nn.Sequential(*blocks) if fault != "not_module" else blocks
+    if isinstance(stage, nn.Module):
+        stage = stage.to(dtype)
+        randomise_norms(stage)
+        stage.train(draw(st.booleans()))
+    modes = [m.training for m in stage.modules()] if isinstance(stage, nn.Module) else []
+    block = run(a, lambda: contnet.from_resnet(stage))
+    if isinstance(stage, nn.Module):  # left as it was
+        assert [m.training for m in stage.modules()] == modes
+    if block is not None:
+        stage.eval(), block.eval()
+        x = state(draw, c, dtype)
+        with torch.no_grad():
+            ref = stage(x).double()
+            err = (block(x).double() - ref).abs().max() / (1 + ref.abs().max())
+        assert err <= 16 * n * torch.finfo(dtype).eps
 
 
 # ----------------------------------------------------------------------------- cuda_graph

@@ -10,7 +10,7 @@ from . import ops, schemes
 from .integrate import BACKPROP_MODES, odeint, rate_times
 from .layers import TimeScalar, frozen_batch_stats, node_layout_like, reads_weights_ahead
 
-__all__ = ["ContinuousBlock"]
+__all__ = ["ContinuousBlock", "blocks_of"]
 
 
 class ContinuousBlock(nn.Module):
@@ -212,3 +212,8 @@ class StageRate:
                     if w is not None:
                         seen[id(w)] = w
         return list(seen.values())
+
+
+def blocks_of(module: nn.Module) -> list[ContinuousBlock]:
+    """Every ``ContinuousBlock`` in ``module``, in module order."""
+    return [m for m in module.modules() if isinstance(m, ContinuousBlock)]

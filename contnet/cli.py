@@ -21,6 +21,7 @@ import torch
 from . import data as data_lib
 from . import ops, schemes
 from .basis import FAMILIES
+from .block import blocks_of
 from .layers import ACTIVATIONS
 
 __all__ = ["main", "build_parser", "format_table"]
@@ -65,6 +66,7 @@ def _train_config(args, **overrides):
         momentum=args.momentum,
         weight_decay=args.weight_decay,
         schedule=args.schedule,
+        val_fraction=args.val_fraction,
         seed=args.seed,
         device=args.device,
         progress=not args.no_progress,
@@ -107,7 +109,8 @@ def run_train(args, cfg=None, out=None, dataset=None, log=print) -> dict:
     dataset = dataset or _load_dataset(args)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     if main_rank:
-        log(f"training on {dataset.describe()}; kernels: {ops.backend()}; output: {out}")
+        held = dataset.with_validation(cfg.val_fraction).describe()
+        log(f"training on {held}; kernels: {ops.backend()}; output: {out}")
     result = train(cfg, out, dataset, resume=getattr(args, "resume", False), log=log)
     hist = result["history"]
     summary = {
@@ -157,7 +160,7 @@ def run_eval(
     model, dataset, out: pathlib.Path, schemes_, steps, reference, log=print, device="cpu"
 ) -> dict:
     from . import plots
-    from .train import manifestation_table
+    from .manifestation import manifestation_table
 
     table = manifestation_table(
         model, dataset.x_test, dataset.y_test, schemes_, steps, reference, device=device
@@ -170,7 +173,7 @@ def run_eval(
 
 
 def _model_from(args):
-    from .train import CheckpointError, load_checkpoint, model_from_checkpoint
+    from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 
     try:
         payload = load_checkpoint(args.checkpoint)
@@ -200,7 +203,7 @@ def _reference(pair) -> tuple[str, int]:
 
 
 def cmd_eval(args) -> int:
-    from .train import schemes_to_try
+    from .manifestation import schemes_to_try
 
     reference = _reference(args.reference)
     model, _ = _model_from(args)
@@ -224,49 +227,46 @@ def cmd_eval(args) -> int:
 # ----------------------------------------------------------------------------- compress
 def _compress_table(result) -> str:
     o = result["original"]
-    rows = [
-        [
-            o["n_basis"],
-            o["scheme"],
-            o["n_steps"],
-            f"{o['parameters']:,}",
-            f"{100 * o['accuracy']:.2f}",
-            "",
-            f"{o['latency_ms']:.2f}",
-            "original",
+
+    def row(c, drop, mark):
+        return [
+            c["n_basis"],
+            c["scheme"],
+            c["n_steps"],
+            f"{c['parameters']:,}",
+            f"{100 * c['val']:.2f}",
+            drop,
+            f"{c['latency_ms']:.2f}",
+            mark,
         ]
-    ]
+
+    rows = [row(o, "", "original")]
     for c in result["candidates"]:
-        mark = (
-            "<- choice"
-            if c is result["choice"] or c == result["choice"]
-            else ("" if c["drop_points"] <= result["max_drop_points"] else "too lossy")
+        fits = c["drop_points"] <= result["max_drop_points"]
+        mark = "<- choice" if c is result["choice"] else "" if fits else "too lossy"
+        rows.append(row(c, f"{c['drop_points']:+.2f}", mark))
+    header = ["K", "scheme", "n_steps", "params", f"val {result['metric']} %", "drop pts"]
+    return format_table(rows, header + [f"ms/{result['latency_batch']}", ""])
+
+
+def split_for_compression(dataset, train_cfg: dict, val_fraction, log=print):
+    """``(val, test)`` pairs for :func:`contnet.compression.compress`: the validation split
+    that training held out (``val_fraction``, default the checkpoint's), and the test set."""
+    trained = train_cfg.get("val_fraction", 0.0)
+    fraction = trained if val_fraction is None else val_fraction
+    if not fraction:
+        fraction = 0.1
+        log(
+            "note: the model was trained on all training images (val_fraction 0): its "
+            f"candidates are chosen on {fraction:.0%} of them, which it has seen"
         )
-        rows.append(
-            [
-                c["n_basis"],
-                c["scheme"],
-                c["n_steps"],
-                f"{c['parameters']:,}",
-                f"{100 * c['accuracy']:.2f}",
-                f"{c['drop_points']:+.2f}",
-                f"{c['latency_ms']:.2f}",
-                mark,
-            ]
+    elif fraction > trained:
+        log(
+            f"note: the validation split ({fraction:.0%}) is larger than the one held out in "
+            f"training ({trained:.0%}): it includes images the model trained on"
         )
-    return format_table(
-        rows,
-        [
-            "K",
-            "scheme",
-            "n_steps",
-            "params",
-            "acc %",
-            "drop pts",
-            f"ms/{result['latency_batch']}",
-            "",
-        ],
-    )
+    data = dataset.with_validation(fraction)
+    return (data.x_val, data.y_val), (data.x_test, data.y_test)
 
 
 def run_compress(
@@ -279,13 +279,17 @@ def run_compress(
     steps=None,
     log=print,
     device="cpu",
+    train_cfg=None,
+    val_fraction=None,
 ) -> dict:
-    from .train import compress
+    from .compression import compress
 
-    log("candidates:")
+    val, test = split_for_compression(dataset, train_cfg or {}, val_fraction, log)
+    log(f"candidates (chosen on {len(val[0])} validation images, not the test set):")
     result = compress(
         model,
-        dataset,
+        val,
+        test=test,
         max_drop=max_drop,
         n_basis=n_basis,
         schemes=schemes_,
@@ -294,16 +298,20 @@ def run_compress(
         device=device,
     )
     log("\n" + _compress_table(result))
-    c = result["choice"]
+    c, o = result["choice"], result["original"]
     if c:
-        o = result["original"]
         log(
-            f"cheapest within {max_drop} point(s): K={c['n_basis']} {c['scheme']} n_steps={c['n_steps']}: "
-            f"{c['latency_ms']:.2f} ms vs {o['latency_ms']:.2f} ms ({o['latency_ms'] / c['latency_ms']:.2f}x faster), "
-            f"accuracy {100 * c['accuracy']:.2f}% ({c['drop_points']:+.2f} points)"
+            f"fastest within {max_drop} point(s) on validation: K={c['n_basis']} {c['scheme']} "
+            f"n_steps={c['n_steps']}: {c['latency_ms']:.2f} ms vs {o['latency_ms']:.2f} ms "
+            f"({o['latency_ms'] / c['latency_ms']:.2f}x faster), validation accuracy "
+            f"{100 * c['val']:.2f}% ({c['drop_points']:+.2f} points)"
+        )
+        log(
+            f"test accuracy of the choice {100 * c['test']:.2f}% (original {100 * o['test']:.2f}%; "
+            "measured after choosing)"
         )
     else:
-        log(f"no candidate within {max_drop} point(s) of the original accuracy")
+        log(f"no candidate within {max_drop} point(s) of the original validation accuracy")
     _write_json(out / "compress.json", result)
     log(f"-> {out}/compress.json")
     return result
@@ -323,18 +331,20 @@ def cmd_compress(args) -> int:
             args.schemes,
             args.steps,
             device=args.device,
+            train_cfg=payload["meta"].get("train") or {},
+            val_fraction=args.val_fraction,
         )
     except ValueError as e:  # a scheme the model cannot take (lm without its learned k)
         raise SystemExit(f"contnet compress: {e}") from None
     if args.save and result["choice"]:
+        from .checkpoint import save_checkpoint
+        from .manifestation import set_manifestation
         from .models import project
-        from .train import blocks_of, save_checkpoint
 
         c = result["choice"]
         if c["n_basis"] != result["original"]["n_basis"]:
             project(model, c["n_basis"])
-        for b in blocks_of(model):
-            b.scheme, b.n_steps = c["scheme"], c["n_steps"]
+        set_manifestation(blocks_of(model), c["scheme"], c["n_steps"])
         save_checkpoint(
             args.save,
             model,
@@ -448,7 +458,9 @@ def cmd_demo(args) -> int:
     print(
         "\n== 4. compression of the refined model (projection onto fewer nodes, other schemes, fewer steps)"
     )
-    comp = run_compress(model, dataset, out, args.max_drop, device=args.device)
+    comp = run_compress(
+        model, dataset, out, args.max_drop, device=args.device, train_cfg=refined["config"]
+    )
     half = next(
         c
         for c in comp["candidates"]
@@ -456,11 +468,13 @@ def cmd_demo(args) -> int:
         and c["scheme"] == "rk4"
         and c["n_steps"] == comp["original"]["n_steps"] // 2
     )
+    half_test = table["rows"]["rk4"]["accuracy"].get(half["n_steps"])
     print(
-        f"half the steps (rk4, n_steps {comp['original']['n_steps']} -> {half['n_steps']}): accuracy "
-        f"{100 * half['accuracy']:.2f}% ({half['drop_points']:+.2f} points; within {args.max_drop} point: "
-        f"{'yes' if half['drop_points'] <= args.max_drop else 'no'}), latency {half['latency_ms']:.2f} ms vs "
-        f"{comp['original']['latency_ms']:.2f} ms"
+        f"half the steps (rk4, n_steps {comp['original']['n_steps']} -> {half['n_steps']}): validation "
+        f"accuracy {100 * half['val']:.2f}% ({half['drop_points']:+.2f} points; within {args.max_drop} "
+        f"point: {'yes' if half['drop_points'] <= args.max_drop else 'no'})"
+        + (f", test accuracy {100 * half_test:.2f}% (table 3)" if half_test is not None else "")
+        + f", latency {half['latency_ms']:.2f} ms vs {comp['original']['latency_ms']:.2f} ms"
     )
     plots.theta_over_depth(model, out / "theta.png")
     summary = {
@@ -519,6 +533,14 @@ def _finite_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not math.isfinite(v):
         raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+    return v
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1)."""
+    v = _finite_float(text)
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text!r}")
     return v
 
 
@@ -616,6 +638,13 @@ def _add_train_options(p, depth=True):
         default="cosine",
         help="learning-rate schedule",
     )
+    g.add_argument(
+        "--val-fraction",
+        type=_fraction,
+        default=0.1,
+        help="training images held out for validation, per class (default 0.1); compress "
+        "chooses on them",
+    )
     if depth:
         g.add_argument(
             "--refine-at",
@@ -694,14 +723,21 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser(
         "compress",
         help="cheaper manifestations of a checkpoint within an accuracy budget",
-        description="Project onto fewer basis nodes and/or use another scheme or fewer steps; report parameters, inference latency and accuracy of each candidate and pick the fastest within --max-drop accuracy points.",
+        description="Project onto fewer basis nodes and/or use another scheme or fewer steps; report parameters, inference latency and validation accuracy of each candidate and pick the fastest within --max-drop accuracy points of the original on the validation split (training images the model did not train on); the choice's test accuracy is reported after.",
     )
     _add_checkpoint(c)
     c.add_argument(
         "--max-drop",
         type=_finite_float,
         default=1.0,
-        help="accuracy points allowed to lose (default 1)",
+        help="validation accuracy points allowed to lose (default 1)",
+    )
+    c.add_argument(
+        "--val-fraction",
+        type=_fraction,
+        default=None,
+        help="the validation split candidates are chosen on: this fraction of the training "
+        "images (default: the one training held out, or 0.1)",
     )
     c.add_argument(
         "--candidate-n-basis",

@@ -12,6 +12,7 @@ run is reproducible and resumable (its state is saved in checkpoints).
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from dataclasses import dataclass
 
@@ -32,11 +33,14 @@ DATASETS = ("digits", "cifar10")
 CIFAR_RECORD = 1 + 3 * 32 * 32
 CIFAR_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 CIFAR_TEST = "test_batch.bin"
+_SPLIT_SEED = 0x5EED  # the validation split's fixed order
 
 
 @dataclass
 class Dataset:
-    """Train and test tensors: images ``(N, C, H, W)`` float32, labels ``(N,)`` int64."""
+    """Train and test tensors: images ``(N, C, H, W)`` float32, labels ``(N,)`` int64;
+    ``x_val``/``y_val``: a validation split held out of the training images, if made
+    (:meth:`with_validation`)."""
 
     name: str
     x_train: torch.Tensor
@@ -45,6 +49,8 @@ class Dataset:
     y_test: torch.Tensor
     num_classes: int
     augment: bool = False
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
 
     @property
     def in_channels(self) -> int:
@@ -52,7 +58,39 @@ class Dataset:
 
     def describe(self) -> str:
         c, h, w = self.x_train.shape[1:]
-        return f"{self.name}: {len(self.x_train)} train / {len(self.x_test)} test images, {c}x{h}x{w}, {self.num_classes} classes"
+        val = f" / {len(self.x_val)} validation" if self.x_val is not None else ""
+        return (
+            f"{self.name}: {len(self.x_train)} train{val} / {len(self.x_test)} test images, "
+            f"{c}x{h}x{w}, {self.num_classes} classes"
+        )
+
+    def with_validation(self, fraction: float) -> Dataset:
+        """This data set with ``round(fraction * n_c)`` training images of every class
+        ``c`` moved to a validation split (``x_val``, ``y_val``), the rest kept for
+        training. The split depends on the data and ``fraction`` only: each class's images
+        are taken in one fixed shuffled order, so every run makes the same split, and a
+        smaller fraction's split lies inside a larger one's. ``fraction = 0``: no split."""
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+            raise TypeError(f"fraction must be a number in [0, 1), got {fraction!r}")
+        if not 0 <= fraction < 1:
+            raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+        if self.x_val is not None:
+            raise ValueError("this data set already has a validation split")
+        if fraction == 0:
+            return self
+        gen = torch.Generator().manual_seed(_SPLIT_SEED)
+        order = torch.randperm(len(self.y_train), generator=gen)
+        val = torch.zeros(len(self.y_train), dtype=torch.bool)
+        for c in torch.unique(self.y_train).tolist():
+            mine = order[self.y_train[order] == c]
+            val[mine[: round(fraction * len(mine))]] = True
+        return dataclasses.replace(
+            self,
+            x_train=self.x_train[~val],
+            y_train=self.y_train[~val],
+            x_val=self.x_train[val],
+            y_val=self.y_train[val],
+        )
 
 
 def _standardise(x_train: torch.Tensor, x_test: torch.Tensor):

@@ -116,6 +116,14 @@ class ContinuousNet(nn.Module):
         self.norm = nn.BatchNorm2d(widths[-1]) if norm else nn.Identity()
         self.head = nn.Linear(widths[-1], num_classes)
 
+    @classmethod
+    def from_config(cls, config: dict) -> ContinuousNet:
+        """The network of a ``config`` (as :attr:`config` holds it)."""
+        kw = dict(config)
+        return cls(
+            kw.pop("in_channels"), kw.pop("num_classes"), kw.pop("widths"), kw.pop("n_basis"), **kw
+        )
+
     def set_manifestation(self, scheme=None, n_steps: int | None = None) -> None:
         """Set ``scheme`` and/or ``n_steps`` of every block."""
         for block in self.blocks():
@@ -186,7 +194,7 @@ def _basis_map(old: basis_lib.Basis, new: basis_lib.Basis) -> torch.Tensor:
     return old.refine_matrix() if new == old.refined() else old.projection_matrix(new)
 
 
-def _map_tree(module: nn.Module, target, optimizer) -> dict:
+def map_bases(module: nn.Module, target, optimizer=None) -> dict:
     """Move every time-dependent layer of ``module`` to the basis ``target(layer)`` (the
     batch norms of a :class:`ConvUnit` to as many cells as its new weight basis has), and
     the ``optimizer``'s state with them. Every target is computed, and every argument
@@ -228,7 +236,7 @@ def refine(module: nn.Module, *, steps: bool = True, optimizer=None) -> dict:
     same linear map. (A ``DistributedDataParallel`` wrapper must be built anew.) Returns
     ``{new_tensor: R}`` with ``new = R @ old`` along the node dimension.
     """
-    maps = _map_tree(module, lambda m: m.basis.refined(), optimizer)
+    maps = map_bases(module, lambda m: m.basis.refined(), optimizer)
     if steps:
         for m in module.modules():
             if isinstance(m, ContinuousBlock):
@@ -251,7 +259,7 @@ def project(module: nn.Module, n_basis: int, basis: str | None = None, *, optimi
             return basis_lib.get("piecewise_constant", n_basis)
         return basis_lib.get(basis or m.basis.family, n_basis)
 
-    return _map_tree(module, target, optimizer)
+    return map_bases(module, target, optimizer)
 
 
 # ----------------------------------------------------------------------------- CUDA graphs

@@ -1,15 +1,14 @@
-"""The main job's workhorses: training with refinement in depth, checkpoints, evaluation of
-manifestations, compression.
+"""The main job's training: its configuration, the loop with refinement in depth,
+resumable from checkpoints, data parallel under ``torchrun``.
 
-Checkpoints are a ``torch.save`` of plain data (state dicts, RNG states, a JSON metadata
-string) written to a temporary file and renamed into place, and are read back with
-``weights_only=True`` (no code is ever unpickled).
+The pieces it is built from have modules of their own and are re-exported here:
+checkpoints (:mod:`contnet.checkpoint`), manifestations (:mod:`contnet.manifestation`),
+compression (:mod:`contnet.compression`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import pathlib
@@ -22,10 +21,25 @@ from torch import nn
 
 from . import basis as basis_lib
 from . import schemes as schemes_lib
-from .block import ContinuousBlock
+from .block import blocks_of
+from .checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    model_from_checkpoint,
+    model_state,
+    save_checkpoint,
+)
+from .compression import compress, measure_latency
 from .data import Dataset, Loader
 from .layers import TimeConv2d
-from .models import ContinuousNet, project, refine
+from .manifestation import (
+    fitted_order,
+    manifestation_drift,
+    manifestation_table,
+    predict,
+    schemes_to_try,
+)
+from .models import ContinuousNet, refine
 
 __all__ = [
     "TrainConfig",
@@ -35,17 +49,18 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "model_from_checkpoint",
+    "model_state",
     "CheckpointError",
     "blocks_of",
     "manifestation_table",
     "manifestation_drift",
     "fitted_order",
+    "predict",
+    "schemes_to_try",
     "compress",
+    "measure_latency",
     "count_parameters",
 ]
-
-CHECKPOINT_FORMAT = "contnet-checkpoint"
-CHECKPOINT_VERSION = 1
 
 
 # ----------------------------------------------------------------------------- config
@@ -71,6 +86,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "cosine"
     refine_at: tuple[int, ...] = ()
+    val_fraction: float = 0.1
     seed: int = 0
     device: str = "cpu"
     progress: bool = True
@@ -96,6 +112,8 @@ class TrainConfig:
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a number >= 0, got {v}")
+        if not (math.isfinite(self.val_fraction) and 0 <= self.val_fraction < 1):
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.schedule not in SCHEDULES:
             raise ValueError(
                 f"unknown schedule {self.schedule!r}; expected one of {list(SCHEDULES)}"
@@ -134,15 +152,12 @@ RESUME_KEYS = tuple(
 )
 
 
+# what a resumed run reads for a setting an older checkpoint does not record
+LEGACY = {"val_fraction": 0.0}
+
+
 def build_model(kwargs: dict) -> ContinuousNet:
-    kw = dict(kwargs)
-    return ContinuousNet(
-        kw.pop("in_channels"),
-        kw.pop("num_classes"),
-        tuple(kw.pop("widths")),
-        kw.pop("n_basis"),
-        **kw,
-    )
+    return ContinuousNet.from_config(kwargs)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -165,11 +180,6 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
 
 
 # ----------------------------------------------------------------------------- helpers
-def blocks_of(model: nn.Module) -> list[ContinuousBlock]:
-    """Every ContinuousBlock in ``model``."""
-    return [m for m in model.modules() if isinstance(m, ContinuousBlock)]
-
-
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -177,18 +187,6 @@ def count_parameters(model: nn.Module) -> int:
 def _n_basis(model: nn.Module) -> int:
     """The largest weight-basis size of the model's time-dependent convolutions."""
     return max((m.n_basis for m in model.modules() if isinstance(m, TimeConv2d)), default=0)
-
-
-def model_state(model: nn.Module) -> dict:
-    """What describes a model's current depth discretisation (metadata of checkpoints)."""
-    blocks = blocks_of(model)
-    units = [b.unit for b in blocks]
-    return {
-        "n_basis": [getattr(u, "n_basis", None) for u in units],
-        "basis": [getattr(getattr(u, "basis", None), "family", None) for u in units],
-        "scheme": [b.scheme if isinstance(b.scheme, str) else b.scheme.name for b in blocks],
-        "n_steps": [b.n_steps for b in blocks],
-    }
 
 
 @torch.no_grad()
@@ -208,17 +206,6 @@ def evaluate(
     return loss / len(x), correct / len(x)
 
 
-@torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512, device="cpu") -> torch.Tensor:
-    was = model.training
-    model.eval()
-    out = torch.cat(
-        [model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
-    )
-    model.train(was)
-    return out
-
-
 def _progress(iterable, enabled: bool, **kw):
     if not enabled:
         return iterable
@@ -228,159 +215,6 @@ def _progress(iterable, enabled: bool, **kw):
         return iterable
     # disable=None: no bars when the output is not a terminal (logs stay readable)
     return tqdm(iterable, leave=False, dynamic_ncols=True, disable=None, **kw)
-
-
-# ----------------------------------------------------------------------------- checkpoints
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: missing, truncated, tampered with or mismatched."""
-
-
-def _atomic_write(path: pathlib.Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def save_checkpoint(
-    path,
-    model,
-    optimizer=None,
-    scheduler=None,
-    loader=None,
-    *,
-    config=None,
-    epoch=0,
-    history=(),
-    extra=None,
-    loader_states=None,
-) -> pathlib.Path:
-    """Write a checkpoint atomically (temporary file, then rename): the previous file stays
-    intact if anything fails. A human-readable ``.json`` of the metadata goes beside it."""
-    path = pathlib.Path(path)
-    if path.suffix == ".json":
-        raise ValueError(
-            f"path must not end in .json (the metadata goes to the path with a .json suffix), got {path}"
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "model": getattr(model, "config", None),
-        "state": model_state(model),
-        "epoch": epoch,
-        "train": config.to_json() if isinstance(config, TrainConfig) else config,
-        "history": list(history),
-        "torch": torch.__version__,
-        **(extra or {}),
-    }
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "meta": json.dumps(meta),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "loader": loader.generator.get_state() if loader is not None else None,
-            "loader_ranks": loader_states,
-        },
-    }
-    _atomic_write(path, lambda p: torch.save(payload, p))
-    _atomic_write(
-        path.with_suffix(".json"), lambda p: p.write_text(json.dumps(meta, indent=1) + "\n")
-    )
-    return path
-
-
-def load_checkpoint(path) -> dict:
-    """Read a checkpoint with ``weights_only=True``; returns the payload with ``meta``
-    parsed. Raises :class:`CheckpointError` naming the file and the problem."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(
-            f"checkpoint {path} cannot be read safely (truncated, corrupt, or holding code that "
-            f"weights_only loading refuses): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        ) from e
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"{path} is not a contnet checkpoint (no '{CHECKPOINT_FORMAT}' format tag)"
-        )
-    if payload.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"checkpoint {path} has format version {payload.get('version')}; this contnet reads version {CHECKPOINT_VERSION}"
-        )
-    try:
-        payload["meta"] = json.loads(payload["meta"])
-    except (KeyError, TypeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"checkpoint {path} has no readable metadata: {e}") from e
-    for key in ("model", "state"):
-        if key not in payload["meta"]:
-            raise CheckpointError(f"checkpoint {path} metadata lacks {key!r}")
-    payload["path"] = str(path)  # for the errors of model_from_checkpoint
-    return payload
-
-
-def model_from_checkpoint(
-    payload: dict, *, n_basis: int | None = None, device="cpu"
-) -> ContinuousNet:
-    """Rebuild the model of a checkpoint at the depth discretisation it was saved with and
-    load its weights. With ``n_basis`` different from the saved one, the weights are
-    refined (if ``n_basis`` is reached by refining) or projected (if smaller)."""
-    meta, where = payload["meta"], f"checkpoint {payload.get('path', '')}".rstrip()
-    kw = dict(meta["model"])
-    state = meta["state"]
-    # the weight basis it was saved with: refine/project (compress --save, or the API's
-    # project onto another family) change it from the one the model was built with
-    if len(set(state["basis"])) != 1 or len(set(state["n_basis"])) != 1:
-        raise CheckpointError(
-            f"{where} has stages of different weight bases ({state['basis']}, n_basis "
-            f"{state['n_basis']}); a ContinuousNet has one for all its stages"
-        )
-    kw["basis"], saved_k = state["basis"][0], state["n_basis"][0]
-    kw["n_basis"] = saved_k
-    try:
-        model = build_model(kw)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{where} describes a model that cannot be built: {e}") from e
-    # the manifestation it was saved in (compress saves another scheme than it was built with)
-    for block, n, scheme in zip(blocks_of(model), state["n_steps"], state["scheme"]):
-        try:
-            block.scheme, block.n_steps = scheme, n
-        except ValueError as e:
-            raise CheckpointError(f"{where}'s saved manifestation cannot be set: {e}") from e
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as e:
-        detail = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
-        raise CheckpointError(
-            f"{where} weights do not match its metadata (basis {kw['basis']}, n_basis {saved_k}): {detail}"
-        ) from e
-    if n_basis is not None and n_basis != saved_k:
-        b = basis_lib.get(kw["basis"], saved_k)
-        reachable = []
-        while b.n_basis < n_basis:
-            b = b.refined()
-            reachable.append(b.n_basis)
-        if reachable and reachable[-1] == n_basis:
-            for _ in reachable:
-                refine(model, steps=False)
-        elif n_basis < saved_k:
-            project(model, n_basis)
-        else:
-            raise CheckpointError(
-                f"{where} has n_basis={saved_k} ({kw['basis']}); n_basis={n_basis} is neither reached by "
-                f"refinement ({[saved_k] + reachable}) nor smaller (projection)"
-            )
-    return model.to(device)
 
 
 # ----------------------------------------------------------------------------- training
@@ -471,6 +305,9 @@ def train(cfg: TrainConfig, out_dir, dataset: Dataset, *, resume: bool = False, 
     """Train a ContinuousNet on ``dataset``; checkpoint to ``out_dir/checkpoint.pt`` after
     every epoch. At the start of each epoch in ``cfg.refine_at`` the model is refined in
     depth (``K`` and ``n_steps`` double) and the optimiser state is mapped the same way.
+    A stratified ``cfg.val_fraction`` of the training images is held out (see
+    :meth:`contnet.data.Dataset.with_validation`): it is not trained on, its accuracy is
+    recorded every epoch, and compression chooses on it.
 
     ``resume``: continue from ``out_dir/checkpoint.pt`` (bitwise the same as an
     uninterrupted run on the same machine). Under ``torchrun`` with several processes the
@@ -485,87 +322,43 @@ def train(cfg: TrainConfig, out_dir, dataset: Dataset, *, resume: bool = False, 
     if rank != 0:
         log = _silent
     torch.manual_seed(cfg.seed)
+    data = dataset.with_validation(cfg.val_fraction)
     # every rank gets the same number of samples (DDP needs the same number of batches)
-    n = len(dataset.x_train) // world * world
+    n = len(data.x_train) // world * world
     loader = Loader(
-        dataset.x_train[rank:n:world],
-        dataset.y_train[rank:n:world],
+        data.x_train[rank:n:world],
+        data.y_train[rank:n:world],
         cfg.batch_size,
         shuffle=True,
-        augment=dataset.augment,
+        augment=data.augment,
         seed=cfg.seed + rank,
     )
-    start, history = 0, []
     if resume and not ckpt_path.exists():
         log(f"no checkpoint at {ckpt_path} to resume from: training from the start")
     if resume and ckpt_path.exists():
-        payload = load_checkpoint(ckpt_path)
-        saved = payload["meta"].get("train") or {}
-        mine = cfg.to_json()
-        differ = [k for k in RESUME_KEYS if saved.get(k) != mine[k]]
-        if differ:
-            asked = ", ".join(f"{k}={saved.get(k)!r} (asked: {mine[k]!r})" for k in differ)
-            raise CheckpointError(
-                f"cannot resume from {ckpt_path}: it was trained with {asked}; a resumed run "
-                "continues the saved one exactly, so these must be the same"
-            )
-        model = model_from_checkpoint(payload, device=device)
-        start, history = payload["meta"]["epoch"] + 1, payload["meta"]["history"]
-        optimizer = make_optimizer(model, cfg)
-        optimizer.load_state_dict(payload["optimizer"])
-        scheduler = make_scheduler(optimizer, cfg)
-        scheduler.load_state_dict(payload["scheduler"])
-        rng = payload["rng"]
-        loader_states = rng.get("loader_ranks") or [rng["loader"]]
-        if len(loader_states) != world:
-            raise CheckpointError(
-                f"cannot resume from {ckpt_path}: it was written by {len(loader_states)} process(es), this run has {world}"
-            )
-        torch.set_rng_state(rng["torch"])
-        loader.generator.set_state(loader_states[rank])
-        log(f"resumed from {ckpt_path} after epoch {start}")
+        model, optimizer, scheduler, history = _resume(ckpt_path, cfg, device, loader, world, rank)
+        log(f"resumed from {ckpt_path} after epoch {len(history)}")
     else:
-        model = build_model(cfg.model_kwargs(dataset.in_channels, dataset.num_classes)).to(device)
+        model = build_model(cfg.model_kwargs(data.in_channels, data.num_classes)).to(device)
         optimizer = make_optimizer(model, cfg)
         scheduler = make_scheduler(optimizer, cfg)
+        history = []
     net = ddp.wrap(model) if ddp else model
     t_start = time.perf_counter() - sum(h["epoch_time_s"] for h in history)
-    for epoch in range(start, cfg.epochs):
+    for epoch in range(len(history), cfg.epochs):
         t0 = time.perf_counter()
         refined = epoch in cfg.refine_at
         if refined:
             refine(model, optimizer=optimizer)
             net = ddp.wrap(model) if ddp else model  # the wrapper holds the old parameters
-        net.train()
-        tot_loss, tot_correct, seen = 0.0, 0, 0
-        desc = f"epoch {epoch + 1}/{cfg.epochs} K={_n_basis(model)}"
-        for xb, yb in _progress(loader, cfg.progress and rank == 0, desc=desc, total=len(loader)):
-            xb, yb = xb.to(device), yb.to(device)
-            optimizer.zero_grad(set_to_none=True)
-            out = net(xb)
-            loss = F.cross_entropy(out, yb)
-            loss.backward()
-            optimizer.step()
-            tot_loss += loss.item() * len(xb)
-            tot_correct += (out.argmax(1) == yb).sum().item()
-            seen += len(xb)
-        if ddp:
-            tot_loss, tot_correct, seen = ddp.sum(tot_loss, tot_correct, seen)
         lr = optimizer.param_groups[0]["lr"]
+        entry = _train_epoch(
+            net, loader, optimizer, device, ddp, cfg.progress and rank == 0, epoch, cfg
+        )
         scheduler.step()
-        test_loss, test_acc = evaluate(model, dataset.x_test, dataset.y_test, device=device)
-        entry = {
-            "epoch": epoch + 1,
-            "lr": lr,
-            "train_loss": tot_loss / seen,
-            "train_acc": tot_correct / seen,
-            "test_loss": test_loss,
-            "test_acc": test_acc,
-            "n_basis": _n_basis(model),
-            "n_steps": blocks_of(model)[0].n_steps,
-            "refined": refined,
-            "epoch_time_s": time.perf_counter() - t0,
-        }
+        entry = {"epoch": epoch + 1, "lr": lr, **entry, **_scores(model, data, device)}
+        entry.update(n_basis=_n_basis(model), n_steps=blocks_of(model)[0].n_steps)
+        entry.update(refined=refined, epoch_time_s=time.perf_counter() - t0)
         history.append(entry)
         loader_states = ddp.gather(loader.generator.get_state()) if ddp else None
         if rank == 0:
@@ -580,12 +373,7 @@ def train(cfg: TrainConfig, out_dir, dataset: Dataset, *, resume: bool = False, 
                 history=history,
                 loader_states=loader_states,
             )
-        log(
-            f"epoch {epoch + 1:3d}/{cfg.epochs}  K={entry['n_basis']:<3d} n_steps={entry['n_steps']:<3d} "
-            f"lr {lr:.4f}  train loss {entry['train_loss']:.4f} acc {entry['train_acc']:.4f}  "
-            f"test loss {test_loss:.4f} acc {test_acc:.4f}  {entry['epoch_time_s']:.1f}s"
-            + ("  (refined)" if refined else "")
-        )
+        log(_epoch_line(entry, cfg.epochs))
     result = {
         "history": history,
         "model": model,
@@ -607,198 +395,87 @@ def train(cfg: TrainConfig, out_dir, dataset: Dataset, *, resume: bool = False, 
     return result
 
 
+def _train_epoch(net, loader, optimizer, device, ddp, progress: bool, epoch: int, cfg) -> dict:
+    """One pass over ``loader``: ``{"train_loss", "train_acc"}`` (summed over ranks)."""
+    net.train()
+    tot_loss, tot_correct, seen = 0.0, 0, 0
+    desc = f"epoch {epoch + 1}/{cfg.epochs}"
+    for xb, yb in _progress(loader, progress, desc=desc, total=len(loader)):
+        xb, yb = xb.to(device), yb.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        out = net(xb)
+        loss = F.cross_entropy(out, yb)
+        loss.backward()
+        optimizer.step()
+        tot_loss += loss.item() * len(xb)
+        tot_correct += (out.argmax(1) == yb).sum().item()
+        seen += len(xb)
+    if ddp:
+        tot_loss, tot_correct, seen = ddp.sum(tot_loss, tot_correct, seen)
+    return {"train_loss": tot_loss / seen, "train_acc": tot_correct / seen}
+
+
+def _scores(model, data: Dataset, device) -> dict:
+    """Loss and accuracy on the validation split (if held out) and on the test set."""
+    out = {}
+    if data.x_val is not None and len(data.x_val):
+        out["val_loss"], out["val_acc"] = evaluate(model, data.x_val, data.y_val, device=device)
+    out["test_loss"], out["test_acc"] = evaluate(model, data.x_test, data.y_test, device=device)
+    return out
+
+
+def _epoch_line(e: dict, epochs: int) -> str:
+    val = f"val acc {e['val_acc']:.4f}  " if "val_acc" in e else ""
+    return (
+        f"epoch {e['epoch']:3d}/{epochs}  K={e['n_basis']:<3d} n_steps={e['n_steps']:<3d} "
+        f"lr {e['lr']:.4f}  train loss {e['train_loss']:.4f} acc {e['train_acc']:.4f}  {val}"
+        f"test loss {e['test_loss']:.4f} acc {e['test_acc']:.4f}  {e['epoch_time_s']:.1f}s"
+        + ("  (refined)" if e["refined"] else "")
+    )
+
+
+def _resume(path, cfg: TrainConfig, device, loader: Loader, world: int, rank: int):
+    """``(model, optimizer, scheduler, history)`` of the checkpoint at ``path``, with the
+    RNG and ``loader`` states restored. Raises only :class:`CheckpointError`."""
+    payload = load_checkpoint(path)
+    saved = payload["meta"].get("train") or {}
+    mine = cfg.to_json()
+    differ = [k for k in RESUME_KEYS if saved.get(k, LEGACY.get(k)) != mine[k]]
+    if differ:
+        asked = ", ".join(
+            f"{k}={saved.get(k, LEGACY.get(k))!r} (asked: {mine[k]!r})" for k in differ
+        )
+        raise CheckpointError(
+            f"cannot resume from {path}: it was trained with {asked}; a resumed run "
+            "continues the saved one exactly, so these must be the same"
+        )
+    model = model_from_checkpoint(payload, device=device)
+    history = payload["meta"].get("history", [])
+    if len(history) != payload["meta"].get("epoch", -1) + 1:
+        raise CheckpointError(f"cannot resume from {path}: its history does not match its epoch")
+    try:
+        optimizer = make_optimizer(model, cfg)
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler = make_scheduler(optimizer, cfg)
+        scheduler.load_state_dict(payload["scheduler"])
+        rng = payload["rng"]
+        loader_states = rng.get("loader_ranks") or [rng["loader"]]
+        if len(loader_states) != world:
+            raise CheckpointError(
+                f"cannot resume from {path}: it was written by {len(loader_states)} "
+                f"process(es), this run has {world}"
+            )
+        torch.set_rng_state(rng["torch"])
+        loader.generator.set_state(loader_states[rank])
+    except CheckpointError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise CheckpointError(
+            f"cannot resume from {path}: its optimizer, scheduler or RNG states do not fit "
+            f"this run: {type(e).__name__}: {e}"
+        ) from e
+    return model, optimizer, scheduler, history
+
+
 def _silent(*args, **kwargs):
     pass
-
-
-# ----------------------------------------------------------------------------- manifestations
-def _set(blocks, scheme, n_steps):
-    for b in blocks:
-        b.scheme, b.n_steps = scheme, n_steps
-
-
-def fitted_order(steps, errors) -> float:
-    """Least-squares slope of ``log error`` against ``log h`` (``h = 1/steps``); NaN when
-    fewer than two positive errors."""
-    pts = [(math.log(1.0 / n), math.log(e)) for n, e in zip(steps, errors) if e > 0]
-    if len(pts) < 2:
-        return float("nan")
-    mx = sum(p[0] for p in pts) / len(pts)
-    my = sum(p[1] for p in pts) / len(pts)
-    sxx = sum((p[0] - mx) ** 2 for p in pts)
-    return sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx
-
-
-def schemes_to_try(model: nn.Module) -> list:
-    """The schemes to evaluate a trained model in: its own as its blocks hold it (a name,
-    an LM-ResNet's ``lm`` too, or a ``ButcherTableau``), then euler, midpoint and rk4."""
-    own = [b.scheme for b in blocks_of(model)]
-    keyed = {(s if isinstance(s, str) else id(s)): s for s in own}
-    for name in ("euler", "midpoint", "rk4"):
-        keyed.setdefault(name, name)
-    return list(keyed.values())
-
-
-@torch.no_grad()
-def manifestation_table(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor | None,
-    schemes,
-    steps,
-    reference=("rk4", 128),
-    device="cpu",
-):
-    """Accuracy (if labels ``y`` are given) and output drift of ``model`` on ``x`` for every
-    ``scheme x n_steps``, against the ``reference`` manifestation: drift is
-    ``|logits - logits_ref| / |logits_ref|`` (Frobenius norms).
-
-    Returns ``{"reference": ..., "rows": {scheme: {"drift": {n: v}, "accuracy": {n: v},
-    "order": slope}}}``; ``order`` is fitted on step counts at or above the largest basis
-    size in the model (where steps resolve every piece of ``theta``). Block settings are
-    restored afterwards.
-    """
-    blocks = blocks_of(model)
-    if not blocks:
-        raise ValueError("model holds no ContinuousBlock")
-    saved = [(b.scheme, b.n_steps) for b in blocks]
-    try:
-        _set(blocks, *reference)
-        ref = predict(model, x, device=device)
-        k_max = max(getattr(b.unit, "n_basis", 1) for b in blocks)
-        rows = {}
-        for scheme in schemes:
-            drift, acc = {}, {}
-            for n in steps:
-                _set(blocks, scheme, n)
-                out = predict(model, x, device=device)
-                drift[n] = ((out - ref).norm() / ref.norm()).item()
-                if y is not None:
-                    acc[n] = (out.argmax(1) == y).float().mean().item()
-            fit = [n for n in steps if n >= k_max] or list(steps)
-            rows[scheme] = {
-                "drift": drift,
-                "accuracy": acc,
-                "order": fitted_order(fit, [drift[n] for n in fit]),
-            }
-        return {"reference": list(reference), "rows": rows}
-    finally:
-        for b, (s, n) in zip(blocks, saved):
-            b.scheme, b.n_steps = s, n
-
-
-def manifestation_drift(model, x, schemes, steps, reference=("rk4", 64)):
-    """Drift part of :func:`manifestation_table` as ``{scheme: {"drift": ..., "order": ...}}``."""
-    table = manifestation_table(model, x, None, schemes, steps, reference)
-    return {s: {"drift": r["drift"], "order": r["order"]} for s, r in table["rows"].items()}
-
-
-# ----------------------------------------------------------------------------- compression
-def measure_latency(model: nn.Module, x: torch.Tensor, min_run_time: float = 0.3) -> float:
-    """Median seconds of one inference forward of ``model`` on ``x`` (no grad, eval mode)."""
-    import torch.utils.benchmark as tb
-
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        model(x)
-        t = tb.Timer(
-            "model(x)", globals={"model": model, "x": x}, num_threads=torch.get_num_threads()
-        )
-        m = t.blocked_autorange(min_run_time=min_run_time)
-    model.train(was)
-    return m.median
-
-
-def compress(
-    model: ContinuousNet,
-    dataset: Dataset,
-    *,
-    max_drop: float = 1.0,
-    schemes=None,
-    n_basis=None,
-    steps=None,
-    latency_batch: int = 256,
-    device="cpu",
-    log=print,
-    min_run_time: float = 0.3,
-) -> dict:
-    """Evaluate cheaper versions of ``model``: the weights projected onto fewer basis nodes
-    (``n_basis`` candidates, default halving down to the family's smallest) and/or other
-    schemes (default :func:`schemes_to_try`) and fewer steps. Reports parameters, measured inference latency (batch
-    ``latency_batch``) and test accuracy per candidate, and picks the fastest within
-    ``max_drop`` accuracy points of the original (latencies within 5% of the fastest are
-    ties, won by the fewest parameters). The model is left unchanged."""
-    import copy
-
-    if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)):
-        raise TypeError(f"max_drop must be a number of accuracy points, got {max_drop!r}")
-    if not math.isfinite(max_drop):
-        raise ValueError(f"max_drop must be a finite number of accuracy points, got {max_drop}")
-    blocks = blocks_of(model)
-    schemes = schemes or schemes_to_try(model)
-    k0, fam = blocks[0].unit.n_basis, blocks[0].unit.basis.family
-    n0, s0 = blocks[0].n_steps, blocks[0].scheme
-    if n_basis is None:
-        n_basis, k = [k0], k0
-        while True:
-            k = (k + 1) // 2 if fam == "fem_linear" else k // 2
-            try:
-                basis_lib.get(fam, k)
-            except ValueError:
-                break
-            if k >= n_basis[-1]:
-                break
-            n_basis.append(k)
-    if steps is None:
-        steps = sorted({max(1, n0 // d) for d in (1, 2, 4, 8)}, reverse=True)
-    xb = dataset.x_test[:latency_batch].to(device)
-    _, base_acc = evaluate(model, dataset.x_test, dataset.y_test, device=device)
-    base_latency = measure_latency(model, xb, min_run_time)
-    candidates = []
-    for k in n_basis:
-        m = copy.deepcopy(model)
-        if k != k0:
-            project(m, k)
-        for scheme in schemes:
-            tableau = schemes_lib.get(scheme)
-            for n in steps:
-                _set(blocks_of(m), scheme, n)
-                _, acc = evaluate(m, dataset.x_test, dataset.y_test, device=device)
-                cand = {
-                    "n_basis": k,
-                    "scheme": tableau.name,
-                    "n_steps": n,
-                    "rate_evals": tableau.stages * n * len(blocks),
-                    "parameters": count_parameters(m),
-                    "accuracy": acc,
-                    "drop_points": 100 * (base_acc - acc),
-                    "latency_ms": measure_latency(m, xb, min_run_time) * 1e3,
-                }
-                candidates.append(cand)
-                log(
-                    f"  K={k:<3d} {tableau.name:<9s} n_steps={n:<3d} params {cand['parameters']:>8,d}  "
-                    f"acc {acc:.4f}  latency {cand['latency_ms']:.2f} ms"
-                )
-    ok = [c for c in candidates if c["drop_points"] <= max_drop]
-    choice = None
-    if ok:
-        # the fastest; latencies within 5% of it count as ties (timing noise), which the
-        # smaller model wins
-        fastest = min(c["latency_ms"] for c in ok)
-        ties = [c for c in ok if c["latency_ms"] <= 1.05 * fastest]
-        choice = min(ties, key=lambda c: (c["parameters"], c["latency_ms"]))
-    return {
-        "original": {
-            "n_basis": k0,
-            "scheme": s0 if isinstance(s0, str) else s0.name,
-            "n_steps": n0,
-            "parameters": count_parameters(model),
-            "accuracy": base_acc,
-            "latency_ms": base_latency * 1e3,
-        },
-        "max_drop_points": max_drop,
-        "latency_batch": len(xb),
-        "candidates": candidates,
-        "choice": choice,
-    }

@@ -208,12 +208,17 @@ def test_checkpoint_metadata_and_round_trip(tmp_path):
     net, path = _checkpoint(tmp_path)
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["format"] == "contnet-checkpoint" and meta["version"] == 1
-    assert meta["state"] == {
+    state = meta["state"]
+    assert {k: state[k] for k in ("n_basis", "basis", "scheme", "n_steps")} == {
         "n_basis": [2, 2],
         "basis": ["fem_linear"] * 2,
         "scheme": ["heun"] * 2,
         "n_steps": [2, 2],
     }
+    # every time-dependent layer's basis and every block's manifestation, by name
+    assert state["layers"]["stages.1.unit.conv2"] == ["fem_linear", 2]
+    assert state["layers"]["stages.0.unit.norm1"] == ["piecewise_constant", 1]
+    assert state["blocks"] == {"stages.0": ["heun", 2], "stages.1": ["heun", 2]}
     again = train.model_from_checkpoint(train.load_checkpoint(path))
     for (k, a), (_, b) in zip(net.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), k
@@ -259,7 +264,7 @@ def test_truncated_tampered_and_mismatched_checkpoints_are_refused(tmp_path):
     meta["state"]["n_basis"] = [3, 3]  # says K=3, holds K=2 weights
     payload["meta"] = json.dumps(meta)
     torch.save(payload, tmp_path / "mismatch.pt")
-    with pytest.raises(train.CheckpointError, match="weights do not match its metadata"):
+    with pytest.raises(train.CheckpointError, match="mismatch.pt.s metadata disagree"):
         train.model_from_checkpoint(train.load_checkpoint(tmp_path / "mismatch.pt"))
     payload = torch.load(path, weights_only=True)
     del payload["model"]["stages.1.unit.conv2.weight"]

@@ -213,7 +213,11 @@ def test_cli_train_eval_compress(tmp_path, capsys):
     # reloaded in the manifestation compress chose, not the one it was trained in (rk4)
     assert [b.scheme for b in model.stages] == [comp["choice"]["scheme"]] * 2
     assert model.stages[0].n_steps == comp["choice"]["n_steps"]
-    assert "cheapest within 100.0 point(s)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "fastest within 100.0 point(s) on validation" in printed
+    assert "test accuracy of the choice" in printed
+    # chosen on the validation split training held out, the test set measured after
+    assert set(comp["choice"]) >= {"val", "test"} and "test" not in comp["candidates"][1]
 
 
 def test_compress_tries_the_models_own_tableau_first():
@@ -226,16 +230,16 @@ def test_compress_tries_the_models_own_tableau_first():
     net = contnet.ContinuousNet(1, 10, widths=(4,), n_basis=2).eval()
     net.set_manifestation(ralston)
     ds = data.load_digits()
-    ds.x_test, ds.y_test = ds.x_test[:32], ds.y_test[:32]
+    val = ds.x_test[:32], ds.y_test[:32]
     r = train.compress(
-        net, ds, n_basis=[2], steps=[2], latency_batch=8, min_run_time=0.01, log=lambda *a: None
+        net, val, n_basis=[2], steps=[2], latency_batch=8, min_run_time=0.01, log=lambda *a: None
     )
     assert [c["scheme"] for c in r["candidates"]] == ["my_ralston", "euler", "midpoint", "rk4"]
     assert r["original"]["scheme"] == "my_ralston" and net.stages[0].scheme is ralston
     # a budget that no comparison can meet is refused before any candidate is evaluated
     for bad, error in ((float("nan"), ValueError), ("1", TypeError)):
         with pytest.raises(error, match="max_drop must be a"):
-            train.compress(net, ds, max_drop=bad, log=lambda *a: None)
+            train.compress(net, val, max_drop=bad, log=lambda *a: None)
 
 
 def test_cli_errors_are_clear(tmp_path):

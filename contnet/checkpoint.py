@@ -1,0 +1,328 @@
+"""Checkpoints: a ``torch.save`` of plain data (state dicts, RNG states, a JSON metadata
+string), written to a temporary file and renamed into place, read back with
+``weights_only=True`` (no code is ever unpickled).
+
+Any module can be saved. The metadata records the weight basis of every time-dependent
+layer and the manifestation of every block, so that the module rebuilt at another depth
+(a ContinuousNet from its config by :func:`model_from_checkpoint`; any module the user
+builds, by :func:`load_model_state`) is first brought to the saved depth, then loaded.
+Reading a checkpoint raises nothing but :class:`CheckpointError`, naming the file and
+the reason."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import torch
+from torch import nn
+
+from . import basis as basis_lib
+from .block import ContinuousBlock, blocks_of
+from .layers import TimeDependent
+from .models import ContinuousNet, map_bases, project, refine
+
+__all__ = [
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "model_from_checkpoint",
+    "load_model_state",
+    "model_state",
+]
+
+CHECKPOINT_FORMAT = "contnet-checkpoint"
+CHECKPOINT_VERSION = 1
+# what loading a checkpoint's contents can raise when they are not what they should be
+_CONTENT_ERRORS = (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, truncated, tampered with or mismatched."""
+
+
+def _scheme_name(scheme) -> str:
+    return scheme if isinstance(scheme, str) else scheme.name
+
+
+def model_state(model: nn.Module) -> dict:
+    """What describes a model's current depth discretisation (metadata of checkpoints):
+    per block (in module order) its unit's basis and its manifestation; ``layers``: the
+    basis of every time-dependent layer, ``blocks``: the manifestation of every block,
+    both by module name."""
+    blocks = blocks_of(model)
+    units = [b.unit for b in blocks]
+    return {
+        "n_basis": [getattr(u, "n_basis", None) for u in units],
+        "basis": [getattr(getattr(u, "basis", None), "family", None) for u in units],
+        "scheme": [_scheme_name(b.scheme) for b in blocks],
+        "n_steps": [b.n_steps for b in blocks],
+        "layers": {
+            name: [m.basis.family, m.basis.n_basis]
+            for name, m in model.named_modules()
+            if isinstance(m, TimeDependent)
+        },
+        "blocks": {
+            name: [_scheme_name(m.scheme), m.n_steps]
+            for name, m in model.named_modules()
+            if isinstance(m, ContinuousBlock)
+        },
+    }
+
+
+def _atomic_write(path: pathlib.Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_checkpoint(
+    path,
+    model,
+    optimizer=None,
+    scheduler=None,
+    loader=None,
+    *,
+    config=None,
+    epoch=0,
+    history=(),
+    extra=None,
+    loader_states=None,
+) -> pathlib.Path:
+    """Write a checkpoint of any ``nn.Module`` atomically (temporary file, then rename):
+    the previous file stays intact if anything fails. A human-readable ``.json`` of the
+    metadata goes beside it. A :class:`ContinuousNet` is rebuilt from it by
+    :func:`model_from_checkpoint`; another module is built by the user and loaded with
+    :func:`load_model_state`."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    path = pathlib.Path(path)
+    if path.suffix == ".json":
+        raise ValueError(
+            f"path must not end in .json (the metadata goes to the path with a .json suffix), got {path}"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if config is not None and not isinstance(config, dict):
+        config = config.to_json()
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "model": model.config if isinstance(model, ContinuousNet) else None,
+        "state": model_state(model),
+        "epoch": epoch,
+        "train": config,
+        "history": list(history),
+        "torch": torch.__version__,
+        **(extra or {}),
+    }
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "meta": json.dumps(meta),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "loader": loader.generator.get_state() if loader is not None else None,
+            "loader_ranks": loader_states,
+        },
+    }
+    _atomic_write(path, lambda p: torch.save(payload, p))
+    _atomic_write(
+        path.with_suffix(".json"), lambda p: p.write_text(json.dumps(meta, indent=1) + "\n")
+    )
+    return path
+
+
+def _require(ok: bool, path, what: str) -> None:
+    if not ok:
+        raise CheckpointError(f"checkpoint {path} {what}")
+
+
+def _check_meta(meta, path) -> None:
+    """The metadata's structure: what the loaders read, of the types they read it as."""
+    _require(isinstance(meta, dict), path, "has metadata that is not a JSON object")
+    for key in ("model", "state"):
+        _require(key in meta, path, f"metadata lacks {key!r}")
+    _require(meta["model"] is None or isinstance(meta["model"], dict), path, "has a bad 'model'")
+    state = meta["state"]
+    _require(isinstance(state, dict), path, "has a 'state' that is not a JSON object")
+    lists = [state.get(k) for k in ("n_basis", "basis", "scheme", "n_steps")]
+    _require(
+        all(isinstance(v, list) for v in lists) and len({len(v) for v in lists}) == 1,
+        path,
+        "has a 'state' without equal lists n_basis, basis, scheme and n_steps",
+    )
+    for key in ("layers", "blocks"):
+        entries = state.get(key, {})
+        _require(
+            isinstance(entries, dict)
+            and all(isinstance(v, list) and len(v) == 2 for v in entries.values()),
+            path,
+            f"has a state {key!r} that is not a map of pairs",
+        )
+    epoch = meta.get("epoch", 0)
+    _require(isinstance(epoch, int) and epoch >= 0, path, f"has a bad epoch {epoch!r}")
+    history = meta.get("history", [])
+    _require(
+        isinstance(history, list) and all(isinstance(h, dict) for h in history),
+        path,
+        "has a history that is not a list of epochs",
+    )
+    train = meta.get("train")
+    _require(train is None or isinstance(train, dict), path, "has a 'train' that is not a map")
+
+
+def load_checkpoint(path) -> dict:
+    """Read a checkpoint with ``weights_only=True``; returns the payload with ``meta``
+    parsed and checked. Raises :class:`CheckpointError` naming the file and the problem."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated or foreign files
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read safely (truncated, corrupt, or holding code that "
+            f"weights_only loading refuses): {type(e).__name__}: {first}"
+        ) from e
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} is not a contnet checkpoint (no '{CHECKPOINT_FORMAT}' format tag)"
+        )
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {payload.get('version')!r}; this contnet "
+            f"reads version {CHECKPOINT_VERSION}"
+        )
+    try:
+        payload["meta"] = json.loads(payload["meta"])
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint {path} has no readable metadata: {e}") from e
+    _check_meta(payload["meta"], path)
+    weights = payload.get("model")
+    _require(
+        isinstance(weights, dict)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()),
+        path,
+        "has no state dict of tensors under 'model'",
+    )
+    payload["path"] = str(path)  # for the errors of the loaders
+    return payload
+
+
+def _where(payload) -> str:
+    return f"checkpoint {payload.get('path', '')}".rstrip()
+
+
+def model_from_checkpoint(
+    payload: dict, *, n_basis: int | None = None, device="cpu"
+) -> ContinuousNet:
+    """Rebuild the :class:`ContinuousNet` of a checkpoint at the depth discretisation it
+    was saved with and load its weights. With ``n_basis`` different from the saved one,
+    the weights are refined (if ``n_basis`` is reached by refining) or projected (if
+    smaller). A checkpoint of another module is refused: build it and use
+    :func:`load_model_state`."""
+    meta, where = payload["meta"], _where(payload)
+    if meta["model"] is None:
+        raise CheckpointError(
+            f"{where} holds a {meta.get('class', 'module')}, not a ContinuousNet that it "
+            "can rebuild from a config: build that module and load the checkpoint into it "
+            "with contnet.checkpoint.load_model_state(payload, module)"
+        )
+    state = meta["state"]
+    # the weight basis it was saved with: refine/project (compress --save, or the API's
+    # project onto another family) change it from the one the model was built with
+    if len(set(state["basis"])) != 1 or len(set(map(str, state["n_basis"]))) != 1:
+        raise CheckpointError(
+            f"{where} has stages of different weight bases ({state['basis']}, n_basis "
+            f"{state['n_basis']}); a ContinuousNet has one for all its stages"
+        )
+    kw = {**meta["model"], "basis": state["basis"][0], "n_basis": state["n_basis"][0]}
+    try:
+        model = ContinuousNet.from_config(kw)
+    except _CONTENT_ERRORS as e:
+        raise CheckpointError(f"{where} describes a model that cannot be built: {e}") from e
+    _load(model, payload, where, built=True)
+    if n_basis is not None and n_basis != kw["n_basis"]:
+        try:
+            b = basis_lib.get(kw["basis"], kw["n_basis"])
+            reachable = []
+            while b.n_basis < n_basis:
+                b = b.refined()
+                reachable.append(b.n_basis)
+            if reachable and reachable[-1] == n_basis:
+                for _ in reachable:
+                    refine(model, steps=False)
+            elif n_basis < kw["n_basis"]:
+                project(model, n_basis)
+            else:
+                raise CheckpointError(
+                    f"{where} has n_basis={kw['n_basis']} ({kw['basis']}); n_basis={n_basis} is "
+                    f"neither reached by refinement ({[kw['n_basis']] + reachable}) nor smaller "
+                    "(projection)"
+                )
+        except (TypeError, ValueError) as e:
+            if isinstance(e, CheckpointError):
+                raise
+            raise CheckpointError(f"{where} cannot be taken to n_basis={n_basis}: {e}") from e
+    return model.to(device)
+
+
+def load_model_state(payload: dict, model: nn.Module) -> nn.Module:
+    """Load a checkpoint into ``model``, a module built as the saved one was (any module):
+    its time-dependent layers are first brought to the bases they were saved with (refined
+    or projected, by name), its blocks to the saved manifestations, then the state dict is
+    loaded. Returns ``model``; raises :class:`CheckpointError` if they do not match."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _load(model, payload, _where(payload))
+    return model
+
+
+def _load(model: nn.Module, payload: dict, where: str, built: bool = False) -> None:
+    """Bring ``model`` to the saved bases and manifestations, then load the weights.
+    ``built``: the model was built from this metadata, so its bases are the saved ones
+    already (a layer saved otherwise means the metadata contradict themselves)."""
+    state = payload["meta"]["state"]
+    try:
+        saved = {n: basis_lib.get(*pair) for n, pair in state.get("layers", {}).items()}
+        targets = {m: saved[n] for n, m in model.named_modules() if n in saved}
+        moved = [(n, m.basis, saved[n]) for n, m in model.named_modules() if m in targets]
+        moved = [(n, have, want) for n, have, want in moved if have != want]
+        if built and moved:
+            name, have, want = moved[0]
+            raise CheckpointError(
+                f"{where}'s metadata disagree: its model state gives {name} the basis "
+                f"{have.family} with {have.n_basis} nodes, its layers {want.family} with "
+                f"{want.n_basis}"
+            )
+        map_bases(model, lambda m: targets.get(m, m.basis), None)
+        manifest = state.get("blocks", {})
+        blocks = dict(model.named_modules())
+        if not manifest:  # an older checkpoint: the blocks in order
+            names = [n for n, m in blocks.items() if isinstance(m, ContinuousBlock)]
+            manifest = {n: [s, k] for n, s, k in zip(names, state["scheme"], state["n_steps"])}
+        for name, (scheme, n_steps) in manifest.items():
+            block = blocks.get(name)
+            if not isinstance(block, ContinuousBlock):
+                continue
+            if _scheme_name(block.scheme) != scheme:  # (a user's tableau: kept by name)
+                block.scheme = scheme
+            block.n_steps = n_steps
+        model.load_state_dict(payload["model"])
+    except CheckpointError:
+        raise
+    except _CONTENT_ERRORS as e:
+        detail = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        raise CheckpointError(
+            f"{where} weights do not fit the model: {type(e).__name__}: {detail}"
+        ) from e

@@ -1,0 +1,149 @@
+"""Compression chooses on validation data, never on the test set; it takes any module
+whose ContinuousBlocks it varies, with any metric, and data as tensors or batches."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import contnet
+from contnet import compression, data
+
+
+def _model(seed=0):
+    """A user's model: a stem, two blocks of different families, sizes and step counts."""
+    torch.manual_seed(seed)
+    fem = contnet.ContinuousBlock(contnet.ConvUnit(4, n_basis=3, basis="fem_linear"), n_steps=4)
+    leg = contnet.ContinuousBlock(
+        contnet.ConvUnit(4, n_basis=4, basis="legendre", act="tanh"), scheme="midpoint", n_steps=2
+    )
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        fem,
+        leg,
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 10),
+    ).eval()
+
+
+def _data(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 6, 6, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+FAST = {"log": lambda *a: None, "schemes": ["euler", "rk4"]}
+
+
+@pytest.fixture(autouse=True)
+def cost_clock(monkeypatch):
+    """Latency as a fixed cost (rate evaluations of the blocks, weighted by their nodes),
+    so that the choice does not depend on timing noise: tests time nothing."""
+
+    def latency(model, x, min_run_time=0.3):
+        return sum(
+            contnet.schemes.get(b.scheme).stages * b.n_steps * (1 + b.unit.n_basis / 100)
+            for b in contnet.manifestation.blocks_of(model)
+        )
+
+    monkeypatch.setattr(compression, "measure_latency", latency)
+
+
+def test_any_module_is_compressed_and_left_unchanged():
+    model, val = _model(), _data(48, 1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    r = compression.compress(model, val, max_drop=100, **FAST)
+    # the original: per-block sizes and steps; candidates cap each block's nodes
+    assert r["original"]["n_basis"] == [3, 4] and r["original"]["n_steps"] == [4, 2]
+    assert r["metric"] == "accuracy" and r["choice"] is not None
+    sizes = [c["n_basis"] for c in r["candidates"]]
+    assert sizes[0] == [3, 4] and 2 in sizes  # fem 3 -> 2 nodes and legendre 4 -> 2
+    assert 1 not in sizes  # fem_linear takes no fewer than 2
+    assert {str(c["n_steps"]) for c in r["candidates"]} == {"[4, 2]", "[2, 1]", "1"}
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    blocks = contnet.manifestation.blocks_of(model)
+    assert [b.n_steps for b in blocks] == [4, 2] and blocks[1].scheme == "midpoint"
+
+
+def test_the_choice_is_made_on_validation_and_never_reads_the_test_set():
+    model, val = _model(), _data(48, 1)
+    seen = []
+
+    def metric(out, y):  # records which data set each evaluation was on
+        seen.append(len(y))
+        return compression.accuracy(out, y)
+
+    without = compression.compress(model, val, metric=metric, max_drop=0.5, **FAST)
+    assert set(seen) == {48}
+    seen.clear()
+    test = _data(13, 2)
+    with_test = compression.compress(model, val, test=test, metric=metric, max_drop=0.5, **FAST)
+    # the test set is read twice (the original and the choice), after choosing
+    assert seen.count(13) == 2 and seen[-2:] == [13, 13]
+    keys = ("n_basis", "scheme", "n_steps")
+    assert [without["choice"][k] for k in keys] == [with_test["choice"][k] for k in keys]
+    # a test set that disagrees with everything changes nothing but the test figure
+    flipped = (test[0], (test[1] + 1) % 10)
+    other = compression.compress(model, val, test=flipped, metric=metric, max_drop=0.5, **FAST)
+    assert [other["choice"][k] for k in keys] == [with_test["choice"][k] for k in keys]
+    assert "test" in with_test["original"] and "test" in with_test["choice"]
+    assert all("test" not in c for c in with_test["candidates"] if c is not with_test["choice"])
+
+
+def test_a_users_metric_and_batches():
+    model, (x, y) = _model(), _data(40, 3)
+
+    def neg_loss(out, target):
+        return -F.cross_entropy(out, target).item()
+
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+    a = compression.compress(model, (x, y), metric=neg_loss, n_basis=[4, 2], steps=[2], **FAST)
+    b = compression.compress(model, loader, metric=neg_loss, n_basis=[4, 2], steps=[2], **FAST)
+    assert a["metric"] == "neg_loss"
+    for ca, cb in zip(a["candidates"], b["candidates"], strict=True):
+        assert ca["val"] == pytest.approx(cb["val"], rel=1e-5)
+        assert ca["drop_points"] == pytest.approx(100 * (a["original"]["val"] - ca["val"]))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, name",
+    [
+        ({"model": nn.Linear(2, 2)}, ValueError, "model"),
+        ({"model": "net"}, TypeError, "model"),
+        ({"metric": 3}, TypeError, "metric"),
+        ({"max_drop": float("nan")}, ValueError, "max_drop"),
+        ({"max_drop": "1"}, TypeError, "max_drop"),
+        ({"n_basis": [1]}, ValueError, "n_basis"),  # fem_linear needs 2 nodes
+        ({"n_basis": 2}, TypeError, "n_basis"),
+        ({"steps": [0]}, ValueError, "steps"),
+        ({"schemes": ["rk9"]}, ValueError, "schemes"),
+        ({"val": torch.zeros(3)}, TypeError, "val"),
+        ({"val": (torch.zeros(3, 1, 6, 6), torch.zeros(2))}, ValueError, "val"),
+        ({"test": [1, 2, 3]}, TypeError, "test"),
+        ({"latency_batch": 0}, ValueError, "latency_batch"),
+    ],
+)
+def test_bad_arguments_are_refused_by_name(kwargs, error, name):
+    args = {"model": _model(), "val": _data(8, 1), **FAST, **kwargs}
+    model, val = args.pop("model"), args.pop("val")
+    with pytest.raises(error, match=rf"\b{name}\b"):
+        compression.compress(model, val, **args)
+
+
+def test_validation_split_is_fixed_stratified_and_nested():
+    ds = data.load_digits()
+    a, b = ds.with_validation(0.1), ds.with_validation(0.1)
+    assert torch.equal(a.x_val, b.x_val) and torch.equal(a.y_train, b.y_train)
+    assert len(a.x_val) + len(a.x_train) == len(ds.x_train)
+    # per class, a tenth (rounded) of its training images
+    for c in range(10):
+        n = int((ds.y_train == c).sum())
+        assert int((a.y_val == c).sum()) == round(0.1 * n)
+    # disjoint from what is trained on; a larger split contains a smaller one
+    rows = lambda t: {tuple(r) for r in t.flatten(1).tolist()}  # noqa: E731
+    assert not rows(a.x_val) & rows(a.x_train)
+    assert rows(a.x_val) <= rows(ds.with_validation(0.25).x_val)
+    assert ds.with_validation(0) is ds
+    with pytest.raises(ValueError, match="fraction must be in"):
+        ds.with_validation(1.0)

@@ -1,0 +1,175 @@
+"""Property-based tests of checkpoint loading: a valid checkpoint, truncated, with bytes
+overwritten, or with any field of its payload or metadata replaced or removed, is either
+loaded or refused with CheckpointError naming the file -- by load_checkpoint, by
+model_from_checkpoint, by load_model_state and by a resumed training run alike."""
+
+import json
+import pathlib
+import shutil
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import contnet
+from contnet import checkpoint, data, train
+
+from .helpers import count_case
+
+JUNK = [None, 3, -1, 2.5, "x", [], {}, [1, "a"], {"a": 1}, True]
+TENSORS = [torch.zeros(2), torch.zeros(3, dtype=torch.int64), torch.zeros(0)]
+PAYLOAD_PATHS = [
+    ("format",),
+    ("version",),
+    ("meta",),
+    ("model",),
+    ("model", "stages.0.unit.conv1.weight"),
+    ("model", "stem.weight"),
+    ("optimizer",),
+    ("optimizer", "state"),
+    ("optimizer", "param_groups"),
+    ("scheduler",),
+    ("scheduler", "last_epoch"),
+    ("rng",),
+    ("rng", "torch"),
+    ("rng", "loader"),
+    ("rng", "loader_ranks"),
+]
+META_PATHS = [
+    ("model",),
+    ("model", "widths"),
+    ("model", "in_channels"),
+    ("model", "basis"),
+    ("model", "scheme"),
+    ("state",),
+    ("state", "n_basis"),
+    ("state", "basis"),
+    ("state", "scheme"),
+    ("state", "n_steps"),
+    ("state", "layers"),
+    ("state", "layers", "stages.0.unit.conv1"),
+    ("state", "layers", "stages.0.unit.norm1"),
+    ("state", "blocks"),
+    ("state", "blocks", "stages.0"),
+    ("epoch",),
+    ("history",),
+    ("train",),
+    ("train", "epochs"),
+    ("train", "lr"),
+    ("train", "val_fraction"),
+]
+CFG = train.TrainConfig(
+    widths=(2,),
+    basis="fem_linear",
+    n_basis=2,
+    epochs=2,
+    refine_at=(1,),
+    batch_size=32,
+    progress=False,
+)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A finished two-epoch run (refined once) and its data."""
+    ds = data.load_digits()
+    ds.x_train, ds.y_train, ds.x_test, ds.y_test = (
+        ds.x_train[:64],
+        ds.y_train[:64],
+        ds.x_test[:16],
+        ds.y_test[:16],
+    )
+    out = tmp_path_factory.mktemp("run")
+    train.train(CFG, out, ds, log=lambda *a: None)
+    return out / "checkpoint.pt", ds
+
+
+def _set(tree, path, value):
+    *head, last = path
+    for key in head:
+        tree = tree[key] if isinstance(tree, dict) else None
+        if not isinstance(tree, dict):
+            return
+    if value is _DELETE:
+        tree.pop(last, None)
+    else:
+        tree[last] = value
+
+
+_DELETE = object()
+
+
+def _load_everything(path: pathlib.Path, ds, run_dir: pathlib.Path):
+    payload = checkpoint.load_checkpoint(path)
+    checkpoint.model_from_checkpoint(payload, n_basis=3)
+    fresh = contnet.ContinuousNet(1, 10, (2,), 2, basis="fem_linear")
+    checkpoint.load_model_state(payload, fresh)
+    shutil.copy(path, run_dir / "checkpoint.pt")
+    train.train(CFG, run_dir, ds, resume=True, log=lambda *a: None)
+
+
+@settings(max_examples=max(20, settings.default.max_examples // 3))
+@given(data=st.data())
+def test_any_tampered_checkpoint_is_loaded_or_refused_by_name(data, saved, tmp_path_factory):
+    count_case("api.checkpoint")
+    draw = data.draw
+    path, ds = saved
+    where = tmp_path_factory.mktemp("case")
+    bad = where / "tampered.pt"
+    how = draw(st.sampled_from(["truncate", "bytes", "payload", "meta", "none"]))
+    raw = path.read_bytes()
+    if how == "truncate":
+        bad.write_bytes(raw[: draw(st.integers(0, len(raw) - 1))])
+    elif how == "bytes":
+        raw = bytearray(raw)
+        for _ in range(draw(st.integers(1, 8))):
+            raw[draw(st.integers(0, len(raw) - 1))] = draw(st.integers(0, 255))
+        bad.write_bytes(bytes(raw))
+    else:
+        payload = torch.load(path, weights_only=True)
+        value = draw(st.sampled_from([*JUNK, *TENSORS, _DELETE]))
+        if how == "payload":
+            _set(payload, draw(st.sampled_from(PAYLOAD_PATHS)), value)
+        elif how == "meta":
+            meta = json.loads(payload["meta"])
+            if isinstance(value, torch.Tensor):
+                value = value.tolist()
+            _set(meta, draw(st.sampled_from(META_PATHS)), value)
+            payload["meta"] = json.dumps(meta)
+        torch.save(payload, bad)
+    try:
+        _load_everything(bad, ds, where)
+    except checkpoint.CheckpointError as e:
+        assert str(bad) in str(e) or str(where / "checkpoint.pt") in str(e), e
+        return
+    # an untouched checkpoint, and tampering that changes nothing read, load
+    assert how != "truncate" or bad.read_bytes() == raw
+
+
+def test_a_module_that_is_not_a_continuous_net_round_trips(tmp_path):
+    torch.manual_seed(0)
+
+    def build():
+        unit = contnet.ConvUnit(3, n_basis=2, basis="legendre", norm="batch", preact=True)
+        head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        return torch.nn.Sequential(contnet.ContinuousBlock(unit, scheme="heun"), head)
+
+    model = build()
+    contnet.refine(model)  # legendre 2 -> 4 nodes; its norms keep their one cell
+    model[0].scheme = "rk4"
+    path = checkpoint.save_checkpoint(tmp_path / "mine.pt", model)
+    payload = checkpoint.load_checkpoint(path)
+    with pytest.raises(
+        checkpoint.CheckpointError, match=r"mine\.pt holds a .*Sequential.*load_model_state"
+    ):
+        checkpoint.model_from_checkpoint(payload)
+    again = checkpoint.load_model_state(payload, build())  # built at 2 nodes, as the user did
+    assert again[0].unit.n_basis == 4 and again[0].n_steps == 4 and again[0].scheme == "rk4"
+    x = torch.randn(2, 3, 5, 5)
+    model.eval(), again.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model(x), rtol=0, atol=0)
+    wrong = torch.nn.Sequential(contnet.ContinuousBlock(contnet.ConvUnit(4, n_basis=2)))
+    with pytest.raises(checkpoint.CheckpointError, match=r"mine\.pt weights do not fit"):
+        checkpoint.load_model_state(payload, wrong)

@@ -1,5 +1,6 @@
 # make test : fresh virtual environment in .venv (if missing), build + install, run the tests
 # make demo : the main job (see README)
+# make fuzz : the property-based tests with fresh seeds and many cases (FUZZ_SEED=n replays)
 # make lint : ruff check and format check
 # make bench: the microbenchmarks (JSON under bench/results/)
 PYTHON ?= python3
@@ -12,7 +13,9 @@ SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cud
 export PATH := $(BIN):$(PATH)
 export MAX_JOBS ?= 2
 
-.PHONY: all test demo lint format bench clean
+PROPERTIES := tests/test_properties_ops.py tests/test_properties_api.py tests/test_properties_checkpoint.py
+
+.PHONY: all test fuzz demo lint format bench clean
 
 all: test
 
@@ -26,6 +29,11 @@ $(STAMP): $(BIN)/python $(SOURCES)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+fuzz: $(STAMP)
+	seed=$${FUZZ_SEED:-$$($(BIN)/python -c 'import secrets; print(secrets.randbelow(2**32))')}; \
+	$(BIN)/python -m pytest -p no:cacheprovider -q $(PROPERTIES) \
+		--hypothesis-profile=fuzz --hypothesis-seed=$$seed
 
 demo: $(STAMP)
 	$(BIN)/python -m contnet demo

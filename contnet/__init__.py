@@ -5,7 +5,7 @@ weights ``theta(t)`` expanded in a basis in depth, integrated by a Runge-Kutta o
 multistep scheme. See the README for the public API.
 """
 
-from . import basis, ops, schemes
+from . import basis, checkpoint, compression, manifestation, ops, schemes
 from .block import ContinuousBlock
 from .integrate import odeint
 from .layers import ConvUnit, TimeBatchNorm2d, TimeConv2d
@@ -23,6 +23,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "basis",
+    "checkpoint",
+    "compression",
+    "manifestation",
     "ops",
     "schemes",
     "odeint",

@@ -194,13 +194,15 @@ def load_checkpoint(path) -> dict:
             f"checkpoint {path} cannot be read safely (truncated, corrupt, or holding code that "
             f"weights_only loading refuses): {type(e).__name__}: {first}"
         ) from e
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+    tag = payload.get("format") if isinstance(payload, dict) else None
+    if not (isinstance(tag, str) and tag == CHECKPOINT_FORMAT):
         raise CheckpointError(
             f"{path} is not a contnet checkpoint (no '{CHECKPOINT_FORMAT}' format tag)"
         )
-    if payload.get("version") != CHECKPOINT_VERSION:
+    version = payload.get("version")
+    if not (type(version) is int and version == CHECKPOINT_VERSION):
         raise CheckpointError(
-            f"checkpoint {path} has format version {payload.get('version')!r}; this contnet "
+            f"checkpoint {path} has format version {version!r}; this contnet "
             f"reads version {CHECKPOINT_VERSION}"
         )
     try:

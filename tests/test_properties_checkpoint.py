@@ -109,42 +109,67 @@ def _load_everything(path: pathlib.Path, ds, run_dir: pathlib.Path):
     train.train(CFG, run_dir, ds, resume=True, log=lambda *a: None)
 
 
+def _tamper(path: pathlib.Path, bad: pathlib.Path, how: str, where=None, value=None, cuts=()):
+    """Write ``path`` tampered with to ``bad``: ``truncate`` at ``cuts[0]``, ``bytes``
+    overwritten at ``cuts``, or the ``payload`` / ``meta`` field at ``where`` set to
+    ``value`` (``_DELETE`` removes it)."""
+    raw = path.read_bytes()
+    if how == "truncate":
+        bad.write_bytes(raw[: cuts[0]])
+    elif how == "bytes":
+        raw = bytearray(raw)
+        for i, v in cuts:
+            raw[i % len(raw)] = v
+        bad.write_bytes(bytes(raw))
+    else:
+        payload = torch.load(path, weights_only=True)
+        if how == "payload":
+            _set(payload, where, value)
+        elif how == "meta":
+            meta = json.loads(payload["meta"])
+            _set(meta, where, value.tolist() if isinstance(value, torch.Tensor) else value)
+            payload["meta"] = json.dumps(meta)
+        torch.save(payload, bad)
+
+
+def _loaded_or_refused(bad: pathlib.Path, ds, run_dir: pathlib.Path) -> None:
+    try:
+        _load_everything(bad, ds, run_dir)
+    except checkpoint.CheckpointError as e:
+        assert str(bad) in str(e) or str(run_dir / "checkpoint.pt") in str(e), e
+
+
 @settings(max_examples=max(20, settings.default.max_examples // 3))
 @given(data=st.data())
 def test_any_tampered_checkpoint_is_loaded_or_refused_by_name(data, saved, tmp_path_factory):
     count_case("api.checkpoint")
     draw = data.draw
     path, ds = saved
-    where = tmp_path_factory.mktemp("case")
-    bad = where / "tampered.pt"
+    run_dir = tmp_path_factory.mktemp("case")
+    size = path.stat().st_size
     how = draw(st.sampled_from(["truncate", "bytes", "payload", "meta", "none"]))
-    raw = path.read_bytes()
+    value = draw(st.sampled_from([*JUNK, *TENSORS, _DELETE]))
+    where = draw(st.sampled_from(PAYLOAD_PATHS if how == "payload" else META_PATHS))
     if how == "truncate":
-        bad.write_bytes(raw[: draw(st.integers(0, len(raw) - 1))])
-    elif how == "bytes":
-        raw = bytearray(raw)
-        for _ in range(draw(st.integers(1, 8))):
-            raw[draw(st.integers(0, len(raw) - 1))] = draw(st.integers(0, 255))
-        bad.write_bytes(bytes(raw))
+        cuts = [draw(st.integers(0, size - 1))]
     else:
-        payload = torch.load(path, weights_only=True)
-        value = draw(st.sampled_from([*JUNK, *TENSORS, _DELETE]))
-        if how == "payload":
-            _set(payload, draw(st.sampled_from(PAYLOAD_PATHS)), value)
-        elif how == "meta":
-            meta = json.loads(payload["meta"])
-            if isinstance(value, torch.Tensor):
-                value = value.tolist()
-            _set(meta, draw(st.sampled_from(META_PATHS)), value)
-            payload["meta"] = json.dumps(meta)
-        torch.save(payload, bad)
-    try:
-        _load_everything(bad, ds, where)
-    except checkpoint.CheckpointError as e:
-        assert str(bad) in str(e) or str(where / "checkpoint.pt") in str(e), e
-        return
-    # an untouched checkpoint, and tampering that changes nothing read, load
-    assert how != "truncate" or bad.read_bytes() == raw
+        byte = st.tuples(st.integers(0, size - 1), st.integers(0, 255))
+        cuts = draw(st.lists(byte, min_size=1, max_size=8))
+    bad = run_dir / "tampered.pt"
+    _tamper(path, bad, how, where, value, cuts)
+    _loaded_or_refused(bad, ds, run_dir)
+
+
+# found by make fuzz: a tensor where the version number belongs compared as a tensor
+PINNED = [("payload", ("version",), torch.zeros(2)), ("payload", ("format",), torch.zeros(2))]
+
+
+@pytest.mark.parametrize("how, where, value", PINNED)
+def test_pinned_tampered_checkpoints(how, where, value, saved, tmp_path):
+    path, ds = saved
+    _tamper(path, tmp_path / "tampered.pt", how, where, value)
+    with pytest.raises(checkpoint.CheckpointError, match="tampered.pt"):
+        _load_everything(tmp_path / "tampered.pt", ds, tmp_path)
 
 
 def test_a_module_that_is_not_a_continuous_net_round_trips(tmp_path):

@@ -243,7 +243,8 @@ def model_from_checkpoint(
     state = meta["state"]
     # the weight basis it was saved with: refine/project (compress --save, or the API's
     # project onto another family) change it from the one the model was built with
-    if len(set(state["basis"])) != 1 or len(set(map(str, state["n_basis"]))) != 1:
+    # (as strings: a tampered entry may be a list, which a set does not take)
+    if len(set(map(str, state["basis"]))) != 1 or len(set(map(str, state["n_basis"]))) != 1:
         raise CheckpointError(
             f"{where} has stages of different weight bases ({state['basis']}, n_basis "
             f"{state['n_basis']}); a ContinuousNet has one for all its stages"
@@ -255,28 +256,31 @@ def model_from_checkpoint(
         raise CheckpointError(f"{where} describes a model that cannot be built: {e}") from e
     _load(model, payload, where, built=True)
     if n_basis is not None and n_basis != kw["n_basis"]:
-        try:
-            b = basis_lib.get(kw["basis"], kw["n_basis"])
-            reachable = []
-            while b.n_basis < n_basis:
-                b = b.refined()
-                reachable.append(b.n_basis)
-            if reachable and reachable[-1] == n_basis:
-                for _ in reachable:
-                    refine(model, steps=False)
-            elif n_basis < kw["n_basis"]:
-                project(model, n_basis)
-            else:
-                raise CheckpointError(
-                    f"{where} has n_basis={kw['n_basis']} ({kw['basis']}); n_basis={n_basis} is "
-                    f"neither reached by refinement ({[kw['n_basis']] + reachable}) nor smaller "
-                    "(projection)"
-                )
-        except (TypeError, ValueError) as e:
-            if isinstance(e, CheckpointError):
-                raise
-            raise CheckpointError(f"{where} cannot be taken to n_basis={n_basis}: {e}") from e
+        _to_n_basis(model, basis_lib.get(kw["basis"], kw["n_basis"]), n_basis, where)
     return model.to(device)
+
+
+def _to_n_basis(model: nn.Module, saved: basis_lib.Basis, n_basis: int, where: str) -> None:
+    """Refine ``model`` (whose bases are ``saved``) until they have ``n_basis`` nodes, or
+    project it onto fewer."""
+    b, reachable = saved, []
+    try:
+        while b.n_basis < n_basis:
+            b = b.refined()
+            reachable.append(b.n_basis)
+        if reachable and reachable[-1] == n_basis:
+            for _ in reachable:
+                refine(model, steps=False)
+            return
+        if n_basis < saved.n_basis:
+            project(model, n_basis)
+            return
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where} cannot be taken to n_basis={n_basis!r}: {e}") from e
+    raise CheckpointError(
+        f"{where} has n_basis={saved.n_basis} ({saved.family}); n_basis={n_basis} is neither "
+        f"reached by refinement ({[saved.n_basis] + reachable}) nor smaller (projection)"
+    )
 
 
 def load_model_state(payload: dict, model: nn.Module) -> nn.Module:

@@ -193,6 +193,49 @@ def _describe(blocks) -> dict:
     }
 
 
+def _checked(model, val, test, metric, max_drop, schemes, n_basis, steps, x, batch):
+    """Every argument of :func:`compress` checked before anything is evaluated: its
+    blocks, schemes and their tableaux, node counts, step counts and latency input."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    blocks = blocks_of(model)
+    if not blocks or any(getattr(b.unit, "basis", None) is None for b in blocks):
+        raise ValueError(
+            "model must hold ContinuousBlocks whose units have a weight basis, to vary them"
+        )
+    if not callable(metric):
+        raise TypeError(f"metric must be callable as metric(outputs, targets), got {metric!r}")
+    _check_budget(max_drop)
+    schemes = list(schemes) if schemes is not None else schemes_to_try(model)
+    tableaux = [_named("schemes", schemes_lib.get, s) for s in schemes]
+    counts = _basis_candidates([b.unit.basis for b in blocks], n_basis)
+    step_counts = _step_candidates(blocks, steps)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"latency_batch must be an int >= 1, got {batch!r}")
+    val_batches = _batches(val, batch, "val")
+    if test is not None:
+        _batches(test, batch, "test")
+    if x is None:
+        x = next(iter(val_batches), (None,))[0]
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(
+            f"latency_input must be a tensor (default: the first validation inputs), got "
+            f"{type(x).__name__}"
+        )
+    return blocks, schemes, tableaux, counts, step_counts, x
+
+
+def _choose(candidates, max_drop: float):
+    """The index of the fastest candidate within ``max_drop`` points of the original
+    (latencies within 5% of the fastest are ties, won by the fewest parameters), or None."""
+    ok = [i for i, c in enumerate(candidates) if c["drop_points"] <= max_drop]
+    if not ok:
+        return None
+    fastest = min(candidates[i]["latency_ms"] for i in ok)
+    ties = [i for i in ok if candidates[i]["latency_ms"] <= _TIE * fastest]
+    return min(ties, key=lambda i: (candidates[i]["parameters"], candidates[i]["latency_ms"]))
+
+
 def compress(
     model: nn.Module,
     val,
@@ -232,33 +275,10 @@ def compress(
     ``parameters``, ``latency_ms``, ``val`` (and the candidates ``drop_points``; the
     original and the choice ``test``).
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    blocks = blocks_of(model)
-    if not blocks or any(getattr(b.unit, "basis", None) is None for b in blocks):
-        raise ValueError(
-            "model must hold ContinuousBlocks whose units have a weight basis, to vary them"
-        )
-    if not callable(metric):
-        raise TypeError(f"metric must be callable as metric(outputs, targets), got {metric!r}")
-    max_drop = _check_budget(max_drop)
-    schemes = list(schemes) if schemes is not None else schemes_to_try(model)
-    tableaux = [_named("schemes", schemes_lib.get, s) for s in schemes]
-    counts = _basis_candidates([b.unit.basis for b in blocks], n_basis)
-    step_counts = _step_candidates(blocks, steps)
-    if isinstance(latency_batch, bool) or not isinstance(latency_batch, int) or latency_batch < 1:
-        raise ValueError(f"latency_batch must be an int >= 1, got {latency_batch!r}")
-    val_batches = _batches(val, latency_batch, "val")
-    if test is not None:
-        _batches(test, latency_batch, "test")
-    if latency_input is None:
-        latency_input = next(iter(val_batches), (None,))[0]
-    if not isinstance(latency_input, torch.Tensor):
-        raise TypeError(
-            f"latency_input must be a tensor (default: the first validation inputs), got "
-            f"{type(latency_input).__name__}"
-        )
-    xb = latency_input.to(device)
+    blocks, schemes, tableaux, counts, step_counts, xb = _checked(
+        model, val, test, metric, max_drop, schemes, n_basis, steps, latency_input, latency_batch
+    )
+    xb = xb.to(device)
 
     def measure(m):
         return {
@@ -268,7 +288,7 @@ def compress(
         }
 
     original = {**_describe(blocks), **measure(model)}
-    candidates, models = [], []
+    candidates, runs = [], []
     for k in counts:
         m = copy.deepcopy(model)
         for b in blocks_of(m):
@@ -281,29 +301,24 @@ def compress(
                 cand["rate_evals"] = sum(tableau.stages * b.n_steps for b in blocks_of(m))
                 cand["drop_points"] = 100 * (original["val"] - cand["val"])
                 candidates.append(cand)
-                models.append((m, scheme, n))
+                runs.append((m, scheme, n))
                 log(
                     f"  K={cand['n_basis']!s:<4} {tableau.name:<9s} n_steps={cand['n_steps']!s:<4} "
                     f"params {cand['parameters']:>9,d}  val {cand['val']:.4f}  "
                     f"latency {cand['latency_ms']:.2f} ms"
                 )
-    ok = [i for i, c in enumerate(candidates) if c["drop_points"] <= max_drop]
-    choice = None
-    if ok:
-        fastest = min(candidates[i]["latency_ms"] for i in ok)
-        ties = [i for i in ok if candidates[i]["latency_ms"] <= _TIE * fastest]
-        best = min(ties, key=lambda i: (candidates[i]["parameters"], candidates[i]["latency_ms"]))
-        choice = candidates[best]
-        if test is not None:
-            m, scheme, n = models[best]
+    best = _choose(candidates, float(max_drop))
+    choice = None if best is None else candidates[best]
+    if test is not None:  # read only now, after choosing
+        original["test"] = metric_on(model, test, metric, device=device, name="test")
+        if choice is not None:
+            m, scheme, n = runs[best]
             set_manifestation(blocks_of(m), scheme, n)
             choice["test"] = metric_on(m, test, metric, device=device, name="test")
-    if test is not None:
-        original["test"] = metric_on(model, test, metric, device=device, name="test")
     return {
         "original": original,
         "metric": getattr(metric, "__name__", type(metric).__name__),
-        "max_drop_points": max_drop,
+        "max_drop_points": float(max_drop),
         "latency_batch": len(xb),
         "candidates": candidates,
         "choice": choice,

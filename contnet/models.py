@@ -1,5 +1,6 @@
 """Networks built from continuous blocks, and transformations of any module tree:
-refinement in depth, projection onto another basis, conversion of a residual stage."""
+refinement in depth, projection onto another basis (the conversion of a residual stage,
+:func:`from_resnet`, lives in :mod:`contnet.convert`)."""
 
 from __future__ import annotations
 

@@ -352,9 +352,12 @@ def train(cfg: TrainConfig, out_dir, dataset: Dataset, *, resume: bool = False, 
             refine(model, optimizer=optimizer)
             net = ddp.wrap(model) if ddp else model  # the wrapper holds the old parameters
         lr = optimizer.param_groups[0]["lr"]
-        entry = _train_epoch(
-            net, loader, optimizer, device, ddp, cfg.progress and rank == 0, epoch, cfg
+        bar = (
+            f"epoch {epoch + 1}/{cfg.epochs} K={_n_basis(model)}"
+            if cfg.progress and not rank
+            else None
         )
+        entry = _train_epoch(net, loader, optimizer, device, ddp, bar)
         scheduler.step()
         entry = {"epoch": epoch + 1, "lr": lr, **entry, **_scores(model, data, device)}
         entry.update(n_basis=_n_basis(model), n_steps=blocks_of(model)[0].n_steps)
@@ -395,12 +398,12 @@ def train(cfg: TrainConfig, out_dir, dataset: Dataset, *, resume: bool = False, 
     return result
 
 
-def _train_epoch(net, loader, optimizer, device, ddp, progress: bool, epoch: int, cfg) -> dict:
-    """One pass over ``loader``: ``{"train_loss", "train_acc"}`` (summed over ranks)."""
+def _train_epoch(net, loader, optimizer, device, ddp, bar: str | None) -> dict:
+    """One pass over ``loader``: ``{"train_loss", "train_acc"}`` (summed over ranks); a
+    progress bar titled ``bar``, if given."""
     net.train()
     tot_loss, tot_correct, seen = 0.0, 0, 0
-    desc = f"epoch {epoch + 1}/{cfg.epochs}"
-    for xb, yb in _progress(loader, progress, desc=desc, total=len(loader)):
+    for xb, yb in _progress(loader, bar is not None, desc=bar, total=len(loader)):
         xb, yb = xb.to(device), yb.to(device)
         optimizer.zero_grad(set_to_none=True)
         out = net(xb)

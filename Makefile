@@ -1,13 +1,13 @@
 # make test : fresh virtual environment in .venv (if missing), build + install, run the tests
 # make demo : the main job (see README)
 # make fuzz : the property-based tests with fresh seeds and many cases (FUZZ_SEED=n replays)
-# make lint : ruff check and format check
+# make lint : ruff check and format check, and the layer contract (lint-imports)
 # make bench: the microbenchmarks (JSON under bench/results/)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.contnet-installed
-LINTED := contnet tests setup.py $(wildcard bench)
+LINTED := contnet tests setup.py
 SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu csrc/include/contnet/*)
 
 export PATH := $(BIN):$(PATH)
@@ -41,13 +41,14 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix $(LINTED)
 	$(BIN)/ruff format $(LINTED)
 
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m contnet.bench
 
 clean:
 	rm -rf build *.egg-info contnet/_C*.so

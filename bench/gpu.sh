@@ -54,41 +54,41 @@ for s in "$@"; do
         # a test that hangs fails after 120 s (pytest-timeout, where installed)
         step test-cpu env OMP_NUM_THREADS=$test_threads $py -m pytest -q -m "not cuda" -p no:cacheprovider $xdist $timeout || status=1
         ;;
-    ops) step ops $py -m bench ops || status=1 ;;
+    ops) step ops $py -m contnet.bench ops || status=1 ;;
     block)
-        step block $py -m bench block --shapes stage1 stage2 stage3 --schemes rk4 --K 16 \
+        step block $py -m contnet.bench block --shapes stage1 stage2 stage3 --schemes rk4 --K 16 \
             --bases piecewise_constant --min-run-time 0.2 || status=1
         ;;
     block-wide)
-        step block-wide $py -m bench block --shapes wide --schemes rk4 --K 16 \
+        step block-wide $py -m contnet.bench block --shapes wide --schemes rk4 --K 16 \
             --bases piecewise_constant --min-run-time 0.2 --tag "$(device_tag)-wide" || status=1
         ;;
     block-k4)
-        step block-k4 $py -m bench block --shapes stage1 stage2 stage3 --schemes rk4 --K 4 \
+        step block-k4 $py -m contnet.bench block --shapes stage1 stage2 stage3 --schemes rk4 --K 4 \
             --bases piecewise_constant fem_linear --min-run-time 0.2 --tag "$(device_tag)-k4" || status=1
         ;;
     block-nchw)
         # the same shapes in NCHW: whether channels_last is what costs the eager stage3 pass
         # (compile chooses its own layouts)
-        step block-nchw $py -m bench block --shapes stage1 stage2 stage3 --schemes rk4 --K 16 \
+        step block-nchw $py -m contnet.bench block --shapes stage1 stage2 stage3 --schemes rk4 --K 16 \
             --bases piecewise_constant --impls floor contnet compile --no-channels-last \
             --min-run-time 0.2 --tag "$(device_tag)-nchw" || status=1
         ;;
     block-host)
-        step block-host $py -m bench block --shapes host --batch 1 --schemes rk4 --K 16 \
+        step block-host $py -m contnet.bench block --shapes host --batch 1 --schemes rk4 --K 16 \
             --impls floor contnet hand compile --min-run-time 0.2 --tag "$(device_tag)-host" || status=1
         ;;
     block-profile)
         # where a stage3 pass spends its time as the batch grows: operators, kernels, device
         # busy time and CUDA runtime calls (allocations, synchronisations) per implementation
         for b in 1 8 32 128; do
-            step block-profile-b$b $py -m bench block --shapes stage3 --batch $b --schemes rk4 \
+            step block-profile-b$b $py -m contnet.bench block --shapes stage3 --batch $b --schemes rk4 \
                 --K 16 --bases piecewise_constant --impls floor contnet compile --min-run-time 0.2 \
                 --profile --tag "$(device_tag)-profile-b$b" || status=1
         done
         ;;
-    inference) step inference $py -m bench inference || status=1 ;;
-    backprop) step backprop $py -m bench backprop || status=1 ;;
+    inference) step inference $py -m contnet.bench inference || status=1 ;;
+    backprop) step backprop $py -m contnet.bench backprop || status=1 ;;
     *)
         echo "unknown step $s"
         status=2

@@ -5,10 +5,9 @@ weights ``theta(t)`` expanded in a basis in depth, integrated by a Runge-Kutta o
 multistep scheme. See the README for the public API.
 """
 
-from . import basis, checkpoint, compression, manifestation, ops, schemes
+from . import basis, evaluation, integrate, models, nn, ops, schemes, training
 from .block import ContinuousBlock
 from .integrate import odeint
-from .layers import ConvUnit, TimeBatchNorm2d, TimeConv2d
 from .models import (
     ContinuousNet,
     GraphedInference,
@@ -18,16 +17,18 @@ from .models import (
     project,
     refine,
 )
-
-__version__ = "0.1.0"
+from .nn import ConvUnit, TimeBatchNorm2d, TimeConv2d
+from .version import __version__  # noqa: F401  (contnet.__version__)
 
 __all__ = [
     "basis",
-    "checkpoint",
-    "compression",
-    "manifestation",
-    "ops",
     "schemes",
+    "ops",
+    "nn",
+    "integrate",
+    "models",
+    "training",
+    "evaluation",
     "odeint",
     "TimeConv2d",
     "TimeBatchNorm2d",

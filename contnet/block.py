@@ -8,7 +8,16 @@ from torch._C._functorch import is_functorch_wrapped_tensor
 
 from . import ops, schemes
 from .integrate import BACKPROP_MODES, odeint, rate_times
-from .layers import TimeScalar, frozen_batch_stats, node_layout_like, reads_weights_ahead
+from .nn import (
+    PassSplitUnit,
+    SplitUnit,
+    TimeScalar,
+    Unit,
+    conforms,
+    frozen_batch_stats,
+    node_layout_like,
+    reads_weights_ahead,
+)
 
 __all__ = ["ContinuousBlock", "blocks_of"]
 
@@ -36,25 +45,24 @@ class ContinuousBlock(nn.Module):
         block.scheme, block.n_steps = "euler", 16             # another manifestation
     """
 
-    def __init__(
-        self, unit: nn.Module, *, scheme="rk4", n_steps: int | None = None, backprop="direct"
-    ):
+    def __init__(self, unit: Unit, *, scheme="rk4", n_steps: int | None = None, backprop="direct"):
         super().__init__()
         if not callable(unit):
             raise TypeError(f"unit must be callable as unit(t, x), got {type(unit).__name__}")
         self.unit = unit
         self.lm = None
-        if schemes.get(scheme).name == "lm":
-            basis = getattr(unit, "basis", None)
+        is_unit = conforms(unit, Unit)
+        if isinstance(schemes.get(scheme), schemes.LMResNet):
+            basis = unit.basis if is_unit else None
             self.lm = TimeScalar(basis.n_basis, basis.family) if basis is not None else TimeScalar()
         self.scheme = scheme
         if n_steps is None:
-            n_basis = getattr(unit, "n_basis", None)
-            if n_basis is None:
+            if not is_unit:
                 raise ValueError(
-                    "n_steps is required when the unit has no n_basis attribute to take it from"
+                    "n_steps is required when the unit is not a contnet.nn.Unit (with a "
+                    "basis to take it from)"
                 )
-            n_steps = n_basis
+            n_steps = unit.n_basis
         self.n_steps = n_steps
         self.backprop = backprop
 
@@ -65,7 +73,7 @@ class ContinuousBlock(nn.Module):
     @scheme.setter
     def scheme(self, value):
         sch = schemes.get(value)
-        if sch.name == "lm" and getattr(self, "lm", None) is None:
+        if isinstance(sch, schemes.LMResNet) and getattr(self, "lm", None) is None:
             raise ValueError(
                 "scheme 'lm' has a learnable k(t): build the block with scheme='lm' so that it owns one"
             )
@@ -95,7 +103,7 @@ class ContinuousBlock(nn.Module):
             raise TypeError(f"x must be a floating-point tensor, got {got}")
         rate = self._rate(x)
         kw = {}
-        if schemes.get(self.scheme).name == "lm":
+        if isinstance(schemes.get(self.scheme), schemes.LMResNet):
             kw["lm_k"] = self.lm.at(rate_times(self.scheme, self.n_steps))
         if self.backprop != "direct":
             # what the rate reads: the stage-weight table, and the unit's parameters that
@@ -117,12 +125,12 @@ class ContinuousBlock(nn.Module):
         tensors in one launch (:func:`contnet.ops.basis_interp`), except with
         ``checkpoint``/``adjoint`` backprop, where each step interpolates its own. No table
         where reading the weights ahead could differ from calling the unit at every stage
-        (:func:`contnet.layers.reads_weights_ahead`: a forward pre-hook, a parametrization,
+        (:func:`contnet.nn.reads_weights_ahead`: a forward pre-hook, a parametrization,
         a subclass's own forward)."""
         unit = self.unit
-        basis = getattr(unit, "basis", None)
-        if not hasattr(unit, "basis_tensors") or basis is None or not reads_weights_ahead(unit):
+        if not conforms(unit, Unit) or not reads_weights_ahead(unit):
             return unit
+        basis = unit.basis
         if self.backprop != "direct" and basis.family != "piecewise_constant":
             # interpolated weights for every stage time would be held for backward, memory
             # growing with n_steps: checkpoint and adjoint interpolate inside each step
@@ -182,22 +190,21 @@ class ContinuousBlock(nn.Module):
         return cache[key]
 
     def extra_repr(self) -> str:
-        name = self.scheme if isinstance(self.scheme, str) else self.scheme.name
-        return f"scheme={name}, n_steps={self.n_steps}, backprop={self.backprop}"
+        return f"scheme={schemes.name_of(self.scheme)}, n_steps={self.n_steps}, backprop={self.backprop}"
 
 
 class StageRate:
     """A unit as the rate of one forward pass from ``x``, reading its weights from a table
     of every stage time (``{t: {"conv1": (W, b), ...}}``). Keeps the unit's fusable tail."""
 
-    def __init__(self, unit, table, x):
+    def __init__(self, unit: Unit, table, x):
         self.unit, self.table = unit, table
-        self.fusable = getattr(unit, "fusable", False)
-        # split(t, x) -> (y, bias, act, scale), the unit's tail apart (see integrate.odeint)
+        self.fusable = conforms(unit, SplitUnit) and unit.fusable
+        # split(t, x) -> (y, bias, act, scale), the unit's tail apart (see integrate.rk)
         self.split = None
-        if self.fusable and hasattr(unit, "stage_split"):
+        if self.fusable and conforms(unit, PassSplitUnit):
             self.split = unit.stage_split(table, x)
-        elif self.fusable and hasattr(unit, "split"):
+        elif self.fusable:
             self.split = lambda t, x: unit.split(t, x, table[t])
 
     def __call__(self, t, x):

@@ -25,7 +25,20 @@ from fractions import Fraction
 
 import torch
 
-__all__ = ["ButcherTableau", "Multistep", "get", "names", "stage_times", "step_times"]
+__all__ = [
+    "ButcherTableau",
+    "Multistep",
+    "AdamsBashforth2",
+    "LMResNet",
+    "get",
+    "names",
+    "name_of",
+    "stage_times",
+    "step_times",
+    "check_n_steps",
+    "check_interval",
+    "fitted_order",
+]
 
 
 def _frac(v) -> Fraction:
@@ -100,12 +113,7 @@ class ButcherTableau:
 @dataclass(frozen=True)
 class Multistep:
     """A linear multistep scheme (one rate evaluation per step, reuses past states/rates).
-
-    ``ab2`` (Adams-Bashforth 2, order 2): ``x_{n+1} = x_n + h (3/2 f_n - 1/2 f_{n-1})``,
-    started by one Heun step. ``lm`` (LM-ResNet, Lu et al. 2018, order 1):
-    ``x_{n+1} = (1 - k_n) x_n + k_n x_{n-1} + h f_n`` with learnable ``k(t)``, started by
-    one Euler step.
-    """
+    Its kind is its type: :class:`AdamsBashforth2` or :class:`LMResNet`."""
 
     name: str
     order: int
@@ -122,6 +130,19 @@ class Multistep:
     @property
     def multistep(self) -> bool:
         return True
+
+
+@dataclass(frozen=True)
+class AdamsBashforth2(Multistep):
+    """Adams-Bashforth 2, order 2: ``x_{n+1} = x_n + h (3/2 f_n - 1/2 f_{n-1})``, started
+    by one Heun step."""
+
+
+@dataclass(frozen=True)
+class LMResNet(Multistep):
+    """LM-ResNet (Lu et al. 2018), order 1: ``x_{n+1} = (1 - k_n) x_n + k_n x_{n-1} + h f_n``
+    with a learnable ``k(t)``, started by one Euler step. A block integrating with it owns
+    its ``k(t)``."""
 
 
 def _tab(name, a, b, c, order, description):
@@ -198,8 +219,8 @@ _SCHEMES = {
         ),
     )
 }
-_SCHEMES["ab2"] = Multistep("ab2", 2, "Adams-Bashforth 2: order 2, 1 rate per step")
-_SCHEMES["lm"] = Multistep("lm", 1, "LM-ResNet linear two-step scheme with learnable k(t)")
+_SCHEMES["ab2"] = AdamsBashforth2("ab2", 2, "Adams-Bashforth 2: order 2, 1 rate per step")
+_SCHEMES["lm"] = LMResNet("lm", 1, "LM-ResNet linear two-step scheme with learnable k(t)")
 
 
 def names() -> list[str]:
@@ -221,6 +242,11 @@ def get(name) -> ButcherTableau | Multistep:
         return _SCHEMES[name]
     except KeyError:
         raise ValueError(f"unknown scheme {name!r}; expected one of {names()}") from None
+
+
+def name_of(scheme) -> str:
+    """The name of ``scheme`` (a name, passed through, or a scheme object)."""
+    return scheme if isinstance(scheme, str) else get(scheme).name
 
 
 def check_n_steps(n_steps) -> int:
@@ -307,3 +333,15 @@ def _stage_times(sch, n_steps, t0, t1):
             row.append(t)
         out.append(row)
     return out
+
+
+def fitted_order(steps, errors) -> float:
+    """Least-squares slope of ``log error`` against ``log h`` (``h = 1/steps``); NaN when
+    fewer than two positive errors."""
+    pts = [(math.log(1.0 / n), math.log(e)) for n, e in zip(steps, errors) if e > 0]
+    if len(pts) < 2:
+        return float("nan")
+    mx = sum(p[0] for p in pts) / len(pts)
+    my = sum(p[1] for p in pts) / len(pts)
+    sxx = sum((p[0] - mx) ** 2 for p in pts)
+    return sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx

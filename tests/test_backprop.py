@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import contnet
-from contnet.train import fitted_order
+from contnet.schemes import fitted_order
 
 from .helpers import devices
 from .test_schemes import _exact, _initial, _rate
@@ -224,7 +224,7 @@ def test_checkpoint_second_derivatives_equal_direct(scheme):
 
 
 def _peak(fn):
-    from bench.common import peak_bytes
+    from contnet.bench.common import peak_bytes
 
     return peak_bytes(fn, "cpu")
 
@@ -362,7 +362,8 @@ def test_lm_gradcheck_of_learnable_k():
 
 
 def test_lm_resnet_trains_on_digits_from_the_cli(tmp_path, capsys):
-    from contnet import cli, train
+    from contnet import cli
+    from contnet import training as train
 
     out = tmp_path / "lm"
     args = ["train", "--scheme", "lm", "--n-basis", "1", "--epochs", "4", "--refine-at", "2"]

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import contnet
-from contnet import compression, data
+from contnet.evaluation import compression
+from contnet.training import data
 
 
 def _model(seed=0):
@@ -43,7 +44,7 @@ def cost_clock(monkeypatch):
     def latency(model, x, min_run_time=0.3):
         return sum(
             contnet.schemes.get(b.scheme).stages * b.n_steps * (1 + b.unit.n_basis / 100)
-            for b in contnet.manifestation.blocks_of(model)
+            for b in contnet.block.blocks_of(model)
         )
 
     monkeypatch.setattr(compression, "measure_latency", latency)
@@ -62,7 +63,7 @@ def test_any_module_is_compressed_and_left_unchanged():
     assert {str(c["n_steps"]) for c in r["candidates"]} == {"[4, 2]", "[2, 1]", "1"}
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
-    blocks = contnet.manifestation.blocks_of(model)
+    blocks = contnet.block.blocks_of(model)
     assert [b.n_steps for b in blocks] == [4, 2] and blocks[1].scheme == "midpoint"
 
 

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import contnet
-from contnet import ops, train
-from contnet.data import load_digits
+from contnet import ops
+from contnet import training as train
+from contnet.training.data import load_digits
 
 from .helpers import autocast_errors
 

@@ -7,7 +7,9 @@ import json
 import pytest
 import torch
 
-from contnet import cli, data, train
+from contnet import cli
+from contnet import training as train
+from contnet.training import data
 
 # a family and the node count it starts from
 FAMILIES = [("piecewise_constant", 1), ("fem_linear", 2), ("piecewise_linear", 2), ("legendre", 2)]

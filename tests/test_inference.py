@@ -54,7 +54,7 @@ def test_block_profile_counts_a_pass():
     """``python -m bench block --profile``: the operators of one pass, called from the
     top level (a convolution's inner ops not counted again), and the device's busy time
     as the union of its kernels' intervals."""
-    from bench import block_bench
+    from contnet.bench import block_bench
 
     prob = block_bench.Problem(2, 3, 4, "piecewise_constant", 2, "midpoint", 3, "cpu", False)
     x, th1, th2 = prob.inputs("hand")
@@ -73,7 +73,7 @@ def test_block_bench_floor_weights_take_the_convolutions_layout(channels_last):
     """The floor's per-stage weights are in the layout its convolutions read (channels_last
     filters with a channels_last input, as contnet's unit has them), so no convolution of
     the limit converts its weight; the input and contnet's unit have that layout too."""
-    from bench import block_bench
+    from contnet.bench import block_bench
 
     prob = block_bench.Problem(2, 3, 4, "piecewise_constant", 2, "rk4", 2, "cpu", channels_last)
     layout = torch.channels_last if channels_last else torch.contiguous_format
@@ -90,7 +90,7 @@ def test_block_bench_floor_values_stay_normal(basis):
     """The floor chains 64 rates without the residual: with the rate's own weights its state
     shrinks to denormals and zeros (slow on some CPUs, which would flatter the others'
     ratios to it); its scaled weights keep every stage's values normal floats."""
-    from bench import block_bench
+    from contnet.bench import block_bench
 
     prob = block_bench.Problem(4, 8, 6, basis, 16, "rk4", 16, "cpu", True)
     x = prob.x.detach()
@@ -104,7 +104,7 @@ def test_block_bench_floor_values_stay_normal(basis):
 def test_bench_peak_bytes_on_the_cpu():
     """The CPU memory figure of the benches: the peak of what is allocated while a function
     runs (here 1 + 2 MiB live at once, after a 1 MiB tensor freed), its result included."""
-    from bench import common
+    from contnet.bench import common
 
     def fn():
         a = torch.empty(2**18)
@@ -128,7 +128,7 @@ def test_bench_peak_bytes_prints_nothing():
 
     env = {k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"}
     code = (
-        "import torch\nfrom bench import common\n"
+        "import torch\nfrom contnet.bench import common\n"
         "for _ in range(3):\n    print(common.peak_bytes(lambda: torch.empty(256), 'cpu'))\n"
     )
     done = subprocess.run(
@@ -147,7 +147,7 @@ def test_bench_peak_bytes_prints_nothing():
 def test_block_bench_ratios_in_the_targets_terms():
     """The JSON rows' ratios of medians: over_floor is impl / floor, faster_than_hand is
     hand / impl, for each pass."""
-    from bench import block_bench, common
+    from contnet.bench import block_bench, common
 
     def timings(ms):
         return {k: common.summary([v / 1e3, 2 * v / 1e3, v / 1e3]) for k, v in ms.items()}
@@ -164,7 +164,7 @@ def test_block_bench_ratios_in_the_targets_terms():
 def test_block_bench_defaults():
     """``python -m bench block`` without options: ``host`` (batch 1, a measure of host time)
     only when asked for; on a GPU, whose eager passes wait on the host, more rounds than 3."""
-    from bench import block_bench
+    from contnet.bench import block_bench
 
     gpu, cpu = block_bench.defaults("cuda"), block_bench.defaults("cpu")
     assert gpu["shapes"] == ["stage1", "stage2", "stage3", "wide"]

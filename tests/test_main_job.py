@@ -11,7 +11,10 @@ import torch
 import torch.nn.functional as F
 
 import contnet
-from contnet import basis, cli, data, train
+from contnet import basis, cli
+from contnet import training as train
+from contnet.evaluation import compress
+from contnet.training import data
 
 
 def _batch(n=16):
@@ -232,7 +235,7 @@ def test_compress_tries_the_models_own_tableau_first():
     net.set_manifestation(ralston)
     ds = data.load_digits()
     val = ds.x_test[:32], ds.y_test[:32]
-    r = train.compress(
+    r = compress(
         net, val, n_basis=[2], steps=[2], latency_batch=8, min_run_time=0.01, log=lambda *a: None
     )
     assert [c["scheme"] for c in r["candidates"]] == ["my_ralston", "euler", "midpoint", "rk4"]
@@ -240,7 +243,7 @@ def test_compress_tries_the_models_own_tableau_first():
     # a budget that no comparison can meet is refused before any candidate is evaluated
     for bad, error in ((float("nan"), ValueError), ("1", TypeError)):
         with pytest.raises(error, match="max_drop must be a"):
-            train.compress(net, val, max_drop=bad, log=lambda *a: None)
+            compress(net, val, max_drop=bad, log=lambda *a: None)
 
 
 def test_cli_errors_are_clear(tmp_path):

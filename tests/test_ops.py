@@ -56,7 +56,7 @@ def test_backend_reports_the_extension():
         # the CUDA kernels were compiled and registered, GPU or not
         assert ops.backend() == "extension (cpu, cuda)"
         for op in ("rk_combine", "rk_combine_learned", "rk_epilogue", "basis_interp"):
-            assert ops._has_kernel(op, "cuda")
+            assert ops.extension.has_kernel(op, "cuda")
     with ops.use_reference():
         assert ops.backend() == "reference (forced)"
 
@@ -217,7 +217,7 @@ def test_rk_epilogue_matches_reference(device, dtype, layout, shape, case):
     )
     # eager PyTorch in the same dtype, without upcasting
     z = y if b is None else y + b.view(1, -1, 1, 1)
-    k = 0.8 * ops._ACT_FUNCS[code](z)
+    k = 0.8 * ops.activations.ACT_FUNCS[code](z)
     eager = []
     for o, base in enumerate(bases):
         row = coeffs[o * (n_terms + 1) : (o + 1) * (n_terms + 1)]
@@ -800,8 +800,8 @@ def test_kernel_errors_name_the_argument(device):
 
 
 def test_reference_fallback_warns_once(monkeypatch):
-    monkeypatch.setattr(ops, "_EXT_ERROR", ImportError("not built"))
-    monkeypatch.setattr(ops, "_warned_missing", False)
+    monkeypatch.setattr(ops.extension, "_EXT_ERROR", ImportError("not built"))
+    monkeypatch.setattr(ops.extension, "_warned_missing", False)
     x = torch.randn(5)
     with pytest.warns(RuntimeWarning, match="not built"):
         out = ops.rk_combine(x, [x], 1.0, [1.0])

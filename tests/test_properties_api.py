@@ -505,7 +505,7 @@ def test_compress_any_arguments(data):
     model = a("model", [net], [nn.Linear(2, 2), "net"])
     val = a("val", [pair, [pair]], [pair[0], (pair[0], pair[1][:2]), [1, 2]])
     test = a("test", [None, pair], [3, [(1, 2)]])
-    metric = a("metric", [contnet.compression.accuracy], [None, "accuracy"])
+    metric = a("metric", [contnet.evaluation.accuracy], [None, "accuracy"])
     max_drop = a("max_drop", [1.0, 100], [NAN, "1", None])
     ks = [None, [k0]] + ([[2, 1]] if family == "piecewise_constant" else [])
     n_basis = a("n_basis", ks, [3, ["2"], [0]])
@@ -514,7 +514,7 @@ def test_compress_any_arguments(data):
     latency_batch = a("latency_batch", [4, 256], [0, 1.5])
 
     def call():
-        return contnet.compression.compress(
+        return contnet.evaluation.compress(
             model,
             val,
             test=test,

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import contnet
-from contnet import checkpoint, data, train
+from contnet import training as train
+from contnet.training import checkpoint, data
 
 from .helpers import count_case
 

@@ -7,26 +7,16 @@ import pathlib
 
 import torch
 
-from .layers import TimeConv2d
+from ..nn import TimeConv2d
+from ..report import pyplot, save_figure
 
 __all__ = ["training_curves", "manifestation_heatmap", "theta_over_depth"]
-
-
-def _pyplot():
-    try:
-        import matplotlib
-    except ImportError as e:  # pragma: no cover - depends on the install
-        raise ImportError("plots need matplotlib: pip install 'contnet[cli]'") from e
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def training_curves(runs: dict, path) -> pathlib.Path:
     """Loss and test accuracy per epoch for one or more runs (``{label: history}``), with
     the epochs where the model was refined in depth marked."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     for i, (label, hist) in enumerate(runs.items()):
         color = f"C{i}"
@@ -56,12 +46,12 @@ def training_curves(runs: dict, path) -> pathlib.Path:
     ax_loss.legend(fontsize=8)
     ax_acc.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def manifestation_heatmap(table: dict, path) -> pathlib.Path:
     """Test accuracy and log10 output drift per scheme x n_steps (a :func:`contnet.train.manifestation_table`)."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = table["rows"]
     schemes = list(rows)
     steps = list(next(iter(rows.values()))["drift"])
@@ -92,7 +82,7 @@ def manifestation_heatmap(table: dict, path) -> pathlib.Path:
     if ref:
         fig.suptitle(f"manifestations (reference: {ref[0]}, {ref[1]} steps)")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @torch.no_grad()
@@ -100,7 +90,7 @@ def theta_over_depth(model: torch.nn.Module, path, points: int = 200) -> pathlib
     """For every time-dependent convolution, how its weights vary in depth: the relative
     deviation ``|theta(t) - mean| / |mean|`` from their depth average over ``t`` (line)
     and at each basis node (dots); the panel title gives ``|mean|``."""
-    plt = _pyplot()
+    plt = pyplot()
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, TimeConv2d)]
     cols = min(3, max(1, len(convs)))
     rows = math.ceil(len(convs) / cols) if convs else 1
@@ -129,14 +119,4 @@ def theta_over_depth(model: torch.nn.Module, path, points: int = 200) -> pathlib
         "weights over depth: |theta(t) - mean_t theta| / |mean_t theta| (dots: basis nodes)"
     )
     fig.tight_layout()
-    return _save(fig, path)
-
-
-def _save(fig, path) -> pathlib.Path:
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -15,11 +15,11 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from . import basis as basis_lib
-from . import schemes as schemes_lib
-from .block import blocks_of
+from .. import basis as basis_lib
+from .. import schemes as schemes_lib
+from ..block import blocks_of
+from ..models import project
 from .manifestation import schemes_to_try, set_manifestation
-from .models import project
 
 __all__ = ["accuracy", "compress", "measure_latency", "metric_on"]
 

@@ -32,9 +32,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-import contnet
-from contnet import schemes
-
+from .. import basis as basis_lib
+from .. import schemes
+from ..block import ContinuousBlock
+from ..models import cuda_graph
+from ..nn import ConvUnit
+from ..report import format_table, pyplot, save_figure
 from . import common
 
 SHAPES = {
@@ -65,10 +68,10 @@ class Problem:
         self.x = (
             x.contiguous(memory_format=torch.channels_last) if channels_last else x
         ).requires_grad_()
-        self.basis = contnet.basis.get(basis, K)
+        self.basis = basis_lib.get(basis, K)
         self.scheme, self.n_steps, self.scale = scheme, n_steps, scale
         self.tab = schemes.get(scheme)
-        unit = contnet.ConvUnit(
+        unit = ConvUnit(
             channels,
             n_basis=K,
             basis=basis,
@@ -83,7 +86,7 @@ class Problem:
             unit.conv2.weight.copy_(self.theta2)
         if channels_last:
             unit = unit.to(memory_format=torch.channels_last)
-        self.block = contnet.ContinuousBlock(unit, scheme=scheme, n_steps=n_steps)
+        self.block = ContinuousBlock(unit, scheme=scheme, n_steps=n_steps)
         # the stage times, in order of evaluation, and the floor's weights at each, in the
         # layout the convolution takes them in (channels_last filters for a channels_last
         # input: an NCHW weight would be converted inside every call, which is not the limit)
@@ -326,7 +329,7 @@ def _print_profile(prof: dict) -> None:
                 ]
             )
     header = ["impl", "pass", "wall ms", "ops", "kernels", "busy ms", "mallocs", "syncs", "copies"]
-    print("profile (one pass under torch.profiler):\n" + common.table(rows, header))
+    print("profile (one pass under torch.profiler):\n" + format_table(rows, header))
 
 
 def run(
@@ -465,7 +468,7 @@ def _print_row(row, impls):
             ]
         )
     print(
-        common.table(
+        format_table(
             rows,
             [
                 "impl",
@@ -482,9 +485,8 @@ def _print_row(row, impls):
 
 
 def plot(payload, path):
-    from contnet.plots import _pyplot, _save
 
-    plt = _pyplot()
+    plt = pyplot()
     rows = payload["results"]
     impls = [i for i in IMPLS if i in rows[0]["forward_backward_ms"]]
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 4))
@@ -505,14 +507,14 @@ def plot(payload, path):
     ax.set_title(f"{payload['device_name']} -- lower is better, 1 = convolutions only")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def inference(
     device="cuda", shapes=("stage1", "stage2", "stage3"), batch=8, scheme="rk4", K=16, rounds=5
 ):
     """Small-batch inference (no grad): contnet eager, contnet replayed from a CUDA graph
-    (:func:`contnet.cuda_graph`), the hand loop eager. Launches and Python dominate here."""
+    (:func:`cuda_graph`), the hand loop eager. Launches and Python dominate here."""
     if device != "cuda":
         print("inference: CUDA graphs need a GPU; nothing to measure on the CPU")
         return None
@@ -523,7 +525,7 @@ def inference(
         prob = Problem(batch, c, p, "piecewise_constant", K, scheme, K, device, True)
         prob.block.eval()
         x = prob.x.detach()
-        graphed = contnet.cuda_graph(prob.block, x)
+        graphed = cuda_graph(prob.block, x)
         th1, th2 = prob.theta1.detach(), prob.theta2.detach()
 
         def eager(f, x=x, th1=th1, th2=th2):
@@ -647,7 +649,7 @@ def main(argv=None):
 
 
 def defaults(device: str) -> dict:
-    """What ``python -m bench block`` runs when an option is not given: on a GPU the CIFAR
+    """What ``contnet bench block`` runs when an option is not given: on a GPU the CIFAR
     stages and ``wide``, three schemes, K 4 and 16, 5 rounds; on the CPU (seconds a pass at
     batch 128) the CIFAR stages at batch 16, rk4, K 16, 9 rounds. ``host`` only when asked."""
     if str(device).startswith("cuda"):

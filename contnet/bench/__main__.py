@@ -1,5 +1,5 @@
-"""python -m bench [ops|block|inference|backprop] [options]: run one suite, or every suite with no
-name (see bench/README.md)."""
+"""``python -m contnet.bench`` (or ``contnet bench``) ``[ops|block|inference|backprop]
+[options]``: run one suite, or every suite with no name (see bench/README.md)."""
 
 import sys
 

@@ -18,10 +18,11 @@ import pathlib
 import torch
 from torch import nn
 
-from . import basis as basis_lib
-from .block import ContinuousBlock, blocks_of
-from .layers import TimeDependent
-from .models import ContinuousNet, map_bases, project, refine
+from .. import basis as basis_lib
+from .. import schemes as schemes_lib
+from ..block import ContinuousBlock, blocks_of
+from ..models import ContinuousNet, project, refine
+from ..nn import TimeDependent, map_bases
 
 __all__ = [
     "CheckpointError",
@@ -42,10 +43,6 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: missing, truncated, tampered with or mismatched."""
 
 
-def _scheme_name(scheme) -> str:
-    return scheme if isinstance(scheme, str) else scheme.name
-
-
 def model_state(model: nn.Module) -> dict:
     """What describes a model's current depth discretisation (metadata of checkpoints):
     per block (in module order) its unit's basis and its manifestation; ``layers``: the
@@ -56,7 +53,7 @@ def model_state(model: nn.Module) -> dict:
     return {
         "n_basis": [getattr(u, "n_basis", None) for u in units],
         "basis": [getattr(getattr(u, "basis", None), "family", None) for u in units],
-        "scheme": [_scheme_name(b.scheme) for b in blocks],
+        "scheme": [schemes_lib.name_of(b.scheme) for b in blocks],
         "n_steps": [b.n_steps for b in blocks],
         "layers": {
             name: [m.basis.family, m.basis.n_basis]
@@ -64,7 +61,7 @@ def model_state(model: nn.Module) -> dict:
             if isinstance(m, TimeDependent)
         },
         "blocks": {
-            name: [_scheme_name(m.scheme), m.n_steps]
+            name: [schemes_lib.name_of(m.scheme), m.n_steps]
             for name, m in model.named_modules()
             if isinstance(m, ContinuousBlock)
         },
@@ -321,7 +318,7 @@ def _load(model: nn.Module, payload: dict, where: str, built: bool = False) -> N
             block = blocks.get(name)
             if not isinstance(block, ContinuousBlock):
                 continue
-            if _scheme_name(block.scheme) != scheme:  # (a user's tableau: kept by name)
+            if schemes_lib.name_of(block.scheme) != scheme:  # (a user's tableau: kept by name)
                 block.scheme = scheme
             block.n_steps = n_steps
         model.load_state_dict(payload["model"])

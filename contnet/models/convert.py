@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .block import ContinuousBlock
-from .layers import ConvUnit
+from ..block import ContinuousBlock
+from ..nn import ConvUnit
 
 __all__ = ["from_resnet"]
 
@@ -207,7 +207,7 @@ def _probe(blocks, block: ContinuousBlock, parts) -> None:
     """Run the stage and the converted block on one probe batch in eval mode and raise
     unless every step's state agrees with the stage's to rounding, naming the first block
     that does not."""
-    from .integrate import odeint
+    from ..integrate import odeint
 
     w = parts[0][1].weight
     if w.device.type == "meta":

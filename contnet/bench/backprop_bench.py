@@ -18,15 +18,16 @@ import argparse
 
 import torch
 
-import contnet
-from contnet.train import fitted_order
-
+from ..block import ContinuousBlock
+from ..nn import ConvUnit
+from ..report import pyplot, save_figure
+from ..schemes import fitted_order
 from . import common
 
 
 def _block(channels, basis, K, scheme, n_steps, device, norm=None):
-    unit = contnet.ConvUnit(channels, n_basis=K, basis=basis, norm=norm, act="tanh").to(device)
-    return contnet.ContinuousBlock(unit, scheme=scheme, n_steps=n_steps)
+    unit = ConvUnit(channels, n_basis=K, basis=basis, norm=norm, act="tanh").to(device)
+    return ContinuousBlock(unit, scheme=scheme, n_steps=n_steps)
 
 
 def gradient_error(device="cpu", steps=(4, 8, 16, 32, 64, 128), dtype=torch.float64):
@@ -105,9 +106,8 @@ def memory(
 
 
 def plot(mem, path, device_name):
-    from contnet.plots import _pyplot, _save
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in mem["rows"]:
         ax.plot(r["n_steps"], [b / 2**20 for b in r["bytes"]], "o-", label=r["mode"])
@@ -118,7 +118,7 @@ def plot(mem, path, device_name):
     )
     ax.legend()
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def run(device="cpu", quick=False):

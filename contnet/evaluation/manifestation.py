@@ -4,12 +4,11 @@ of convergence. Works on any module holding ``ContinuousBlock``s."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from .block import blocks_of
+from ..block import blocks_of
+from ..schemes import fitted_order
 
 __all__ = [
     "blocks_of",
@@ -41,18 +40,6 @@ def set_manifestation(blocks, scheme, n_steps) -> None:
     counts = n_steps if isinstance(n_steps, (list, tuple)) else [n_steps] * len(blocks)
     for b, n in zip(blocks, counts, strict=True):
         b.scheme, b.n_steps = scheme, n
-
-
-def fitted_order(steps, errors) -> float:
-    """Least-squares slope of ``log error`` against ``log h`` (``h = 1/steps``); NaN when
-    fewer than two positive errors."""
-    pts = [(math.log(1.0 / n), math.log(e)) for n, e in zip(steps, errors) if e > 0]
-    if len(pts) < 2:
-        return float("nan")
-    mx = sum(p[0] for p in pts) / len(pts)
-    my = sum(p[1] for p in pts) / len(pts)
-    sxx = sum((p[0] - mx) ** 2 for p in pts)
-    return sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx
 
 
 def schemes_to_try(model: nn.Module) -> list:

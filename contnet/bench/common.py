@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import pathlib
 import platform
@@ -13,9 +12,24 @@ import subprocess
 import torch
 import torch.utils.benchmark as tb
 
-import contnet
+from .. import ops
+from ..report import write_json
+from ..version import __version__
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+# the checkout this package lies in, if it does (the benchmarks write to its bench/results)
+CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def results_dir() -> pathlib.Path:
+    """Where the JSON goes: ``CONTNET_BENCH_RESULTS`` if set; else ``bench/results`` of the
+    checkout the package lies in; else (an installed package) ``contnet-bench-results``
+    in the working folder."""
+    if os.environ.get("CONTNET_BENCH_RESULTS"):
+        return pathlib.Path(os.environ["CONTNET_BENCH_RESULTS"])
+    if (CHECKOUT / "bench" / "README.md").is_file():
+        return CHECKOUT / "bench" / "results"
+    return pathlib.Path.cwd() / "contnet-bench-results"
+
 
 # torch.profiler's tracer (kineto) prints a line to stderr at every start and stop of a
 # profile, and on a machine without a GPU an error about the device count: hundreds of
@@ -62,7 +76,7 @@ def git_commit() -> str:
     """The checkout's commit (``+dirty`` if contnet/, csrc/ or bench/ differ from it, the
     results folder apart); outside a git
     checkout, ``CONTNET_COMMIT`` if set, else ``unknown``."""
-    root = pathlib.Path(__file__).resolve().parents[1]
+    root = CHECKOUT
     fallback = os.environ.get("CONTNET_COMMIT", "unknown")
 
     def git(*args):
@@ -85,8 +99,8 @@ def environment(device: str) -> dict:
         "device_name": device_name(device),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "contnet": contnet.__version__,
-        "backend": contnet.ops.backend(),
+        "contnet": __version__,
+        "backend": ops.backend(),
         "threads": torch.get_num_threads(),
         "commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -172,10 +186,7 @@ def paired_ratio(timings: dict, name: str, ref: str) -> float:
 
 
 def write(name: str, payload: dict) -> pathlib.Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / name
-    path.write_text(json.dumps(payload, indent=1) + "\n")
-    return path
+    return write_json(results_dir() / name, payload)
 
 
 def device_tag(device: str) -> str:
@@ -196,15 +207,6 @@ def copy_bandwidth(device: str, numel: int = 1 << 26) -> float:
         "median_s"
     ]
     return 2 * src.numel() * src.element_size() / t / 1e9
-
-
-def table(rows: list[list], header: list[str]) -> str:
-    cols = list(zip(*([header] + [[str(c) for c in r] for r in rows])))
-    widths = [max(len(c) for c in col) for col in cols]
-    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
-    lines = [fmt.format(*header), fmt.format(*["-" * w for w in widths])]
-    lines += [fmt.format(*[str(c) for c in r]) for r in rows]
-    return "\n".join(lines)
 
 
 def env_flag(name: str, default: str) -> str:

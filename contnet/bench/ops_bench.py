@@ -23,8 +23,7 @@ import sys
 
 import torch
 
-from contnet import ops
-
+from .. import ops
 from . import common
 
 
@@ -75,7 +74,7 @@ def _time_case_in_processes(
     all processes, and each process's ratios (measured side by side in that process)."""
     per_process = []
     for _ in range(processes):
-        cmd = [sys.executable, "-m", "bench", "ops", "--one-case", str(n), str(p)]
+        cmd = [sys.executable, "-m", "contnet.bench", "ops", "--one-case", str(n), str(p)]
         cmd += ["--device", device, "--rounds", str(rounds), "--allocator", allocator]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         per_process.append(json.loads(out.strip().splitlines()[-1]))

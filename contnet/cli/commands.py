@@ -1,0 +1,285 @@
+"""The commands ``train``, ``eval``, ``compress`` and ``bench``: each runs the job's
+library and reports (tables on the terminal, JSON and plots in its output folder)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+from .. import ops, schemes
+from ..bench.__main__ import main as bench_main
+from ..block import blocks_of
+from ..evaluation import (
+    compress,
+    manifestation_table,
+    plots,
+    schemes_to_try,
+    set_manifestation,
+)
+from ..models import project
+from ..report import write_json
+from ..training import (
+    CheckpointError,
+    TrainConfig,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+    train,
+)
+from ..training import data as data_lib
+from .tables import compress_table, history_table, manifestation_tables
+
+
+def load_dataset(args):
+    try:
+        return data_lib.load(args.data, args.data_dir, seed=0)
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        raise SystemExit(f"contnet: cannot load data: {e}") from None
+
+
+def train_config(args, **overrides):
+
+    kw = dict(
+        data=args.data,
+        data_dir=args.data_dir,
+        widths=tuple(args.widths),
+        act=args.act,
+        norm=None if args.norm == "none" else args.norm,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        schedule=args.schedule,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    # the depth options, where not given here (the demo's parser has none: it gives them all)
+    for name in ("basis", "n_basis", "scheme", "n_steps", "refine_at"):
+        if name not in overrides:
+            kw[name] = getattr(args, name)
+    kw.update(overrides)
+    try:
+        return TrainConfig(**kw)
+    except ValueError as e:
+        raise SystemExit(f"contnet train: {e}") from None
+
+
+def run_train(args, cfg=None, out=None, dataset=None, log=print) -> dict:
+
+    cfg = cfg or train_config(args)
+    out = pathlib.Path(out or args.out)
+    dataset = dataset or load_dataset(args)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if main_rank:
+        held = dataset.with_validation(cfg.val_fraction).describe()
+        log(f"training on {held}; kernels: {ops.backend()}; output: {out}")
+    result = train(cfg, out, dataset, resume=getattr(args, "resume", False), log=log)
+    hist = result["history"]
+    summary = {
+        "config": cfg.to_json(),
+        "history": hist,
+        "test_acc": result["test_acc"],
+        "wall_time_s": result["wall_time_s"],
+        "checkpoint": result["checkpoint"],
+        "world_size": result["world_size"],
+    }
+    for key in ("weight_spread", "buffer_spread"):
+        if key in result:
+            summary[key] = result[key]
+    if result["rank"] != 0:  # rank 0 reports for every process
+        return {**summary, "model": result["model"]}
+    log("\n" + history_table(hist))
+    write_json(out / "train.json", summary)
+    plots.training_curves({"run": hist}, out / "training_curves.png")
+    plots.theta_over_depth(result["model"], out / "theta.png")
+    log(
+        f"test accuracy {100 * result['test_acc']:.2f}%  wall time {result['wall_time_s']:.1f}s  -> {out}/train.json, training_curves.png, theta.png"
+    )
+    return {**summary, "model": result["model"]}
+
+
+def cmd_train(args) -> int:
+
+    try:
+        run_train(args)
+    except CheckpointError as e:  # a --resume that cannot resume
+        raise SystemExit(f"contnet train: {e}") from None
+    return 0
+
+
+def run_eval(
+    model, dataset, out: pathlib.Path, schemes_, steps, reference, log=print, device="cpu"
+) -> dict:
+
+    table = manifestation_table(
+        model, dataset.x_test, dataset.y_test, schemes_, steps, reference, device=device
+    )
+    log(manifestation_tables(table))
+    write_json(out / "eval.json", table)
+    plots.manifestation_heatmap(table, out / "manifestations.png")
+    log(f"-> {out}/eval.json, manifestations.png")
+    return table
+
+
+def model_from(args):
+
+    try:
+        payload = load_checkpoint(args.checkpoint)
+        model = model_from_checkpoint(
+            payload, n_basis=getattr(args, "n_basis", None), device=args.device
+        )
+    except CheckpointError as e:
+        raise SystemExit(f"contnet: {e}") from None
+    train_cfg = payload["meta"].get("train") or {}
+    if args.data is None:
+        args.data = train_cfg.get("data", "digits")
+        args.data_dir = args.data_dir or train_cfg.get("data_dir")
+    return model, payload
+
+
+def reference_pair(pair) -> tuple[str, int]:
+    """``--reference SCHEME N_STEPS`` checked: a scheme name and an int >= 1."""
+    name, n = pair
+    try:
+        schemes.get(name)
+        n = int(n)
+    except (ValueError, KeyError) as e:
+        raise SystemExit(f"contnet eval: --reference takes SCHEME N_STEPS: {e}") from None
+    if n < 1:
+        raise SystemExit(f"contnet eval: --reference N_STEPS must be >= 1, got {n}")
+    return name, n
+
+
+def cmd_eval(args) -> int:
+
+    reference = reference_pair(args.reference)
+    model, _ = model_from(args)
+    dataset = load_dataset(args)
+    out = pathlib.Path(args.out or pathlib.Path(args.checkpoint).parent)
+    try:
+        run_eval(
+            model,
+            dataset,
+            out,
+            args.schemes or schemes_to_try(model),
+            args.steps,
+            reference,
+            device=args.device,
+        )
+    except ValueError as e:  # a scheme the model cannot take (lm without its learned k)
+        raise SystemExit(f"contnet eval: {e}") from None
+    return 0
+
+
+def split_for_compression(dataset, train_cfg: dict, val_fraction, log=print):
+    """``(val, test)`` pairs for :func:`contnet.compression.compress`: the validation split
+    that training held out (``val_fraction``, default the checkpoint's), and the test set."""
+    trained = train_cfg.get("val_fraction", 0.0)
+    fraction = trained if val_fraction is None else val_fraction
+    if not fraction:
+        fraction = 0.1
+        log(
+            "note: the model was trained on all training images (val_fraction 0): its "
+            f"candidates are chosen on {fraction:.0%} of them, which it has seen"
+        )
+    elif fraction > trained:
+        log(
+            f"note: the validation split ({fraction:.0%}) is larger than the one held out in "
+            f"training ({trained:.0%}): it includes images the model trained on"
+        )
+    data = dataset.with_validation(fraction)
+    return (data.x_val, data.y_val), (data.x_test, data.y_test)
+
+
+def run_compress(
+    model,
+    dataset,
+    out: pathlib.Path,
+    max_drop,
+    n_basis=None,
+    schemes_=None,
+    steps=None,
+    log=print,
+    device="cpu",
+    train_cfg=None,
+    val_fraction=None,
+) -> dict:
+
+    val, test = split_for_compression(dataset, train_cfg or {}, val_fraction, log)
+    log(f"candidates (chosen on {len(val[0])} validation images, not the test set):")
+    result = compress(
+        model,
+        val,
+        test=test,
+        max_drop=max_drop,
+        n_basis=n_basis,
+        schemes=schemes_,
+        steps=steps,
+        log=log,
+        device=device,
+    )
+    log("\n" + compress_table(result))
+    c, o = result["choice"], result["original"]
+    if c:
+        log(
+            f"fastest within {max_drop} point(s) on validation: K={c['n_basis']} {c['scheme']} "
+            f"n_steps={c['n_steps']}: {c['latency_ms']:.2f} ms vs {o['latency_ms']:.2f} ms "
+            f"({o['latency_ms'] / c['latency_ms']:.2f}x faster), validation accuracy "
+            f"{100 * c['val']:.2f}% ({c['drop_points']:+.2f} points)"
+        )
+        log(
+            f"test accuracy of the choice {100 * c['test']:.2f}% (original {100 * o['test']:.2f}%; "
+            "measured after choosing)"
+        )
+    else:
+        log(f"no candidate within {max_drop} point(s) of the original validation accuracy")
+    write_json(out / "compress.json", result)
+    log(f"-> {out}/compress.json")
+    return result
+
+
+def cmd_compress(args) -> int:
+    model, payload = model_from(args)
+    dataset = load_dataset(args)
+    out = pathlib.Path(args.out or pathlib.Path(args.checkpoint).parent)
+    try:
+        result = run_compress(
+            model,
+            dataset,
+            out,
+            args.max_drop,
+            args.candidate_n_basis,
+            args.schemes,
+            args.steps,
+            device=args.device,
+            train_cfg=payload["meta"].get("train") or {},
+            val_fraction=args.val_fraction,
+        )
+    except ValueError as e:  # a scheme the model cannot take (lm without its learned k)
+        raise SystemExit(f"contnet compress: {e}") from None
+    if args.save and result["choice"]:
+        c = result["choice"]
+        if c["n_basis"] != result["original"]["n_basis"]:
+            project(model, c["n_basis"])
+        set_manifestation(blocks_of(model), c["scheme"], c["n_steps"])
+        save_checkpoint(
+            args.save,
+            model,
+            config=payload["meta"].get("train"),
+            epoch=payload["meta"].get("epoch", 0),
+            extra={"compressed_from": str(args.checkpoint)},
+        )
+        print(f"compressed model -> {args.save}")
+    elif args.save:
+        print(f"no candidate within {args.max_drop} point(s): nothing saved to {args.save}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    """Run the microbenchmarks (:mod:`contnet.bench`)."""
+
+    bench_main(args.bench_args)
+    return 0

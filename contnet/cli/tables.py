@@ -1,0 +1,66 @@
+"""The tables the commands print."""
+
+from __future__ import annotations
+
+from ..report import format_table
+
+
+def history_table(history) -> str:
+    rows = [
+        [
+            h["epoch"],
+            h["n_basis"],
+            h["n_steps"],
+            f"{h['train_loss']:.4f}",
+            f"{100 * h['test_acc']:.2f}",
+            f"{h['epoch_time_s']:.1f}",
+            "yes" if h["refined"] else "",
+        ]
+        for h in history
+    ]
+    return format_table(
+        rows, ["epoch", "K", "n_steps", "train loss", "test acc %", "time s", "refined"]
+    )
+
+
+def manifestation_tables(table) -> str:
+    rows = table["rows"]
+    steps = list(next(iter(rows.values()))["drift"])
+    out = []
+    if next(iter(rows.values()))["accuracy"]:
+        acc = [[s] + [f"{100 * r['accuracy'][n]:.2f}" for n in steps] for s, r in rows.items()]
+        out.append("test accuracy (%)\n" + format_table(acc, ["scheme"] + [str(n) for n in steps]))
+    drift = [
+        [s] + [f"{r['drift'][n]:.1e}" for n in steps] + [f"{r['order']:.2f}"]
+        for s, r in rows.items()
+    ]
+    ref = table["reference"]
+    out.append(
+        f"relative output drift against {ref[0]} with {ref[1]} steps (order: fitted slope of log drift)\n"
+        + format_table(drift, ["scheme"] + [str(n) for n in steps] + ["order"])
+    )
+    return "\n\n".join(out)
+
+
+def compress_table(result) -> str:
+    o = result["original"]
+
+    def row(c, drop, mark):
+        return [
+            c["n_basis"],
+            c["scheme"],
+            c["n_steps"],
+            f"{c['parameters']:,}",
+            f"{100 * c['val']:.2f}",
+            drop,
+            f"{c['latency_ms']:.2f}",
+            mark,
+        ]
+
+    rows = [row(o, "", "original")]
+    for c in result["candidates"]:
+        fits = c["drop_points"] <= result["max_drop_points"]
+        mark = "<- choice" if c is result["choice"] else "" if fits else "too lossy"
+        rows.append(row(c, f"{c['drop_points']:+.2f}", mark))
+    header = ["K", "scheme", "n_steps", "params", f"val {result['metric']} %", "drop pts"]
+    return format_table(rows, header + [f"ms/{result['latency_batch']}", ""])

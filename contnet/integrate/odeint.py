@@ -1,0 +1,131 @@
+"""``odeint``: fixed-step integration of ``dx/dt = f(t, x)`` with the schemes of
+:mod:`contnet.schemes`.
+
+The loop sees only a rate function ``f(t, x)`` (as in torchdiffeq) and tensors; the
+stage arithmetic is :mod:`contnet.integrate.rk`'s, the step of each kind of scheme a
+stepper's (:mod:`contnet.integrate.steppers`), the memory-saving backprop modes
+:mod:`contnet.integrate.backprop`'s. Stage times follow the open-interval rule of
+:func:`contnet.schemes.stage_times`. Every step time is a Python float known before the
+loop starts, so the loop has no host-device synchronisation and unrolls into one graph
+under ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from .. import ops, schemes
+from .backprop import Stepwise
+from .steppers import LMStepper, march, stepper_class, stepper_for
+
+__all__ = ["odeint", "rate_times", "BACKPROP_MODES"]
+
+BACKPROP_MODES = ("direct", "checkpoint", "adjoint")
+
+
+def rate_times(
+    scheme, n_steps: int, t0: float = 0.0, t1: float = 1.0, *, adjoint: bool = False
+) -> list[float]:
+    """Every distinct time at which :func:`odeint` evaluates the rate, in order of first
+    use; with ``adjoint``, also those of the steps taken back in ``backprop="adjoint"``."""
+    sch = schemes.get(scheme)
+    cls = stepper_class(sch)
+    rows = (
+        cls.times_of(sch, n_steps, t0, t1, adjoint=True)
+        if adjoint and cls.reversible
+        else cls.times_of(sch, n_steps, t0, t1)
+    )
+    return list(dict.fromkeys(t for row in rows for t in row))
+
+
+def odeint(
+    f,
+    x0: torch.Tensor,
+    *,
+    scheme="rk4",
+    n_steps: int = 1,
+    t0: float = 0.0,
+    t1: float = 1.0,
+    backprop: str = "direct",
+    trajectory: bool = False,
+    params=None,
+    recompute=None,
+    lm_k=None,
+) -> torch.Tensor:
+    """Integrate ``dx/dt = f(t, x)`` from ``x(t0) = x0`` to ``t1`` in ``n_steps`` equal steps.
+
+    Args:
+        f: the rate, called as ``f(t, x)`` with a Python float ``t`` and a tensor ``x`` of
+            ``x0``'s shape; returns a tensor of the same shape.
+        x0: initial state (float32, float64, float16 or bfloat16; any shape and layout).
+        scheme: a name from :func:`contnet.schemes.names` or a ``ButcherTableau``.
+        n_steps: number of equal steps, ``h = (t1 - t0) / n_steps``.
+        t0, t1: integration interval (``t1 < t0`` integrates backwards).
+        backprop: how gradients flow:
+
+            - ``"direct"``: autograd through every stage (memory grows with steps x stages
+              x the rate's intermediates);
+            - ``"checkpoint"``: exact gradients, keeping only the states at step boundaries
+              and recomputing each step's stages during backward;
+            - ``"adjoint"``: memory independent of ``n_steps`` (Sander, Ablin, Peyre 2022):
+              backward reconstructs ``x_n`` from ``x_{n+1}`` by stepping the same scheme
+              with ``-h``, then differentiates that step exactly at the reconstructed
+              state. Approximate: the error falls with ``n_steps`` when the rate is smooth
+              in time (order 1 for euler, 2 for heun). Runge-Kutta schemes only.
+
+            With ``checkpoint`` and ``adjoint`` gradients flow to ``x0`` and to ``params``.
+            A ``checkpoint`` gradient taken with ``create_graph=True`` can be
+            differentiated again (that backward recomputes the pass with a graph: memory
+            as ``direct``); ``adjoint`` refuses ``create_graph=True``. Inside a
+            ``torch.func`` transform (``grad``, ``vmap``, ``jvp``, ``functional_call``
+            ensembles) both step as ``direct``: the transform differentiates the steps
+            themselves, so the gradients are exact (also for ``adjoint``) and the memory is
+            ``direct``'s.
+        trajectory: if true, return the states at the ``n_steps + 1`` step boundaries
+            stacked along a new first dimension instead of the final state (``direct``).
+        params: tensors the rate depends on that need gradients, for ``checkpoint`` and
+            ``adjoint`` (default: ``f.parameters()`` if ``f`` is an ``nn.Module``; tensors a
+            plain function closes over get no gradient unless listed). List the tensors
+            the rate reads: none may be computed from another one listed.
+        recompute: a callable returning a context manager entered while steps are
+            recomputed in backward (e.g. to keep batch-norm statistics from updating twice).
+        lm_k: for ``scheme="lm"``, the coefficients ``k_n``: a tensor of ``n_steps`` values
+            (differentiable) or a callable of ``t``.
+
+    A stage at a step's right end (``c_i = 1``) receives the float just inside the step
+    (the open-interval rule; see :func:`contnet.schemes.stage_times`).
+    """
+    if not callable(f):
+        raise TypeError(f"f must be callable as f(t, x), got {type(f).__name__}")
+    if not isinstance(x0, torch.Tensor):
+        raise TypeError(f"x0 must be a torch.Tensor, got {type(x0).__name__}")
+    if not x0.is_floating_point():
+        raise TypeError(f"x0 must be a floating-point tensor, got {x0.dtype}")
+    t0, t1 = schemes.check_interval(t0, t1)
+    if backprop not in BACKPROP_MODES:
+        raise ValueError(f"unknown backprop {backprop!r}; expected one of {list(BACKPROP_MODES)}")
+    sch = schemes.get(scheme)
+    n_steps = schemes.check_n_steps(n_steps)
+    stepper = stepper_for(f, sch, n_steps, t0, t1, lm_k)
+    # torch.func transforms differentiate (or batch) the steps themselves: as direct
+    if backprop == "direct" or not torch.is_grad_enabled() or ops.in_func_transform():
+        path = []
+        keep = (lambda n, s: path.append(s[0])) if trajectory else None
+        state = march(stepper, stepper.start(x0), before=keep)
+        return torch.stack(path + [state[0]]) if trajectory else state[0]
+    if trajectory:
+        raise ValueError(f"trajectory=True needs backprop='direct', got backprop={backprop!r}")
+    if backprop == "adjoint" and not stepper.reversible:
+        raise ValueError(
+            f"backprop='adjoint' needs a Runge-Kutta scheme (it steps back with -h); scheme "
+            f"{sch.name!r} is multistep: use backprop='checkpoint'"
+        )
+    if params is None:
+        params = list(f.parameters()) if isinstance(f, nn.Module) else []
+    params = [p for p in params if isinstance(p, torch.Tensor)]
+    if isinstance(stepper, LMStepper) and stepper.coeffs.requires_grad:
+        params.append(stepper.coeffs)
+    return Stepwise.apply(stepper, backprop, recompute or contextlib.nullcontext, x0, *params)

@@ -1,0 +1,137 @@
+"""One explicit Runge-Kutta step: the stages and their updates, through the fused ops.
+
+The integrator sees only a rate ``f(t, x)``. A rate that can state itself as
+``scale * act(y + bias)`` (its optional ``split``, see :class:`contnet.nn.Unit`) gets its
+tail fused with the stage updates (:func:`contnet.ops.rk_epilogue`): one pass over the
+state per stage. Otherwise the stage updates go through :func:`contnet.ops.rk_combine`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from .. import ops, schemes
+
+
+def check_rate(k, x: torch.Tensor, t: float) -> torch.Tensor:
+    if not isinstance(k, torch.Tensor):
+        raise TypeError(f"f(t, x) must return a tensor, got {type(k).__name__} at t={t}")
+    if k.shape != x.shape:
+        raise ValueError(
+            f"f(t, x) must return a tensor of x's shape {tuple(x.shape)}, got {tuple(k.shape)} at t={t}"
+        )
+    if k.device != x.device:
+        raise ValueError(
+            f"f(t, x) must return a tensor on x's device {x.device}, got {k.device} at t={t}"
+        )
+    return k
+
+
+@runtime_checkable
+class SplitRate(Protocol):
+    """A rate that can state itself as ``scale * act(y + bias)``: ``split(t, x) -> (y,
+    bias, act, scale)``. It may also say, by a ``fusable`` attribute, that it cannot now
+    (a unit with a hook on it, say: see :class:`contnet.nn.SplitUnit`)."""
+
+    def split(self, t: float, x: torch.Tensor) -> tuple: ...
+
+
+_SPLIT_TYPES: dict = {}  # type -> whether it is a SplitRate (a protocol check per step is slow)
+
+
+def split_of(f):
+    """The rate's ``split(t, x) -> (y, bias, act, scale)``, with
+    ``f(t, x) == scale * act(y + bias[channel])``, if it offers one and may use it now;
+    None otherwise."""
+    kind = _SPLIT_TYPES.get(type(f))
+    if kind is None:
+        kind = _SPLIT_TYPES[type(f)] = isinstance(f, SplitRate)
+    return f.split if kind and getattr(f, "fusable", True) else None
+
+
+@dataclass(frozen=True)
+class _Stage:
+    """What stage ``i`` of a fused step does with its ``k_i`` (see :func:`_rk_step_fused`)."""
+
+    prev: tuple[int, ...]  # earlier k_j in the next stage's input (a_{i+1,j} != 0, j < i)
+    coeffs: tuple[float, ...]  # rows of the epilogue's coefficients, flattened
+    next_input: bool  # writes the next stage's input x + h sum_j a_{i+1,j} k_j
+    update_acc: bool  # writes the running x + h sum_{j<=i} b_j k_j
+    keep_k: bool  # k_i is needed beyond the next stage
+
+
+_PLANS: dict = {}
+
+
+def _fused_plan(tab: schemes.ButcherTableau) -> tuple[_Stage, ...]:
+    """Per-stage epilogue layout of a tableau (computed once per tableau)."""
+    hit = _PLANS.get(id(tab))
+    if hit is not None and hit[0] is tab:
+        return hit[1]
+    s, a, b = tab.stages, tab.a, tab.b
+    stages = []
+    for i in range(s):
+        prev, rows = (), []
+        next_input = i + 1 < s
+        if next_input:
+            prev = tuple(j for j in range(i) if a[i + 1][j] != 0.0)
+            rows += [a[i + 1][j] for j in prev] + [a[i + 1][i]]
+        update_acc = b[i] != 0.0 or i + 1 == s
+        if update_acc:
+            rows += [0.0] * len(prev) + [b[i]]
+        keep_k = any(a[m][i] != 0.0 for m in range(i + 2, s))
+        stages.append(_Stage(prev, tuple(rows), next_input, update_acc, keep_k))
+    plan = tuple(stages)
+    if not torch.compiler.is_compiling():
+        _PLANS[id(tab)] = (tab, plan)
+    return plan
+
+
+def rk_step(f, x: torch.Tensor, times: list[float], h: float, tab: schemes.ButcherTableau):
+    """One explicit Runge-Kutta step from ``x`` with stage times ``times`` and step ``h``."""
+    split = split_of(f)
+    if split is not None:
+        return _rk_step_fused(split, x, times, h, tab)
+    ks: list[torch.Tensor] = []
+    for i in range(tab.stages):
+        if i == 0:
+            xi = x
+        else:
+            used = [(k, c) for k, c in zip(ks, tab.a[i][:i]) if c != 0.0]
+            xi = ops.combine_unchecked(x, [k for k, _ in used], h, [c for _, c in used])
+        ks.append(check_rate(f(times[i], xi), x, times[i]))
+    used = [(k, c) for k, c in zip(ks, tab.b) if c != 0.0]
+    return ops.combine_unchecked(x, [k for k, _ in used], h, [c for _, c in used])
+
+
+def _rk_step_fused(split, x, times, h, tab):
+    """The step with each stage's tail fused into its updates (:func:`contnet.ops.rk_epilogue`):
+    stage ``i`` reads the unit's pre-tail output once and writes the next stage's input
+    ``x + h sum_j a_{i+1,j} k_j`` and the running ``x + h sum_{j<=i} b_j k_j``; ``k_i`` is
+    kept only when a later stage beyond the next one needs it."""
+    ks: dict[int, torch.Tensor] = {}
+    acc, xi = x, x
+    # while every tensor of the step has x's dtype (the common case) the op itself, looked
+    # up once; a stage of another dtype (autocast) and the rest of the step promote
+    dtype, kernel = x.dtype, ops.epilogue_kernel(x)
+    for i, st in enumerate(_fused_plan(tab)):
+        y, bias, act, scale = split(times[i], xi)
+        if not isinstance(y, torch.Tensor) or y.shape != x.shape or y.device != x.device:
+            check_rate(y, x, times[i])
+        bases = [x, acc] if st.next_input and st.update_acc else [x] if st.next_input else [acc]
+        terms = [ks[j] for j in st.prev] if st.prev else []
+        if dtype is not None and y.dtype == dtype and (bias is None or bias.dtype == dtype):
+            epilogue = kernel
+        else:
+            dtype, epilogue = None, ops.epilogue_unchecked
+        outs = epilogue(y, bias, ops.ACT_CODES[act], scale, bases, terms, h, st.coeffs, st.keep_k)
+        if st.next_input:
+            xi = outs[0]
+        if st.update_acc:
+            acc = outs[len(bases) - 1]
+        if st.keep_k:
+            ks[i] = outs[-1]
+    return acc

@@ -54,18 +54,18 @@ def test_block_profile_counts_a_pass():
     """``python -m bench block --profile``: the operators of one pass, called from the
     top level (a convolution's inner ops not counted again), and the device's busy time
     as the union of its kernels' intervals."""
-    from contnet.bench import block_bench
+    from contnet.bench import block_problem, profiling
 
-    prob = block_bench.Problem(2, 3, 4, "piecewise_constant", 2, "midpoint", 3, "cpu", False)
+    prob = block_problem.Problem(2, 3, 4, "piecewise_constant", 2, "midpoint", 3, "cpu", False)
     x, th1, th2 = prob.inputs("hand")
     with torch.no_grad():
-        floor = block_bench.profile_pass(lambda: prob.floor(x, th1, th2), "cpu")
+        floor = profiling.profile_pass(lambda: prob.floor(x, th1, th2), "cpu")
     # conv, relu, conv, relu, scale: 5 operators for each of 2 * 3 stages
     assert floor["operators"] == 5 * 2 * 3
     assert floor["device_kernels"] == 0 and floor["device_busy_ms"] == 0
     top = floor["top_self_host_ms"]
     assert any(name.startswith("aten::") for name in top) and all(v >= 0 for v in top.values())
-    assert block_bench._busy_us([(0, 4), (2, 5), (7, 8), (7.5, 7.75)]) == 6
+    assert profiling.busy_us([(0, 4), (2, 5), (7, 8), (7.5, 7.75)]) == 6
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -73,9 +73,9 @@ def test_block_bench_floor_weights_take_the_convolutions_layout(channels_last):
     """The floor's per-stage weights are in the layout its convolutions read (channels_last
     filters with a channels_last input, as contnet's unit has them), so no convolution of
     the limit converts its weight; the input and contnet's unit have that layout too."""
-    from contnet.bench import block_bench
+    from contnet.bench import block_problem
 
-    prob = block_bench.Problem(2, 3, 4, "piecewise_constant", 2, "rk4", 2, "cpu", channels_last)
+    prob = block_problem.Problem(2, 3, 4, "piecewise_constant", 2, "rk4", 2, "cpu", channels_last)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     assert prob.x.is_contiguous(memory_format=layout)
     weights = [w for pair in prob.floor_w for w in pair]
@@ -90,9 +90,9 @@ def test_block_bench_floor_values_stay_normal(basis):
     """The floor chains 64 rates without the residual: with the rate's own weights its state
     shrinks to denormals and zeros (slow on some CPUs, which would flatter the others'
     ratios to it); its scaled weights keep every stage's values normal floats."""
-    from contnet.bench import block_bench
+    from contnet.bench import block_problem
 
-    prob = block_bench.Problem(4, 8, 6, basis, 16, "rk4", 16, "cpu", True)
+    prob = block_problem.Problem(4, 8, 6, basis, 16, "rk4", 16, "cpu", True)
     x = prob.x.detach()
     tiny = torch.finfo(torch.float32).tiny
     with torch.no_grad():

@@ -263,7 +263,7 @@ def test_cli_errors_are_clear(tmp_path):
     for option, value, message in (
         ("--lr", "-1", "lr must be a positive number, got -1.0"),
         ("--momentum", "-0.5", "momentum must be a number >= 0, got -0.5"),
-        ("--weight-decay", "nan", "weight_decay must be a number >= 0, got nan"),
+        ("--weight-decay", "-1", "weight_decay must be a number >= 0, got -1.0"),
         ("--refine-at", "5", r"refine_at needs epochs >= 2 .* got epochs=1"),
     ):
         with pytest.raises(SystemExit, match=message):
@@ -284,6 +284,8 @@ def test_cli_errors_are_clear(tmp_path):
         (["compress", "--checkpoint", "c.pt", "--max-drop", "nan"], "--max-drop"),
         (["demo", "--max-drop", "inf"], "--max-drop"),
         (["train", "--batch-size", "0"], "--batch-size"),
+        (["train", "--weight-decay", "nan"], "argument --weight-decay: must be finite"),
+        (["train", "--norm", "group"], "argument --norm: expected one of none, batch"),
         (["train", "--device", "foo"], "argument --device: not a device"),
         (["eval", "--checkpoint", "c.pt", "--device", "meta:0:1"], "argument --device"),
         (["demo", "--scheme", "euler"], "unrecognized arguments: --scheme"),  # demo sets it

@@ -3,12 +3,12 @@
 
 import sys
 
-from . import backprop_bench, block_bench, ops_bench
+from . import backprop_bench, block_bench, inference_bench, ops_bench
 
 SUITES = {
     "ops": ops_bench.main,
     "block": block_bench.main,
-    "inference": block_bench.inference_main,
+    "inference": inference_bench.inference_main,
     "backprop": backprop_bench.main,
 }
 

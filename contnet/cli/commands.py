@@ -7,7 +7,6 @@ import os
 import pathlib
 
 from .. import ops, schemes
-from ..bench.__main__ import main as bench_main
 from ..block import blocks_of
 from ..evaluation import (
     compress,
@@ -20,13 +19,13 @@ from ..models import project
 from ..report import write_json
 from ..training import (
     CheckpointError,
-    TrainConfig,
     load_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
     train,
 )
 from ..training import data as data_lib
+from .options import config_from
 from .tables import compress_table, history_table, manifestation_tables
 
 
@@ -37,39 +36,9 @@ def load_dataset(args):
         raise SystemExit(f"contnet: cannot load data: {e}") from None
 
 
-def train_config(args, **overrides):
-
-    kw = dict(
-        data=args.data,
-        data_dir=args.data_dir,
-        widths=tuple(args.widths),
-        act=args.act,
-        norm=None if args.norm == "none" else args.norm,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        schedule=args.schedule,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        device=args.device,
-        progress=not args.no_progress,
-    )
-    # the depth options, where not given here (the demo's parser has none: it gives them all)
-    for name in ("basis", "n_basis", "scheme", "n_steps", "refine_at"):
-        if name not in overrides:
-            kw[name] = getattr(args, name)
-    kw.update(overrides)
-    try:
-        return TrainConfig(**kw)
-    except ValueError as e:
-        raise SystemExit(f"contnet train: {e}") from None
-
-
 def run_train(args, cfg=None, out=None, dataset=None, log=print) -> dict:
 
-    cfg = cfg or train_config(args)
+    cfg = cfg or config_from(args)
     out = pathlib.Path(out or args.out)
     dataset = dataset or load_dataset(args)
     main_rank = int(os.environ.get("RANK", "0")) == 0
@@ -280,6 +249,7 @@ def cmd_compress(args) -> int:
 
 def cmd_bench(args) -> int:
     """Run the microbenchmarks (:mod:`contnet.bench`)."""
+    from ..bench.__main__ import main as bench_main  # imported here: it loads the profiler
 
     bench_main(args.bench_args)
     return 0

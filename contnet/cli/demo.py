@@ -10,120 +10,43 @@ import torch
 from .. import ops
 from ..evaluation import plots
 from ..report import format_table, write_json
-from .commands import load_dataset, run_compress, run_eval, run_train, train_config
+from .commands import load_dataset, run_compress, run_eval, run_train
+from .options import config_from
+
+K_FINAL = 4  # the depth the demo trains to
 
 
 def cmd_demo(args) -> int:
     """The main job on digits: refined training against training at the final depth from
     the start, the manifestation table, compression, plots."""
-
     out = pathlib.Path(args.out)
     t_all = time.perf_counter()
-    torch.set_num_threads(torch.get_num_threads())
     if not args.quick and args.epochs < 3:
         raise SystemExit(
-            f"contnet demo: --epochs must be >= 3 (refinements after a third and two thirds), got {args.epochs}"
+            "contnet demo: --epochs must be >= 3 (refinements after a third and two thirds), "
+            f"got {args.epochs}"
         )
-    epochs, refine_at = (
-        (6, (2, 4)) if args.quick else (args.epochs, (args.epochs // 3, 2 * args.epochs // 3))
-    )
-    k_final = 4
     args.data, args.data_dir = "digits", None
     dataset = load_dataset(args)
-    print(
-        f"contnet demo -- {dataset.describe()}; kernels: {ops.backend()}; {torch.get_num_threads()} threads\n"
-    )
-    common = dict(
-        epochs=epochs,
-        scheme="rk4",
-        basis="piecewise_constant",
-        progress=not args.no_progress,
-        n_steps=None,
-    )
-
-    print(
-        f"== 1. refined training: K = 1 -> 2 -> 4 (refined at epochs {refine_at[0] + 1} and {refine_at[1] + 1}), rk4, {epochs} epochs"
-    )
-    refined = run_train(
-        args,
-        train_config(args, n_basis=1, refine_at=refine_at, **common),
-        out / "refined",
-        dataset,
-    )
-    print(
-        f"\n== 2. the same training at the final depth K = {k_final} from the start, {epochs} epochs"
-    )
-    direct = run_train(
-        args, train_config(args, n_basis=k_final, refine_at=(), **common), out / "direct", dataset
-    )
-
-    side = [
-        [
-            "refined 1->2->4",
-            f"{refined['wall_time_s']:.1f}",
-            f"{100 * refined['test_acc']:.2f}",
-            f"{100 * max(h['test_acc'] for h in refined['history']):.2f}",
-        ],
-        [
-            f"direct K={k_final}",
-            f"{direct['wall_time_s']:.1f}",
-            f"{100 * direct['test_acc']:.2f}",
-            f"{100 * max(h['test_acc'] for h in direct['history']):.2f}",
-        ],
-    ]
-    print("\nrefinement against training at the final depth (same epochs, same machine, one run):")
-    print(format_table(side, ["run", "wall time s", "final test acc %", "best test acc %"]))
-    speedup = direct["wall_time_s"] / refined["wall_time_s"]
-    print(
-        f"refined training took {1 / speedup:.2f}x the time of direct training ({speedup:.2f}x faster)"
-    )
-    plots.training_curves(
-        {"refined 1->2->4": refined["history"], f"direct K={k_final}": direct["history"]},
-        out / "training_curves.png",
-    )
-
+    threads = torch.get_num_threads()
+    print(f"contnet demo -- {dataset.describe()}; kernels: {ops.backend()}; {threads} threads\n")
+    refined, direct, speedup = _training(args, dataset, out)
     print("\n== 3. manifestations of the refined model: schemes x n_steps (same weights)")
     model = refined["model"]
+    steps = [1, 2, 4, 8, 16, 32, 64]
     table = run_eval(
-        model,
-        dataset,
-        out,
-        ["euler", "midpoint", "rk4"],
-        [1, 2, 4, 8, 16, 32, 64],
-        ("rk4", 128),
-        device=args.device,
+        model, dataset, out, ["euler", "midpoint", "rk4"], steps, ("rk4", 128), device=args.device
     )
     print(
         "(the drift falls with n_steps at each scheme's order while the steps resolve the rate; a ReLU\n"
         " rate is only piecewise smooth in x, which caps the observed order near 2 even for rk4)"
     )
-
-    print(
-        "\n== 4. compression of the refined model (projection onto fewer nodes, other schemes, fewer steps)"
-    )
-    comp = run_compress(
-        model, dataset, out, args.max_drop, device=args.device, train_cfg=refined["config"]
-    )
-    half = next(
-        c
-        for c in comp["candidates"]
-        if c["n_basis"] == comp["original"]["n_basis"]
-        and c["scheme"] == "rk4"
-        and c["n_steps"] == comp["original"]["n_steps"] // 2
-    )
-    half_test = table["rows"]["rk4"]["accuracy"].get(half["n_steps"])
-    print(
-        f"half the steps (rk4, n_steps {comp['original']['n_steps']} -> {half['n_steps']}): validation "
-        f"accuracy {100 * half['val']:.2f}% ({half['drop_points']:+.2f} points; within {args.max_drop} "
-        f"point: {'yes' if half['drop_points'] <= args.max_drop else 'no'})"
-        + (f", test accuracy {100 * half_test:.2f}% (table 3)" if half_test is not None else "")
-        + f", latency {half['latency_ms']:.2f} ms vs {comp['original']['latency_ms']:.2f} ms"
-    )
+    comp, half = _compression(args, model, dataset, out, refined, table)
     plots.theta_over_depth(model, out / "theta.png")
     summary = {
         "data": dataset.describe(),
         "backend": ops.backend(),
-        "threads": torch.get_num_threads(),
+        "threads": threads,
         "refined": {k: refined[k] for k in ("config", "test_acc", "wall_time_s", "history")},
         "direct": {k: direct[k] for k in ("config", "test_acc", "wall_time_s", "history")},
         "refined_speedup": speedup,
@@ -138,3 +61,68 @@ def cmd_demo(args) -> int:
     )
     print(f"demo finished in {summary['total_time_s']:.0f}s")
     return 0
+
+
+def _training(args, dataset, out):
+    """Steps 1 and 2: refined training (K = 1 -> 2 -> 4) and training at K = 4 from the
+    start, side by side. Returns both runs and the refined run's speedup."""
+    epochs, refine_at = (
+        (6, (2, 4)) if args.quick else (args.epochs, (args.epochs // 3, 2 * args.epochs // 3))
+    )
+    common = dict(epochs=epochs, scheme="rk4", basis="piecewise_constant", n_steps=None)
+    print(
+        f"== 1. refined training: K = 1 -> 2 -> 4 (refined at epochs {refine_at[0] + 1} and "
+        f"{refine_at[1] + 1}), rk4, {epochs} epochs"
+    )
+    cfg = config_from(args, n_basis=1, refine_at=refine_at, **common)
+    refined = run_train(args, cfg, out / "refined", dataset)
+    print(
+        f"\n== 2. the same training at the final depth K = {K_FINAL} from the start, {epochs} epochs"
+    )
+    cfg = config_from(args, n_basis=K_FINAL, refine_at=(), **common)
+    direct = run_train(args, cfg, out / "direct", dataset)
+    rows = [
+        [name, f"{r['wall_time_s']:.1f}", f"{100 * r['test_acc']:.2f}"]
+        + [f"{100 * max(h['test_acc'] for h in r['history']):.2f}"]
+        for name, r in (("refined 1->2->4", refined), (f"direct K={K_FINAL}", direct))
+    ]
+    print("\nrefinement against training at the final depth (same epochs, same machine, one run):")
+    print(format_table(rows, ["run", "wall time s", "final test acc %", "best test acc %"]))
+    speedup = direct["wall_time_s"] / refined["wall_time_s"]
+    print(
+        f"refined training took {1 / speedup:.2f}x the time of direct training ({speedup:.2f}x faster)"
+    )
+    plots.training_curves(
+        {"refined 1->2->4": refined["history"], f"direct K={K_FINAL}": direct["history"]},
+        out / "training_curves.png",
+    )
+    return refined, direct, speedup
+
+
+def _compression(args, model, dataset, out, refined, table):
+    """Step 4: compression of the refined model, and its rk4 candidate at half the steps
+    (with the test accuracy the manifestation table measured for it)."""
+    print(
+        "\n== 4. compression of the refined model (projection onto fewer nodes, other schemes, "
+        "fewer steps)"
+    )
+    comp = run_compress(
+        model, dataset, out, args.max_drop, device=args.device, train_cfg=refined["config"]
+    )
+    o = comp["original"]
+    half = next(
+        c
+        for c in comp["candidates"]
+        if c["n_basis"] == o["n_basis"]
+        and c["scheme"] == "rk4"
+        and c["n_steps"] == o["n_steps"] // 2
+    )
+    half_test = table["rows"]["rk4"]["accuracy"].get(half["n_steps"])
+    print(
+        f"half the steps (rk4, n_steps {o['n_steps']} -> {half['n_steps']}): validation "
+        f"accuracy {100 * half['val']:.2f}% ({half['drop_points']:+.2f} points; within {args.max_drop} "
+        f"point: {'yes' if half['drop_points'] <= args.max_drop else 'no'})"
+        + (f", test accuracy {100 * half_test:.2f}% (table 3)" if half_test is not None else "")
+        + f", latency {half['latency_ms']:.2f} ms vs {o['latency_ms']:.2f} ms"
+    )
+    return comp, half

@@ -12,35 +12,101 @@ from torch import nn
 
 from .. import basis as basis_lib
 from .. import schemes as schemes_lib
+from ..integrate import BACKPROP_MODES
 from ..models import ContinuousNet
+from ..nn import ACTIVATIONS, NORMS
+
+SCHEDULES = ("cosine", "step", "constant")
+
+
+def option(group: str, help: str, kind: str | None = None, choices=None, depth: bool = False):
+    """A field's command-line option (the parser generates ``--name`` from it): its
+    ``group`` and ``help``; ``kind``, what values it takes (``positive_int``,
+    ``positive_ints``, ``ints``, ``float``, ``fraction``, ``int``, ``device``,
+    ``no_flag`` for a switch that turns the field off; else a string); ``choices``;
+    ``depth``, whether it is one of the depth options the demo sets itself."""
+    return {"cli": {"group": group, "help": help, "kind": kind, "choices": choices, "depth": depth}}
 
 
 @dataclass
 class TrainConfig:
-    """Everything a training run depends on (saved in every checkpoint)."""
+    """Everything a training run depends on (saved in every checkpoint). The fields with
+    an :func:`option` are the options of ``contnet train``."""
 
     data: str = "digits"
     data_dir: str | None = None
-    widths: tuple[int, ...] = (16, 32, 64)
-    basis: str = "piecewise_constant"
-    n_basis: int = 1
-    scheme: str = "rk4"
-    n_steps: int | None = None
-    act: str = "relu"
-    norm: str | None = "batch"
+    widths: tuple[int, ...] = field(
+        default=(16, 32, 64), metadata=option("model", "channels of each stage", "positive_ints")
+    )
+    basis: str = field(
+        default="piecewise_constant",
+        metadata=option(
+            "model", "basis of the weights in depth", choices=basis_lib.FAMILIES, depth=True
+        ),
+    )
+    n_basis: int = field(
+        default=1,
+        metadata=option("model", "basis nodes K at the start", "positive_int", depth=True),
+    )
+    scheme: str = field(
+        default="rk4",
+        metadata=option("model", "training scheme", choices=schemes_lib.names(), depth=True),
+    )
+    n_steps: int | None = field(
+        default=None,
+        metadata=option(
+            "model",
+            "steps per block (default: K, doubled with K on refinement)",
+            "positive_int",
+            depth=True,
+        ),
+    )
+    act: str = field(
+        default="relu", metadata=option("model", "activation", choices=tuple(ACTIVATIONS))
+    )
+    norm: str | None = field(
+        default="batch", metadata=option("model", "normalisation", choices=NORMS)
+    )
     preact: bool = True
-    backprop: str = "direct"
-    epochs: int = 18
-    batch_size: int = 64
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    refine_at: tuple[int, ...] = ()
-    val_fraction: float = 0.1
-    seed: int = 0
-    device: str = "cpu"
-    progress: bool = True
+    backprop: str = field(
+        default="direct",
+        metadata=option("model", "how gradients flow through the blocks", choices=BACKPROP_MODES),
+    )
+    epochs: int = field(default=18, metadata=option("optimisation", "epochs", "positive_int"))
+    batch_size: int = field(
+        default=64, metadata=option("optimisation", "batch size", "positive_int")
+    )
+    lr: float = field(default=0.1, metadata=option("optimisation", "SGD learning rate", "float"))
+    momentum: float = field(
+        default=0.9, metadata=option("optimisation", "SGD (Nesterov) momentum", "float")
+    )
+    weight_decay: float = field(
+        default=5e-4, metadata=option("optimisation", "weight decay", "float")
+    )
+    schedule: str = field(
+        default="cosine",
+        metadata=option("optimisation", "learning-rate schedule", choices=SCHEDULES),
+    )
+    refine_at: tuple[int, ...] = field(
+        default=(),
+        metadata=option(
+            "optimisation",
+            "epochs (0-based starts) at which K and n_steps double, e.g. --refine-at 6 12",
+            "ints",
+            depth=True,
+        ),
+    )
+    val_fraction: float = field(
+        default=0.1,
+        metadata=option(
+            "optimisation",
+            "training images held out for validation, per class; compress chooses on them",
+            "fraction",
+        ),
+    )
+    seed: int = field(default=0, metadata=option("run", "random seed", "int"))
+    device: str = field(default="cpu", metadata=option("run", "cpu or cuda", "device"))
+    progress: bool = field(default=True, metadata=option("run", "no progress bars", "no_flag"))
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -65,6 +131,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a number >= 0, got {v}")
         if not (math.isfinite(self.val_fraction) and 0 <= self.val_fraction < 1):
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.backprop not in BACKPROP_MODES:
+            raise ValueError(
+                f"unknown backprop {self.backprop!r}; expected one of {list(BACKPROP_MODES)}"
+            )
         if self.schedule not in SCHEDULES:
             raise ValueError(
                 f"unknown schedule {self.schedule!r}; expected one of {list(SCHEDULES)}"
@@ -91,9 +161,6 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["widths"], d["refine_at"] = list(self.widths), list(self.refine_at)
         return d
-
-
-SCHEDULES = ("cosine", "step", "constant")
 
 
 # what a resumed run must share with the saved one (all but where the data lie, the device,

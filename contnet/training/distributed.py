@@ -78,6 +78,23 @@ class Distributed:
         for b in model.buffers():
             self.dist.broadcast(b, 0)
 
+    def finish(self, model: nn.Module, log=print) -> dict:
+        """At the end of training: every rank's buffers made rank 0's, the largest
+        difference between ranks of the parameters and buffers (``weight_spread``,
+        ``buffer_spread``: 0 when the ranks stayed in step) logged and returned, and the
+        process group left."""
+        self.sync_buffers(model)
+        spread = {
+            "weight_spread": self.spread(model.parameters()),
+            "buffer_spread": self.spread(model.buffers()),
+        }
+        log(
+            f"data parallel over {self.world_size} processes; largest difference between ranks: "
+            f"parameters {spread['weight_spread']:.3g}, buffers {spread['buffer_spread']:.3g}"
+        )
+        self.close()
+        return spread
+
     def close(self, timeout: float = 5.0):
         """Leave the process group once every rank is here. A collective returns before the
         backend's worker thread has dropped its references to the tensors it moved, and a

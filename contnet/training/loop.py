@@ -70,25 +70,14 @@ def train(cfg: TrainConfig, out_dir, dataset: Dataset, *, resume: bool = False, 
     run is data parallel (see :class:`Distributed`): rank 0 logs and writes checkpoints;
     after a refinement the DDP wrapper is built anew. Returns ``{"history", "model", ...}``.
     """
-    out_dir = pathlib.Path(out_dir)
-    ckpt_path = out_dir / "checkpoint.pt"
+    ckpt_path = pathlib.Path(out_dir) / "checkpoint.pt"
     ddp = Distributed.from_env(cfg.device)
     rank, world = (ddp.rank, ddp.world_size) if ddp else (0, 1)
     device = ddp.device if ddp else torch.device(cfg.device)
-    if rank != 0:
-        log = _silent
+    log = log if rank == 0 else _silent
     torch.manual_seed(cfg.seed)
     data = dataset.with_validation(cfg.val_fraction)
-    # every rank gets the same number of samples (DDP needs the same number of batches)
-    n = len(data.x_train) // world * world
-    loader = Loader(
-        data.x_train[rank:n:world],
-        data.y_train[rank:n:world],
-        cfg.batch_size,
-        shuffle=True,
-        augment=data.augment,
-        seed=cfg.seed + rank,
-    )
+    loader = _loader(data, cfg, rank, world)
     if resume and not ckpt_path.exists():
         log(f"no checkpoint at {ckpt_path} to resume from: training from the start")
     if resume and ckpt_path.exists():
@@ -108,12 +97,8 @@ def train(cfg: TrainConfig, out_dir, dataset: Dataset, *, resume: bool = False, 
             refine(model, optimizer=optimizer)
             net = ddp.wrap(model) if ddp else model  # the wrapper holds the old parameters
         lr = optimizer.param_groups[0]["lr"]
-        bar = (
-            f"epoch {epoch + 1}/{cfg.epochs} K={_n_basis(model)}"
-            if cfg.progress and not rank
-            else None
-        )
-        entry = _train_epoch(net, loader, optimizer, device, ddp, bar)
+        bar = f"epoch {epoch + 1}/{cfg.epochs} K={_n_basis(model)}" if cfg.progress else None
+        entry = _train_epoch(net, loader, optimizer, device, ddp, bar if rank == 0 else None)
         scheduler.step()
         entry = {"epoch": epoch + 1, "lr": lr, **entry, **_scores(model, data, device)}
         entry.update(n_basis=_n_basis(model), n_steps=blocks_of(model)[0].n_steps)
@@ -143,15 +128,22 @@ def train(cfg: TrainConfig, out_dir, dataset: Dataset, *, resume: bool = False, 
         "world_size": world,
     }
     if ddp:
-        ddp.sync_buffers(model)
-        result["weight_spread"] = ddp.spread(model.parameters())
-        result["buffer_spread"] = ddp.spread(model.buffers())
-        log(
-            f"data parallel over {world} processes; largest difference between ranks: parameters "
-            f"{result['weight_spread']:.3g}, buffers {result['buffer_spread']:.3g}"
-        )
-        ddp.close()
+        result.update(ddp.finish(model, log))
     return result
+
+
+def _loader(data: Dataset, cfg: TrainConfig, rank: int, world: int) -> Loader:
+    """This rank's share of the training data, shuffled by its own generator: every rank
+    gets the same number of samples (DDP needs the same number of batches)."""
+    n = len(data.x_train) // world * world
+    return Loader(
+        data.x_train[rank:n:world],
+        data.y_train[rank:n:world],
+        cfg.batch_size,
+        shuffle=True,
+        augment=data.augment,
+        seed=cfg.seed + rank,
+    )
 
 
 def _train_epoch(net, loader, optimizer, device, ddp, bar: str | None) -> dict:

@@ -1,0 +1,178 @@
+"""The command line's options: argparse types that name what they expect, the options
+generated from the job's config (:class:`contnet.training.TrainConfig`), and the groups
+of options several commands share."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import pathlib
+
+import torch
+
+from .. import schemes
+from ..training import TrainConfig
+from ..training import data as data_lib
+
+
+def positive_int_arg(text: str) -> int:
+    """An argparse type: an int >= 1 (argparse names the option in its error)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a finite float."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+    return v
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1)."""
+    v = finite_float(text)
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text!r}")
+    return v
+
+
+def checkpoint_path(text: str) -> str:
+    """An argparse type: a checkpoint path (its metadata goes to the .json beside it)."""
+    if pathlib.Path(text).suffix == ".json":
+        raise argparse.ArgumentTypeError(
+            f"must not end in .json (the checkpoint's metadata goes to PATH.json), got {text!r}"
+        )
+    return text
+
+
+def add_data(p, default="digits"):
+    p.add_argument(
+        "--data",
+        choices=data_lib.DATASETS,
+        default=default,
+        help="digits (bundled with scikit-learn) or cifar10 (--data-dir)",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder of the CIFAR-10 binary batches (data_batch_1.bin ... test_batch.bin)",
+    )
+
+
+def device_arg(text: str) -> str:
+    """An argparse type: a torch device this machine has (cpu, cuda, cuda:1, ...)."""
+    try:
+        device = torch.device(text)
+    except RuntimeError as e:
+        raise argparse.ArgumentTypeError(f"not a device: {e}") from None
+    if device.type != "cpu":
+        module = getattr(torch, device.type, None)
+        available = module is not None and getattr(module, "is_available", lambda: False)()
+        if not available:
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has no {device.type} device")
+        if device.index is not None and device.index >= module.device_count():
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: this machine has {module.device_count()} {device.type} device(s)"
+            )
+    return text
+
+
+def add_device(p):
+    p.add_argument("--device", type=device_arg, default="cpu", help="cpu or cuda (default cpu)")
+
+
+# the argparse type of each kind of option a config field declares
+KINDS = {
+    "positive_int": {"type": positive_int_arg},
+    "positive_ints": {"type": positive_int_arg, "nargs": "+"},
+    "ints": {"type": int, "nargs": "*", "metavar": "EPOCH"},
+    "int": {"type": int},
+    "float": {"type": finite_float},
+    "fraction": {"type": fraction},
+    "device": {"type": device_arg},
+}
+
+
+def add_config_options(p, config=TrainConfig, depth=True):
+    """The options of ``config``'s fields that declare one (see
+    :func:`contnet.training.config.option`), in their groups, with the field's default;
+    ``depth=False`` leaves out the depth options (basis, scheme, steps, refinement), which
+    the demo sets itself. A choice of None is given as ``none``."""
+    groups = {}
+    for f in dataclasses.fields(config):
+        spec = f.metadata.get("cli")
+        if spec is None or (spec["depth"] and not depth):
+            continue
+        if spec["group"] not in groups:
+            groups[spec["group"]] = p.add_argument_group(spec["group"])
+        g, default = groups[spec["group"]], f.default
+        if spec["kind"] == "no_flag":
+            g.add_argument(
+                f"--no-{f.name.replace('_', '-')}",
+                dest=f.name,
+                action="store_false",
+                help=spec["help"],
+            )
+            continue
+        kw = dict(KINDS.get(spec["kind"], {}))
+        if spec["choices"] is not None:
+            kw["type"] = _choice(spec["choices"])
+            kw["metavar"] = "{" + ",".join(_shown(c) for c in spec["choices"]) + "}"
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        help_ = spec["help"] if default is None else f"{spec['help']} (default {shown or 'none'})"
+        g.add_argument(
+            f"--{f.name.replace('_', '-')}", dest=f.name, default=default, help=help_, **kw
+        )
+
+
+def _shown(choice) -> str:
+    return "none" if choice is None else str(choice)
+
+
+def _choice(choices):
+    """An argparse type: one of ``choices`` by its name (None as ``none``)."""
+    by_name = {_shown(c): c for c in choices}
+
+    def parse(text: str):
+        if text not in by_name:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(by_name)}, got {text!r}")
+        return by_name[text]
+
+    return parse
+
+
+def config_from(args, config=TrainConfig, **overrides):
+    """The ``config`` the parsed ``args`` give (every field they hold), with ``overrides``."""
+    kw = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(config) if hasattr(args, f.name)
+    }
+    kw.update(overrides)
+    try:
+        return config(**kw)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"contnet {getattr(args, 'command', 'train')}: {e}") from None
+
+
+def add_checkpoint(p: argparse.ArgumentParser) -> None:
+    """What eval and compress read: the checkpoint, its data and the schemes to try."""
+    p.add_argument(
+        "--checkpoint", required=True, help="a checkpoint written by train or compress --save"
+    )
+    add_data(p, default=None)
+    p.add_argument(
+        "--schemes",
+        nargs="+",
+        default=None,
+        choices=schemes.names(),
+        help="schemes to try (default: the model's own, euler, midpoint, rk4)",
+    )

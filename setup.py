@@ -109,7 +109,9 @@ if torch.backends.openmp.is_available() and sys.platform.startswith("linux"):
     # loaded (linking -fopenmp would pull in the system's libgomp, a second thread pool).
     # Elsewhere (Apple clang takes no -fopenmp) those kernels stay on one thread.
     extra["cxx"].append("-fopenmp")
-include_dirs = [os.path.join(HERE, "csrc", "include")]
+# csrc/include: the shared headers; contnet/ops: the activation table (activations.def),
+# which the Python package reads too
+include_dirs = [os.path.join(HERE, "csrc", "include"), os.path.join(HERE, "contnet", "ops")]
 if cuda_home:
     extension = CUDAExtension
     sources += _sources("csrc/cuda/*.cu")

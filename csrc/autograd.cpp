@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "contnet/activations.h"
+#include "contnet/checks.h"
 #include "contnet/layout.h"
 #include "contnet/rk_combine.h"
 
@@ -425,8 +426,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> rk_epilogue_backward
 }
 
 std::vector<at::Tensor> basis_interp_autograd(const at::Tensor& phi, at::TensorList thetas) {
-  TORCH_CHECK(!(phi.defined() && phi.requires_grad()),
-              "phi must not require grad: the basis coefficients are constants");
+  check_phi_constant(phi);
   if (!needs_autograd({&phi}, {thetas})) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return basis_interp_op(phi, thetas);

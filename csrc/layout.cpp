@@ -41,12 +41,6 @@ at::Tensor channel_sum(const at::Tensor& t) {
 
 namespace {
 
-void check_kernel_device(const at::Tensor& y, c10::DeviceType device) {
-  const auto name = c10::DeviceTypeName(device);
-  TORCH_CHECK(y.device().type() == device, "y must be a ", name, " tensor for the ", name,
-              " kernel, got ", y.device());
-}
-
 at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
   return t.has_value() && t->defined() ? t->contiguous() : at::Tensor();
 }
@@ -57,9 +51,9 @@ EpilogueOperands epilogue_operands(const at::Tensor& y, const std::optional<at::
                                    int64_t act, at::TensorList bases, at::TensorList terms,
                                    bool return_k, bool return_mask, c10::DeviceType device) {
   check_epilogue(y, bias, bases, terms);
-  TORCH_CHECK(!return_mask || act == kRelu, "return_mask needs act relu (", int(kRelu),
-              "), got act ", act);
-  check_kernel_device(y, device);
+  TORCH_CHECK_VALUE(!return_mask || act == kRelu, "return_mask needs act relu (", int(kRelu),
+                    "), got act ", act);
+  check_device(y, "y", device);
   const auto fmt = dense_format(y);
   EpilogueOperands a;
   a.y = in_format(y, fmt);
@@ -82,32 +76,11 @@ EpilogueGradOperands epilogue_grad_operands(at::TensorList grads,
                                             const std::optional<at::Tensor>& bias, int64_t act,
                                             int64_t n_terms, c10::DeviceType device) {
   const bool has_gk = grad_k.has_value() && grad_k->defined();
-  TORCH_CHECK(y.defined(), "y is undefined");
   const bool masked = y.scalar_type() == at::kBool;
-  // with a mask the gradients' dtype comes from the gradients, checked against the first
-  at::Tensor like = y;
-  const char* like_name = "y";
-  if (masked) {
-    TORCH_CHECK(act == kRelu, "y may be a bool mask only for act relu (", int(kRelu), "), got act ",
-                act);
-    TORCH_CHECK(!grads.empty() || has_gk, "with a bool mask for y, grads or grad_k must be given");
-    like = grads.empty() ? *grad_k : grads[0];
-    like_name = grads.empty() ? "grad_k" : "grads[0]";
-    TORCH_CHECK(y.sizes() == like.sizes(), "y (a mask) must have the shape of ", like_name, " ",
-                like.sizes(), ", got ", y.sizes());
-    TORCH_CHECK(y.device() == like.device(), "y (a mask) must be on the device of ", like_name,
-                " (", like.device(), "), got ", y.device());
-  } else {
-    check_float_dtype(y, "y", "or for act relu a bool mask of y + bias > 0");
-  }
-  check_epilogue(like, bias, grads, {}, "grads", like_name);
-  // before anything is allocated for them
-  TORCH_CHECK(n_terms >= 0 && n_terms <= kMaxTerms, "n_terms must be 0 to ", kMaxTerms, ", got ",
-              n_terms);
-  check_kernel_device(y, device);
+  const at::Tensor like = check_epilogue_grad(grads, grad_k, y, bias, act, n_terms).first;
+  check_device(y, "y", device);
   const auto fmt = dense_format(y);
   EpilogueGradOperands a;
-  if (has_gk) check_like(*grad_k, like, "grad_k", like_name);
   a.dtype = like.scalar_type();
   // the bias's gradient sums y's gradients unrounded, as autograd of the forward's float
   // arithmetic does: float16/bfloat16 operands are widened for the kernel

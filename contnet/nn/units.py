@@ -7,19 +7,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import basis as basis_lib
+from ..ops.activations import MODULE_FUNCS
 from .checks import check_state, positive_int, real
 from .conv import TimeConv2d, conv_args
 from .dispatch import dispatch_free
 from .norm import TimeBatchNorm2d
 
-ACTIVATIONS = {
-    "relu": torch.relu,
-    "tanh": torch.tanh,
-    "gelu": F.gelu,
-    "silu": F.silu,
-    "softplus": F.softplus,
-    "identity": lambda x: x,
-}
+#: the activations a unit may apply, by name (the table of contnet/ops/activations.def)
+ACTIVATIONS = MODULE_FUNCS
 
 
 NORMS = (None, "batch")

@@ -35,7 +35,7 @@ if extension_loaded():
     @lib.register_fake("contnet::rk_epilogue")
     def _(y, bias, act, scale, bases, terms, h, coeffs, return_k, return_mask=False):
         if return_mask and act != relu:
-            raise RuntimeError(f"return_mask needs act relu ({relu}), got act {act}")
+            raise ValueError(f"return_mask needs act relu ({relu}), got act {act}")
         outs = [empty_dense(y) for _ in range(len(bases) + int(return_k))]
         return outs + ([empty_dense(y, torch.bool)] if return_mask else [])
 
@@ -44,12 +44,10 @@ if extension_loaded():
         dtype = y.dtype
         if y.dtype == torch.bool:  # relu's mask: the gradients take the outputs' gradients' dtype
             if act != relu:
-                raise RuntimeError(
-                    f"y may be a bool mask only for act relu ({relu}), got act {act}"
-                )
+                raise ValueError(f"y may be a bool mask only for act relu ({relu}), got act {act}")
             given = [g for g in [*grads, grad_k] if g is not None]
             if not given:
-                raise RuntimeError("with a bool mask for y, grads or grad_k must be given")
+                raise ValueError("with a bool mask for y, grads or grad_k must be given")
             dtype = given[0].dtype
         grad_bias = bias.new_empty(bias.shape) if bias is not None else y.new_empty(0, dtype=dtype)
         return (

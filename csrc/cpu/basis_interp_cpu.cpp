@@ -31,15 +31,16 @@ namespace {
 
 constexpr int64_t kChunk = 2048;
 
-// buf[i] += w * theta[i] over a run (vectorised)
+// buf[i] = interp_add(buf[i], w, theta[i]) over a run (vectorised): one node's share of
+// interp_element's sum, node by node in ascending order as it sums
 template <typename scalar_t, typename acc_t>
 CONTNET_CPU_CLONES void axpy_run(acc_t* __restrict__ buf, acc_t w, const scalar_t* __restrict__ theta, int64_t len) {
-  for (int64_t i = 0; i < len; ++i) buf[i] += w * static_cast<acc_t>(theta[i]);
+  for (int64_t i = 0; i < len; ++i) buf[i] = interp_add(buf[i], w, static_cast<acc_t>(theta[i]));
 }
 
 std::vector<at::Tensor> basis_interp_cpu(const at::Tensor& phi_in, at::TensorList thetas_in) {
   std::vector<at::Tensor> outs = basis_interp_outputs(phi_in, thetas_in);
-  TORCH_CHECK(phi_in.device().is_cpu(), "phi must be a CPU tensor for the CPU kernel, got ", phi_in.device());
+  check_device(phi_in, "phi", at::kCPU);
   const at::Tensor phi = phi_in.contiguous();
   const int64_t S = phi.size(0), K = phi.size(1);
   const double* pp = phi.data_ptr<double>();
@@ -104,21 +105,9 @@ at::Tensor node_major_or_contiguous(const at::Tensor& t) {
 }
 
 std::vector<at::Tensor> basis_interp_outputs(const at::Tensor& phi, at::TensorList thetas) {
-  TORCH_CHECK(phi.defined(), "phi is undefined");
-  TORCH_CHECK(phi.dim() == 2, "phi must be a (stages, nodes) matrix, got shape ", phi.sizes());
-  TORCH_CHECK(phi.scalar_type() == at::kDouble, "phi must be float64, got ", phi.scalar_type());
-  TORCH_CHECK(phi.size(1) >= 1, "phi must have at least one node (column), got shape ", phi.sizes());
-  TORCH_CHECK(!thetas.empty(), "thetas must hold at least one tensor");
+  check_basis_interp(phi, thetas);
   std::vector<at::Tensor> outs;
-  for (size_t j = 0; j < thetas.size(); ++j) {
-    const auto& t = thetas[j];
-    const std::string name = "thetas[" + std::to_string(j) + "]";
-    TORCH_CHECK(t.defined(), name, " is undefined");
-    check_float_dtype(t, name.c_str());
-    TORCH_CHECK(t.dim() >= 1 && t.size(0) == phi.size(1), name, " must have phi.size(1) = ", phi.size(1),
-                " nodes along dim 0, got shape ", t.sizes());
-    TORCH_CHECK(t.device() == phi.device(), name, " must be on phi's device (", phi.device(), "), got ",
-                t.device());
+  for (const auto& t : thetas) {
     std::vector<int64_t> shape(t.sizes().begin(), t.sizes().end());
     shape[0] = phi.size(0);
     const auto strides = node_major_strides(t);

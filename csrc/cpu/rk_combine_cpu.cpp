@@ -141,7 +141,7 @@ CONTNET_CPU_CLONES void scale_run(scalar_t* const* out_in, const scalar_t* __res
   for (int j = 0; j < N; ++j) out[j] = out_in[j], cc[j] = c[j];
   for (int64_t i = 0; i < len; ++i) {
     const acc_t gi = static_cast<acc_t>(g[i]);
-    for (int j = 0; j < N; ++j) out[j][i] = static_cast<scalar_t>(cc[j] * gi);
+    for (int j = 0; j < N; ++j) out[j][i] = static_cast<scalar_t>(combine_grad(cc[j], gi));
   }
 }
 
@@ -209,7 +209,7 @@ void combine_pass(const at::Tensor& out, const at::Tensor& base, at::TensorList 
 // out = x + h sum_j coeffs[j] terms[j] in passes of at most kMaxTerms terms.
 at::Tensor combine_cpu(const at::Tensor& x, at::TensorList terms, double h,
                        at::ArrayRef<double> coeffs) {
-  TORCH_CHECK(x.device().is_cpu(), "x must be a CPU tensor for the CPU kernel, got ", x.device());
+  check_device(x, "x", at::kCPU);
   at::Tensor out = at::empty_like(x);
   if (x.numel() == 0) return out;
   const size_t m = terms.size();
@@ -232,10 +232,8 @@ at::Tensor rk_combine_cpu(const at::Tensor& x, at::TensorList terms, double h,
 
 std::vector<at::Tensor> rk_combine_backward_cpu(const at::Tensor& grad, double h,
                                                 at::ArrayRef<double> coeffs) {
-  TORCH_CHECK(grad.defined(), "grad is undefined");
-  check_float_dtype(grad, "grad");
-  TORCH_CHECK(grad.device().is_cpu(), "grad must be a CPU tensor for the CPU kernel, got ",
-              grad.device());
+  check_grad(grad);
+  check_device(grad, "grad", at::kCPU);
   std::vector<at::Tensor> outs;
   for (size_t j = 0; j < coeffs.size(); ++j) outs.push_back(at::empty_like(grad));
   if (grad.numel() == 0) return outs;
@@ -264,7 +262,7 @@ std::vector<at::Tensor> rk_combine_backward_cpu(const at::Tensor& grad, double h
           for (int64_t i0 = 0; i0 < n0; ++i0) {
             const acc_t g = static_cast<acc_t>(*at_offset<scalar_t>(ptr[n], i0, strides[n]));
             for (int j = 0; j < n; ++j)
-              *reinterpret_cast<scalar_t*>(ptr[j] + i0 * strides[j]) = static_cast<scalar_t>(c.v[j] * g);
+              *reinterpret_cast<scalar_t*>(ptr[j] + i0 * strides[j]) = static_cast<scalar_t>(combine_grad(c.v[j], g));
           }
         }
       });
@@ -297,7 +295,7 @@ void learned_backward_run(scalar_t* const* gt, double* dot, const scalar_t* g,
     double s = 0.0;
     for (int64_t i = begin; i < end; ++i) {
       const acc_t gi = static_cast<acc_t>(g[i]);
-      gt[j][i] = static_cast<scalar_t>(cj * gi);
+      gt[j][i] = static_cast<scalar_t>(combine_grad(cj, gi));
       s += static_cast<double>(static_cast<acc_t>(terms[j][i]) * gi);
     }
     dot[j] += s;

@@ -39,14 +39,7 @@ void with_count(int n, F&& f) {
 // Calls f(std::integral_constant<int, act>) so loops see the activation as a constant.
 template <typename F>
 void with_act(int act, F&& f) {
-  switch (act) {
-    case kRelu: return f(std::integral_constant<int, kRelu>{});
-    case kTanh: return f(std::integral_constant<int, kTanh>{});
-    case kGelu: return f(std::integral_constant<int, kGelu>{});
-    case kSilu: return f(std::integral_constant<int, kSilu>{});
-    case kSoftplus: return f(std::integral_constant<int, kSoftplus>{});
-    default: return f(std::integral_constant<int, kIdentity>{});
-  }
+  CONTNET_WITH_ACT(act, A, return f(std::integral_constant<int, A>{}))
 }
 
 // Calls seg(i0, i1, add) over [0, len), the elements begin .. begin + len of the flat order,
@@ -87,7 +80,7 @@ template <typename scalar_t, typename acc_t, int ACT>
 CONTNET_CPU_CLONES void tail_run(acc_t* __restrict__ k, const scalar_t* __restrict__ y, const scalar_t* bias,
                                  ChannelIndex ci, acc_t scale, int64_t begin, int64_t len) {
   for_bias_segments<acc_t>(bias, ci, begin, len, [&](int64_t i0, int64_t i1, auto add) CONTNET_FORCE_INLINE {
-    for (int64_t i = i0; i < i1; ++i) k[i] = scale * act_forward_t<ACT>(add(static_cast<acc_t>(y[i]), i));
+    for (int64_t i = i0; i < i1; ++i) k[i] = tail_forward<ACT>(scale, add(static_cast<acc_t>(y[i]), i));
   });
 }
 
@@ -110,10 +103,9 @@ CONTNET_CPU_CLONES void out_run(scalar_t* __restrict__ out, const scalar_t* __re
   acc_t c[NT > 0 ? NT : 1];
   for (int j = 0; j < NT; ++j) term[j] = term_in[j], c[j] = c_in[j];
   for (int64_t i = 0; i < len; ++i) {
-    acc_t acc = static_cast<acc_t>(base[i]);
-    for (int j = 0; j < NT; ++j) acc = madd(acc, c[j], static_cast<acc_t>(term[j][i]));
-    if constexpr (WITH_K) acc = madd(acc, ck, k[i]);
-    out[i] = static_cast<scalar_t>(acc);
+    acc_t t[NT > 0 ? NT : 1];
+    for (int j = 0; j < NT; ++j) t[j] = static_cast<acc_t>(term[j][i]);
+    out[i] = static_cast<scalar_t>(output_n<NT, WITH_K>(static_cast<acc_t>(base[i]), t, c, ck, k[i]));
   }
 }
 
@@ -130,9 +122,9 @@ CONTNET_CPU_CLONES void grad_k_run(acc_t* __restrict__ buf, const scalar_t* cons
     for (int64_t i = 0; i < len; ++i) buf[i] = acc_t(0);
   }
   for (int64_t i = 0; i < len; ++i) {
-    acc_t acc = buf[i];
-    for (int o = 0; o < NO; ++o) acc = madd(acc, c[o], static_cast<acc_t>(g[o][i]));
-    buf[i] = acc;
+    acc_t gv[NO > 0 ? NO : 1];
+    for (int o = 0; o < NO; ++o) gv[o] = static_cast<acc_t>(g[o][i]);
+    buf[i] = combine_n<NO>(buf[i], gv, c);
   }
 }
 
@@ -143,7 +135,7 @@ CONTNET_CPU_CLONES void grad_tail_run(scalar_t* __restrict__ gy, const acc_t* __
                                       acc_t scale, int64_t begin, int64_t len) {
   for_bias_segments<acc_t>(bias, ci, begin, len, [&](int64_t i0, int64_t i1, auto add) CONTNET_FORCE_INLINE {
     for (int64_t i = i0; i < i1; ++i)
-      gy[i] = static_cast<scalar_t>(act_backward_t<ACT>(buf[i] * scale, add(static_cast<acc_t>(y[i]), i)));
+      gy[i] = static_cast<scalar_t>(tail_backward<ACT>(buf[i], scale, add(static_cast<acc_t>(y[i]), i)));
   });
 }
 
@@ -153,10 +145,7 @@ CONTNET_CPU_CLONES void grad_tail_run(scalar_t* __restrict__ gy, const acc_t* __
 template <typename scalar_t, typename acc_t>
 CONTNET_CPU_CLONES void grad_mask_run(scalar_t* __restrict__ gy, const acc_t* __restrict__ buf,
                                       const uint8_t* __restrict__ mask, acc_t scale, int64_t len) {
-  for (int64_t i = 0; i < len; ++i) {
-    const acc_t v = buf[i] * scale;
-    gy[i] = static_cast<scalar_t>(mask[i] != 0 ? v : acc_t(0));
-  }
+  for (int64_t i = 0; i < len; ++i) gy[i] = static_cast<scalar_t>(tail_backward_masked(mask[i] != 0, buf[i], scale));
 }
 
 // out[i] = sum_{o<NO} c_o g_o[i]
@@ -167,9 +156,9 @@ CONTNET_CPU_CLONES void grad_term_run(scalar_t* __restrict__ out, const scalar_t
   acc_t c[NO > 0 ? NO : 1];
   for (int o = 0; o < NO; ++o) g[o] = g_in[o], c[o] = c_in[o];
   for (int64_t i = 0; i < len; ++i) {
-    acc_t acc = acc_t(0);
-    for (int o = 0; o < NO; ++o) acc = madd(acc, c[o], static_cast<acc_t>(g[o][i]));
-    out[i] = static_cast<scalar_t>(acc);
+    acc_t gv[NO > 0 ? NO : 1];
+    for (int o = 0; o < NO; ++o) gv[o] = static_cast<acc_t>(g[o][i]);
+    out[i] = static_cast<scalar_t>(combine_n<NO>(acc_t(0), gv, c));
   }
 }
 

@@ -46,7 +46,7 @@ __global__ void interp_kernel(const double* __restrict__ phi, int64_t K, InterpB
 
 std::vector<at::Tensor> basis_interp_cuda(const at::Tensor& phi_in, at::TensorList thetas_in) {
   std::vector<at::Tensor> outs = basis_interp_outputs(phi_in, thetas_in);
-  TORCH_CHECK(phi_in.is_cuda(), "phi must be a CUDA tensor for the CUDA kernel, got ", phi_in.device());
+  check_device(phi_in, "phi", at::kCUDA);
   const c10::cuda::CUDAGuard guard(phi_in.device());
   const at::Tensor phi = phi_in.contiguous();
   const int64_t S = phi.size(0), K = phi.size(1);

@@ -120,14 +120,14 @@ CONTNET_UNROLL
       if (j < n) {
         P o;
 CONTNET_UNROLL
-        for (int e = 0; e < VEC; ++e) o.val[e] = static_cast<scalar_t>(a.c.v[j] * static_cast<acc_t>(gv.val[e]));
+        for (int e = 0; e < VEC; ++e) o.val[e] = static_cast<scalar_t>(combine_grad(a.c.v[j], static_cast<acc_t>(gv.val[e])));
         reinterpret_cast<P*>(a.ptr[j])[v] = o;
       }
     }
   }
   for (int64_t i = nvec * VEC + first; i < a.numel; i += stride) {
     const acc_t g = static_cast<acc_t>(reinterpret_cast<const scalar_t*>(a.ptr[n])[i]);
-    for (int j = 0; j < n; ++j) reinterpret_cast<scalar_t*>(a.ptr[j])[i] = static_cast<scalar_t>(a.c.v[j] * g);
+    for (int j = 0; j < n; ++j) reinterpret_cast<scalar_t*>(a.ptr[j])[i] = static_cast<scalar_t>(combine_grad(a.c.v[j], g));
   }
 }
 
@@ -140,7 +140,7 @@ __global__ void scale_strided_kernel(CombineArgs<scalar_t, acc_t> a, StridedInde
     idx.offsets(i, n + 1, off);
     const acc_t g = static_cast<acc_t>(reinterpret_cast<const scalar_t*>(a.ptr[n])[off[n]]);
     for (int j = 0; j < n; ++j)
-      reinterpret_cast<scalar_t*>(a.ptr[j])[off[j]] = static_cast<scalar_t>(a.c.v[j] * g);
+      reinterpret_cast<scalar_t*>(a.ptr[j])[off[j]] = static_cast<scalar_t>(combine_grad(a.c.v[j], g));
   }
 }
 
@@ -214,7 +214,7 @@ std::vector<at::Tensor> dense_views(std::vector<at::Tensor>& dense) {
 // Shared by the by-value and learned variants (dev_coef: float64 coefficients or undefined).
 at::Tensor combine_cuda(const at::Tensor& x, at::TensorList terms, double h,
                         at::ArrayRef<double> coeffs, const at::Tensor& dev_coef) {
-  TORCH_CHECK(x.is_cuda(), "x must be a CUDA tensor for the CUDA kernel, got ", x.device());
+  check_device(x, "x", at::kCUDA);
   const c10::cuda::CUDAGuard guard(x.device());
   if (cuda::too_deep(x)) {
     // more dims than the strided index holds: compute on flat copies, return x's layout
@@ -271,7 +271,7 @@ CONTNET_UNROLL
 CONTNET_UNROLL
     for (int j = 0; j < kMaxTerms; ++j) {
       if (j < n) {
-        t.out[j][i] = static_cast<scalar_t>(c[j] * gi);
+        t.out[j][i] = static_cast<scalar_t>(combine_grad(c[j], gi));
         dot[j] += static_cast<double>(static_cast<acc_t>(t.in[j][i]) * gi);
       }
     }
@@ -292,7 +292,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> rk_combine_learned_backward_cuda
     const at::Tensor& grad, at::TensorList terms, double h, const at::Tensor& coeffs) {
   check_terms(grad, "grad", terms, "terms", terms.size(), "terms");
   check_learned_coeffs(coeffs, grad, "grad", terms.size());
-  TORCH_CHECK(grad.is_cuda(), "grad must be a CUDA tensor for the CUDA kernel, got ", grad.device());
+  check_device(grad, "grad", at::kCUDA);
   const c10::cuda::CUDAGuard guard(grad.device());
   const int n = static_cast<int>(terms.size());
   const auto fmt = dense_format(grad);
@@ -319,9 +319,8 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> rk_combine_learned_backward_cuda
 
 std::vector<at::Tensor> rk_combine_backward_cuda(const at::Tensor& grad, double h,
                                                  at::ArrayRef<double> coeffs) {
-  TORCH_CHECK(grad.defined(), "grad is undefined");
-  check_float_dtype(grad, "grad");
-  TORCH_CHECK(grad.is_cuda(), "grad must be a CUDA tensor for the CUDA kernel, got ", grad.device());
+  check_grad(grad);
+  check_device(grad, "grad", at::kCUDA);
   const c10::cuda::CUDAGuard guard(grad.device());
   if (cuda::too_deep(grad)) {
     auto flat = rk_combine_backward_cuda(grad.contiguous().view({-1}), h, coeffs);

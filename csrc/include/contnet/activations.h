@@ -1,5 +1,6 @@
 // Activations of the residual unit's tail and their derivatives, for the fused epilogue.
-// The codes match contnet/ops.py (ACT_CODES); one definition serves CPU and CUDA.
+// Their codes come from the one table contnet/ops/activations.def, which Python reads too;
+// one definition of each serves CPU and CUDA.
 #pragma once
 
 #include <c10/macros/Macros.h>
@@ -8,8 +9,24 @@
 
 namespace contnet {
 
-enum Act : int { kIdentity = 0, kRelu = 1, kTanh = 2, kGelu = 3, kSilu = 4, kSoftplus = 5 };
-constexpr int kNumActs = 6;
+enum Act : int {
+#define CONTNET_ACTIVATION(name, Name) k##Name,
+#include "activations.def"
+#undef CONTNET_ACTIVATION
+  kNumActs
+};
+
+// Runs the statements with `A` a compile-time constant equal to the runtime code `act`
+// (an unknown code as identity, which the checks refuse before any kernel runs).
+#define CONTNET_WITH_ACT(act, A, ...)                          \
+  switch (act) {                                               \
+    case kRelu: { constexpr int A = kRelu; __VA_ARGS__; }        \
+    case kTanh: { constexpr int A = kTanh; __VA_ARGS__; }        \
+    case kGelu: { constexpr int A = kGelu; __VA_ARGS__; }        \
+    case kSilu: { constexpr int A = kSilu; __VA_ARGS__; }        \
+    case kSoftplus: { constexpr int A = kSoftplus; __VA_ARGS__; } \
+    default: { constexpr int A = kIdentity; __VA_ARGS__; }       \
+  }
 
 // exp, tanh, erf, log1p in T's own precision: CUDA's overloads on the device, <cmath>'s on
 // the host (whose global-namespace C functions would compute float in double).
@@ -80,38 +97,12 @@ C10_HOST_DEVICE inline T act_backward_t(T g, T z) {
 // The same for an activation code known at run time.
 template <typename T>
 C10_HOST_DEVICE inline T act_forward(int act, T z) {
-  switch (act) {
-    case kRelu: return act_forward_t<kRelu>(z);
-    case kTanh: return act_forward_t<kTanh>(z);
-    case kGelu: return act_forward_t<kGelu>(z);
-    case kSilu: return act_forward_t<kSilu>(z);
-    case kSoftplus: return act_forward_t<kSoftplus>(z);
-    default: return z;
-  }
+  CONTNET_WITH_ACT(act, A, return act_forward_t<A>(z))
 }
 
 template <typename T>
 C10_HOST_DEVICE inline T act_backward(int act, T g, T z) {
-  switch (act) {
-    case kRelu: return act_backward_t<kRelu>(g, z);
-    case kTanh: return act_backward_t<kTanh>(g, z);
-    case kGelu: return act_backward_t<kGelu>(g, z);
-    case kSilu: return act_backward_t<kSilu>(g, z);
-    case kSoftplus: return act_backward_t<kSoftplus>(g, z);
-    default: return g;
-  }
-}
-
-template <typename T>
-C10_HOST_DEVICE inline T act_grad(int act, T z) {
-  switch (act) {
-    case kRelu: return act_grad_t<kRelu>(z);
-    case kTanh: return act_grad_t<kTanh>(z);
-    case kGelu: return act_grad_t<kGelu>(z);
-    case kSilu: return act_grad_t<kSilu>(z);
-    case kSoftplus: return act_grad_t<kSoftplus>(z);
-    default: return T(1);
-  }
+  CONTNET_WITH_ACT(act, A, return act_backward_t<A>(g, z))
 }
 
 }  // namespace contnet

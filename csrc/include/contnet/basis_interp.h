@@ -16,13 +16,20 @@ namespace contnet {
 
 constexpr int kMaxInterpTensors = 8;
 
+// One node's share: acc + p * theta (for p nonzero in the accumulation type; a zero p,
+// also one that underflows, is skipped by the callers).
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t interp_add(acc_t acc, acc_t p, acc_t theta) {
+  return acc + p * theta;
+}
+
 template <typename acc_t, typename scalar_t>
 C10_HOST_DEVICE inline acc_t interp_element(const double* phi_row, int64_t K,
                                             const scalar_t* theta, int64_t M, int64_t i) {
   acc_t acc = acc_t(0);
   for (int64_t k = 0; k < K; ++k) {
     const acc_t p = static_cast<acc_t>(phi_row[k]);  // zero also when it underflows
-    if (p != acc_t(0)) acc += p * static_cast<acc_t>(theta[k * M + i]);
+    if (p != acc_t(0)) acc = interp_add(acc, p, static_cast<acc_t>(theta[k * M + i]));
   }
   return acc;
 }

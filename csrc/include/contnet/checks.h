@@ -1,13 +1,16 @@
-// Input checks shared by every backend: each names the argument and what was expected.
-// Defined once, in csrc/checks.cpp, by the host compiler: the CUDA sources call the same
-// compiled code instead of carrying their own copy.
+// Input checks shared by every backend: each names the argument and what was expected, and
+// raises ValueError (TypeError for a wrong dtype) in Python. Every check of the ops' inputs
+// is here. Defined once, in csrc/checks.cpp, by the host compiler: the CUDA sources call the
+// same compiled code instead of carrying their own copy.
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/DeviceType.h>
 
 #include <cstddef>
 #include <optional>
 #include <string>
+#include <utility>
 
 namespace contnet {
 
@@ -39,5 +42,34 @@ void check_same_kind(at::TensorList ts, const char* name, const at::Tensor& ref,
 void check_epilogue(const at::Tensor& y, const std::optional<at::Tensor>& bias,
                     at::TensorList bases, at::TensorList terms, const char* bases_name = "bases",
                     const char* y_name = "y");
+
+// `t` (named `name`) is on a `device` tensor, for that device's kernel.
+void check_device(const at::Tensor& t, const char* name, c10::DeviceType device);
+
+// `grad` is a defined float tensor (a backward's incoming gradient).
+void check_grad(const at::Tensor& grad, const char* name = "grad");
+
+// The epilogue's settings: an activation code; at most kMaxOutputs bases and kMaxTerms
+// terms; their coefficients, len(bases) * (len(terms) + 1) of them; relu's mask only with
+// relu.
+void check_epilogue_settings(int64_t act, int64_t n_out, int64_t n_terms, size_t n_coeffs,
+                             bool return_mask = false);
+
+// The epilogue backward's operands: `y` float, or relu's bool mask of y + bias > 0 like the
+// first given gradient (grads[0], else grad_k); the gradients like y (or that one); the
+// bias as check_epilogue takes it. Returns the tensor the others are like and its name.
+std::pair<at::Tensor, const char*> check_epilogue_grad(at::TensorList grads,
+                                                       const std::optional<at::Tensor>& grad_k,
+                                                       const at::Tensor& y,
+                                                       const std::optional<at::Tensor>& bias,
+                                                       int64_t act, int64_t n_terms);
+
+// `phi` needs no gradient: the basis coefficients are constants.
+void check_phi_constant(const at::Tensor& phi);
+
+// The weight lookup's operands: `phi` a float64 (stages, nodes) matrix that needs no
+// gradient; `thetas` one or more float tensors with phi.size(1) nodes along dim 0, on
+// phi's device.
+void check_basis_interp(const at::Tensor& phi, at::TensorList thetas);
 
 }  // namespace contnet

@@ -29,6 +29,12 @@ C10_HOST_DEVICE inline acc_t madd(acc_t acc, acc_t coef, acc_t k) {
   return acc + coef * k;
 }
 
+// d out / d k_j times the output's gradient g: coef_j * g (the backward of every term).
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t combine_grad(acc_t coef, acc_t g) {
+  return coef * g;
+}
+
 // x + sum_{j < N} coef_j * k_j for a term count known at compile time.
 template <int N, typename acc_t>
 C10_HOST_DEVICE inline acc_t combine_n(acc_t x, const acc_t* k, const acc_t* coef) {

@@ -16,9 +16,9 @@
 
 #include <c10/macros/Macros.h>
 #include <c10/util/ArrayRef.h>
-#include <c10/util/Exception.h>
 
 #include "contnet/activations.h"
+#include "contnet/checks.h"
 #include "contnet/macros.h"
 #include "contnet/rk_combine.h"
 
@@ -36,9 +36,56 @@ struct Epilogue {
   int n_terms;
 };
 
+// ---- The formulas, for an activation and term counts known at compile time. The CPU
+// loops call them on runs of elements (zero coefficients dropped before); the runtime forms
+// below, which the CUDA kernels call per element, are built from them.
+
+// k = scale * act(z), z = y + bias_c
+template <int ACT, typename acc_t>
+C10_HOST_DEVICE inline acc_t tail_forward(acc_t scale, acc_t z) {
+  return scale * act_forward_t<ACT>(z);
+}
+
+// d loss / d z from gk, the gradient reaching k: gk * scale * act'(z)
+template <int ACT, typename acc_t>
+C10_HOST_DEVICE inline acc_t tail_backward(acc_t gk, acc_t scale, acc_t z) {
+  return act_backward_t<ACT>(gk * scale, z);
+}
+
+// relu's mask of z: what its backward reads (relu_pass(z) ? g : 0 is
+// act_backward_t<kRelu>(g, z), NaN included)
+template <typename acc_t>
+C10_HOST_DEVICE inline bool relu_pass(acc_t z) {
+  return !(z <= acc_t(0));
+}
+
+// relu's tail_backward from its mask: the product formed first, then selected (a select
+// the CPU vectorises)
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t tail_backward_masked(bool pass, acc_t gk, acc_t scale) {
+  const acc_t v = gk * scale;
+  return pass ? v : acc_t(0);
+}
+
+// out = base + sum_{j<N} c_j t_j (+ ck k with WITH_K): an output, its zero coefficients
+// dropped (k's: WITH_K false). The sums of the backward, gk = g_k + sum_o c_o g_o and
+// grad_term = sum_o c_o g_o, are combine_n's (rk_combine.h).
+template <int N, bool WITH_K, typename acc_t>
+C10_HOST_DEVICE inline acc_t output_n(acc_t base, const acc_t* t, const acc_t* c, acc_t ck, acc_t k) {
+  const acc_t acc = combine_n<N>(base, t, c);
+  if constexpr (WITH_K) {
+    return madd(acc, ck, k);
+  } else {
+    return acc;
+  }
+}
+
+// ---- Runtime forms: the activation, the counts and the zero coefficients read from an
+// Epilogue.
+
 template <typename acc_t>
 C10_HOST_DEVICE inline acc_t epilogue_k(const Epilogue<acc_t>& e, acc_t y, acc_t b) {
-  return e.scale * act_forward(e.act, y + b);
+  CONTNET_WITH_ACT(e.act, A, return tail_forward<A>(e.scale, y + b))
 }
 
 template <typename acc_t>
@@ -64,21 +111,15 @@ C10_HOST_DEVICE inline acc_t epilogue_grad_k(const Epilogue<acc_t>& e, const acc
 template <typename acc_t>
 C10_HOST_DEVICE inline acc_t epilogue_grad_y(const Epilogue<acc_t>& e, acc_t y, acc_t b,
                                              const acc_t* g, acc_t gk) {
-  return act_backward(e.act, epilogue_grad_k(e, g, gk) * e.scale, y + b);
-}
-
-// relu's mask of z = y + b: what its backward reads (relu_pass(z) ? g : 0 is
-// act_backward_t<kRelu>(g, z), NaN included).
-template <typename acc_t>
-C10_HOST_DEVICE inline bool relu_pass(acc_t z) {
-  return !(z <= acc_t(0));
+  const acc_t total = epilogue_grad_k(e, g, gk);
+  CONTNET_WITH_ACT(e.act, A, return tail_backward<A>(total, e.scale, y + b))
 }
 
 // d loss / d y for relu, from the mask.
 template <typename acc_t>
 C10_HOST_DEVICE inline acc_t epilogue_grad_y_masked(const Epilogue<acc_t>& e, bool pass,
                                                     const acc_t* g, acc_t gk) {
-  return pass ? epilogue_grad_k(e, g, gk) * e.scale : acc_t(0);
+  return tail_backward_masked(pass, epilogue_grad_k(e, g, gk), e.scale);
 }
 
 template <typename acc_t>
@@ -90,19 +131,12 @@ C10_HOST_DEVICE inline acc_t epilogue_grad_term(const Epilogue<acc_t>& e, int j,
   return acc;
 }
 
-// Host side: coefficients from a row-major (n_out x (n_terms + 1)) list, times h.
+// Host side: coefficients from a row-major (n_out x (n_terms + 1)) list, times h; the
+// settings checked (check_epilogue_settings).
 template <typename acc_t>
 inline Epilogue<acc_t> make_epilogue(int act, double scale, int n_out, int n_terms, double h,
                                      c10::ArrayRef<double> coeffs) {
-  TORCH_CHECK(act >= 0 && act < kNumActs, "act must be an activation code in [0, ", kNumActs,
-              "), got ", act);
-  TORCH_CHECK(n_out >= 0 && n_out <= kMaxOutputs, "bases must hold at most ", kMaxOutputs,
-              " tensors, got ", n_out);
-  TORCH_CHECK(n_terms >= 0 && n_terms <= kMaxTerms, "terms must hold at most ", kMaxTerms,
-              " tensors, got ", n_terms);
-  TORCH_CHECK(static_cast<int64_t>(coeffs.size()) == int64_t(n_out) * (n_terms + 1),
-              "coeffs must hold len(bases) * (len(terms) + 1) = ", n_out * (n_terms + 1),
-              " values, got ", coeffs.size());
+  check_epilogue_settings(act, n_out, n_terms, coeffs.size());
   Epilogue<acc_t> e{};
   e.act = act;
   e.scale = static_cast<acc_t>(scale);

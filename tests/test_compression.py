@@ -33,21 +33,9 @@ def _data(n, seed):
     return torch.randn(n, 1, 6, 6, generator=g), torch.randint(0, 10, (n,), generator=g)
 
 
+# latency is a fixed cost in every test (conftest.fixed_cost_latency): the choices here do
+# not depend on timing
 FAST = {"log": lambda *a: None, "schemes": ["euler", "rk4"]}
-
-
-@pytest.fixture(autouse=True)
-def cost_clock(monkeypatch):
-    """Latency as a fixed cost (rate evaluations of the blocks, weighted by their nodes),
-    so that the choice does not depend on timing noise: tests time nothing."""
-
-    def latency(model, x, min_run_time=0.3):
-        return sum(
-            contnet.schemes.get(b.scheme).stages * b.n_steps * (1 + b.unit.n_basis / 100)
-            for b in contnet.block.blocks_of(model)
-        )
-
-    monkeypatch.setattr(compression, "measure_latency", latency)
 
 
 def test_any_module_is_compressed_and_left_unchanged():

@@ -171,31 +171,3 @@ def test_pinned_tampered_checkpoints(how, where, value, saved, tmp_path):
     _tamper(path, tmp_path / "tampered.pt", how, where, value)
     with pytest.raises(checkpoint.CheckpointError, match="tampered.pt"):
         _load_everything(tmp_path / "tampered.pt", ds, tmp_path)
-
-
-def test_a_module_that_is_not_a_continuous_net_round_trips(tmp_path):
-    torch.manual_seed(0)
-
-    def build():
-        unit = contnet.ConvUnit(3, n_basis=2, basis="legendre", norm="batch", preact=True)
-        head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-        return torch.nn.Sequential(contnet.ContinuousBlock(unit, scheme="heun"), head)
-
-    model = build()
-    contnet.refine(model)  # legendre 2 -> 4 nodes; its norms keep their one cell
-    model[0].scheme = "rk4"
-    path = checkpoint.save_checkpoint(tmp_path / "mine.pt", model)
-    payload = checkpoint.load_checkpoint(path)
-    with pytest.raises(
-        checkpoint.CheckpointError, match=r"mine\.pt holds a .*Sequential.*load_model_state"
-    ):
-        checkpoint.model_from_checkpoint(payload)
-    again = checkpoint.load_model_state(payload, build())  # built at 2 nodes, as the user did
-    assert again[0].unit.n_basis == 4 and again[0].n_steps == 4 and again[0].scheme == "rk4"
-    x = torch.randn(2, 3, 5, 5)
-    model.eval(), again.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(again(x), model(x), rtol=0, atol=0)
-    wrong = torch.nn.Sequential(contnet.ContinuousBlock(contnet.ConvUnit(4, n_basis=2)))
-    with pytest.raises(checkpoint.CheckpointError, match=r"mine\.pt weights do not fit"):
-        checkpoint.load_model_state(payload, wrong)

@@ -80,10 +80,10 @@ def _sources(pattern):
 
 def _shared_cxx_runtime():
     """Linker arguments that tie the extension to the shared C++ runtime (libstdc++.so.6),
-    the one Python and torch have loaded, by its path. A build that took the static archive
-    instead (seen with g++ 13.3 against torch 2.11) gave the extension a second copy of the
-    runtime whose locale state is not the loaded one's: reading a number from a stream, or
-    building an error message, then called into the wrong facet and crashed. Linux only."""
+    the one Python and torch have loaded, by its path. A build that takes the static archive
+    instead gives the extension a second copy of the runtime, whose locale state is not the
+    loaded one's: reading a number from a stream, or building an error message, then calls
+    into the wrong facet and crashes. Linux only."""
     if not sys.platform.startswith("linux"):
         return []
     try:

@@ -7,8 +7,8 @@
 // the op torch.ops.contnet.rk_epilogue.default calls, through the same dispatcher (autograd,
 // the device's kernel, Python dispatch modes, the profiler, tracing), with the arguments
 // read directly from the Python objects: torch.ops first converts every argument to a boxed
-// value against the schema, ~5 us of host time a call, paid by every stage of an
-// integration. Anything but plain tensors, Python numbers and lists or tuples of tensors and
+// value against the schema, host time paid by every stage of an integration (the figures
+// are in bench/README.md). Anything but plain tensors, Python numbers and lists or tuples of tensors and
 // numbers (a tensor subclass, a torch function mode, keyword arguments, a wrong type) goes
 // to torch.ops unchanged, which gives it the behaviour and the errors it gives any call.
 #include <Python.h>  // first, as Python asks

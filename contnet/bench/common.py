@@ -42,9 +42,9 @@ ALLOCATOR = "system allocator defaults"
 def keep_freed_memory() -> str:
     """Ask glibc's malloc to keep freed memory in the process (mmap and trim thresholds at
     1 GiB), as a caching allocator does. Without it, whether a freed tensor's pages go back
-    to the kernel -- and are faulted in again on the next allocation, costing up to ~15%
-    of a CPU forward pass here -- depends on allocation history, and flips between
-    implementations and runs. Applies to every implementation alike."""
+    to the kernel -- and are faulted in again on the next allocation, a part of a CPU
+    forward pass that bench/README.md gives -- depends on allocation history, and flips
+    between implementations and runs. Applies to every implementation alike."""
     import ctypes
     import ctypes.util
 

@@ -70,7 +70,7 @@ def inference(
 
 
 def inference_main(argv=None):
-    p = argparse.ArgumentParser(description=inference.__doc__)
+    p = argparse.ArgumentParser(prog="contnet bench inference", description=inference.__doc__)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--rounds", type=int, default=5)

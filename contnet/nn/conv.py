@@ -15,7 +15,8 @@ from .time_dependent import TimeDependent, interpolate, node_layout_like
 
 def conv_args(conv) -> tuple:
     """``(stride, padding, dilation, groups)`` of a convolution for ``F.conv2d``, each pair
-    with equal entries passed as one int (parsed faster than a tuple: ~1 us a call)."""
+    with equal entries passed as one int, which ``F.conv2d`` parses faster than a tuple
+    (host time paid at every stage; bench/README.md has the figures)."""
 
     def arg(v):
         return v[0] if isinstance(v, tuple) and len(set(v)) == 1 else v

@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.contnet-installed
 LINTED := contnet tests setup.py
-SOURCES := setup.py pyproject.toml contnet/ops/activations.def $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu csrc/include/contnet/*)
+SOURCES := setup.py pyproject.toml contnet/ops/activations.def $(wildcard csrc/*.cpp csrc/autograd/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu csrc/include/contnet/*)
 
 export PATH := $(BIN):$(PATH)
 export MAX_JOBS ?= 2

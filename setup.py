@@ -98,7 +98,7 @@ def _shared_cxx_runtime():
     return [out] if os.path.isabs(out) and os.path.isfile(out) else []
 
 
-sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
+sources = _sources("csrc/*.cpp") + _sources("csrc/autograd/*.cpp") + _sources("csrc/cpu/*.cpp")
 # -fno-trapping-math: floating-point exceptions are never observed, so selects such as
 # relu's gradient (z > 0 ? g : 0) vectorise; results are unchanged (no reassociation).
 extra = {"cxx": ["-O3", "-fno-trapping-math"]}

@@ -23,12 +23,9 @@
 #include <optional>
 #include <vector>
 
-namespace contnet {
+#include "contnet/dispatch.h"
 
-// csrc/autograd.cpp: the op through the dispatcher
-std::vector<at::Tensor> rk_epilogue_op(const at::Tensor& y, const std::optional<at::Tensor>& bias, int64_t act,
-                                       double scale, at::TensorList bases, at::TensorList terms, double h,
-                                       at::ArrayRef<double> coeffs, bool return_k, bool return_mask);
+namespace contnet {
 
 namespace {
 

@@ -77,7 +77,7 @@ class ContinuousNet(nn.Module):
             "widths": list(widths),
             "n_basis": n_basis,
             "basis": basis,
-            "scheme": scheme if isinstance(scheme, str) else schemes_lib.get(scheme).name,
+            "scheme": schemes_lib.name_of(scheme),
             "n_steps": n_steps,
             "act": act,
             "norm": norm,

@@ -10,6 +10,7 @@ from .block import ContinuousBlock
 from .integrate import odeint
 from .models import (
     ContinuousNet,
+    ContinuousTransformer,
     GraphedInference,
     Stitch,
     cuda_graph,
@@ -17,7 +18,15 @@ from .models import (
     project,
     refine,
 )
-from .nn import ConvUnit, TimeBatchNorm2d, TimeConv2d
+from .nn import (
+    BottleneckUnit,
+    ConvUnit,
+    MLPUnit,
+    TimeBatchNorm2d,
+    TimeConv2d,
+    TransformerUnit,
+    time_dependent,
+)
 from .version import __version__  # noqa: F401  (contnet.__version__)
 
 __all__ = [
@@ -33,8 +42,13 @@ __all__ = [
     "TimeConv2d",
     "TimeBatchNorm2d",
     "ConvUnit",
+    "BottleneckUnit",
+    "MLPUnit",
+    "TransformerUnit",
+    "time_dependent",
     "ContinuousBlock",
     "ContinuousNet",
+    "ContinuousTransformer",
     "Stitch",
     "refine",
     "project",

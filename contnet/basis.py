@@ -174,6 +174,15 @@ class Basis:
         flat = values.reshape(self.n_basis, -1)
         return torch.linalg.solve(vander, flat).reshape(values.shape)
 
+    def constant(self, value: torch.Tensor) -> torch.Tensor:
+        """Coefficients of ``theta(t) = value`` for every ``t`` (a stack of ``K`` along a
+        new first dimension), exact: ``value`` at every node of a nodal family, ``value``
+        and zeros for ``legendre`` (``P_0 = 1``)."""
+        stack = value.unsqueeze(0).expand((self.n_basis,) + tuple(value.shape))
+        if self.family != "legendre":
+            return stack.clone()
+        return torch.cat([value.unsqueeze(0), torch.zeros_like(stack[1:])])
+
     # ------------------------------------------------------------------ refinement
     def refined(self) -> Basis:
         """The next finer space of the family (contains this one)."""

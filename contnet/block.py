@@ -97,11 +97,14 @@ class ContinuousBlock(nn.Module):
             raise ValueError(f"unknown backprop {value!r}; expected one of {list(BACKPROP_MODES)}")
         self._backprop = value
 
-    def forward(self, x):
+    def forward(self, x, **kwargs):
+        """``x(1)`` from ``x(0) = x``. Keyword arguments go to every call of the unit, held
+        constant over depth (an attention mask, a conditioning input); gradients reach them
+        with ``backprop="direct"`` only."""
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
             raise TypeError(f"x must be a floating-point tensor, got {got}")
-        rate = self._rate(x)
+        rate = self._rate(x, kwargs)
         kw = {}
         if isinstance(schemes.get(self.scheme), schemes.LMResNet):
             kw["lm_k"] = self.lm.at(rate_times(self.scheme, self.n_steps))
@@ -111,14 +114,14 @@ class ContinuousBlock(nn.Module):
             tables, behind = [], set()
             if isinstance(rate, StageRate):
                 tables = rate.tensors()
-                behind = {id(t) for ts in self.unit.basis_tensors().values() for t in ts}
+                behind = {id(t) for t in _stacks(self.unit.basis_tensors())}
             kw["params"] = tables + [p for p in self.unit.parameters() if id(p) not in behind]
             kw["recompute"] = lambda: frozen_batch_stats(self.unit)
         return odeint(
             rate, x, scheme=self.scheme, n_steps=self.n_steps, backprop=self.backprop, **kw
         )
 
-    def _rate(self, x):
+    def _rate(self, x, kwargs=None):
         """The rate for one forward pass: the unit reading its weights at every stage time
         from a table built up front. ``piecewise_constant`` weights are views of the nodes
         (``unbind``, no copy); other bases are interpolated for all stage times and all
@@ -128,16 +131,20 @@ class ContinuousBlock(nn.Module):
         (:func:`contnet.nn.reads_weights_ahead`: a forward pre-hook, a parametrization,
         a subclass's own forward)."""
         unit = self.unit
+        plain = unit if not kwargs else lambda t, x: unit(t, x, **kwargs)
         if not conforms(unit, Unit) or not reads_weights_ahead(unit):
-            return unit
+            return plain
         basis = unit.basis
         if self.backprop != "direct" and basis.family != "piecewise_constant":
             # interpolated weights for every stage time would be held for backward, memory
             # growing with n_steps: checkpoint and adjoint interpolate inside each step
-            return unit
-        times, lookup = self._lookup(basis, x.device)
+            return plain
         groups = unit.basis_tensors()
-        flat = [t for ts in groups.values() for t in ts]
+        named = isinstance(groups, dict)  # else a layer's own list: weights as a tuple
+        flat = _stacks(groups)
+        if not flat:
+            return plain
+        times, lookup = self._lookup(basis, x.device)
         if basis.family == "piecewise_constant":
             nodes = [w.unbind(0) for w in flat]
             rows = [[node[k] for k in lookup] for node in nodes]
@@ -149,13 +156,14 @@ class ContinuousBlock(nn.Module):
             rows = [node_layout_like(w, v).unbind(0) for w, v in zip(flat, interp)]
         # every tensor at each stage time, then grouped by name: {"conv1": (W, b), ...}
         spans, j = [], 0
-        for name, ts in groups.items():
+        for name, ts in groups.items() if named else ():
             spans.append((name, j, j + len(ts)))
             j += len(ts)
         table = {
-            t: {name: column[a:b] for name, a, b in spans} for t, column in zip(times, zip(*rows))
+            t: {name: column[a:b] for name, a, b in spans} if named else column
+            for t, column in zip(times, zip(*rows))
         }
-        return StageRate(unit, table, x)
+        return StageRate(unit, table, x, kwargs)
 
     def _lookup(self, basis, device):
         """The stage times of a forward pass (:func:`contnet.integrate.rate_times`) and how
@@ -195,30 +203,39 @@ class ContinuousBlock(nn.Module):
 
 class StageRate:
     """A unit as the rate of one forward pass from ``x``, reading its weights from a table
-    of every stage time (``{t: {"conv1": (W, b), ...}}``). Keeps the unit's fusable tail."""
+    of every stage time (``{t: {"conv1": (W, b), ...}}``, or ``{t: (W, b)}`` for a layer),
+    and passing ``kwargs`` to every call. Keeps the unit's fusable tail."""
 
-    def __init__(self, unit: Unit, table, x):
-        self.unit, self.table = unit, table
+    def __init__(self, unit: Unit, table, x, kwargs=None):
+        self.unit, self.table, self.kwargs = unit, table, kwargs or {}
         self.fusable = conforms(unit, SplitUnit) and unit.fusable
         # split(t, x) -> (y, bias, act, scale), the unit's tail apart (see integrate.rk)
         self.split = None
+        kw = self.kwargs
         if self.fusable and conforms(unit, PassSplitUnit):
-            self.split = unit.stage_split(table, x)
+            self.split = unit.stage_split(table, x, **kw)
         elif self.fusable:
-            self.split = lambda t, x: unit.split(t, x, table[t])
+            self.split = lambda t, x: unit.split(t, x, weights=table[t], **kw)
 
     def __call__(self, t, x):
-        return self.unit(t, x, self.table[t])
+        if self.kwargs:
+            return self.unit(t, x, weights=self.table[t], **self.kwargs)
+        return self.unit(t, x, weights=self.table[t])
 
     def tensors(self) -> list:
         """Every distinct tensor of the table (the weights the rate reads)."""
         seen = {}
         for entry in self.table.values():
-            for ws in entry.values():
+            for ws in entry.values() if isinstance(entry, dict) else (entry,):
                 for w in ws:
                     if w is not None:
                         seen[id(w)] = w
         return list(seen.values())
+
+
+def _stacks(groups) -> list:
+    """The node stacks of a unit's ``basis_tensors()`` (a dict of lists, or a list)."""
+    return [t for ts in groups.values() for t in ts] if isinstance(groups, dict) else list(groups)
 
 
 def blocks_of(module: nn.Module) -> list[ContinuousBlock]:

@@ -71,16 +71,20 @@ def test_time_conv_padding_as_conv2d_takes_it(padding):
 
 
 def test_errors_name_the_argument():
-    with pytest.raises(ValueError, match=r"padding='same' needs stride 1 and an odd kernel_size"):
-        contnet.TimeConv2d(3, 4, 4, padding="same")
+    with pytest.raises(
+        ValueError, match=r"padding='same' with an even kernel_size needs padding_mode='zeros'"
+    ):
+        contnet.TimeConv2d(3, 4, 4, padding="same", padding_mode="reflect")
     with pytest.raises(ValueError, match=r"padding='same' needs stride 1"):
         contnet.TimeConv2d(3, 4, 3, stride=2, padding="same")
-    with pytest.raises(ValueError, match="padding must be an int, a pair, 'same' or 'valid'"):
+    with pytest.raises(ValueError, match="padding must be an int, 2 ints, 'same' or 'valid'"):
         contnet.TimeConv2d(3, 4, 3, padding="full")
-    with pytest.raises(ValueError, match="padding must be one or two non-negative ints"):
+    with pytest.raises(ValueError, match="padding must be one or 2 non-negative ints"):
         contnet.TimeConv2d(3, 4, 3, padding=-1)
-    with pytest.raises(ValueError, match="padding must be one or two non-negative ints"):
+    with pytest.raises(ValueError, match="padding must be one or 2 non-negative ints"):
         contnet.TimeConv2d(3, 4, 3, padding=(1,))
+    with pytest.raises(ValueError, match="padding_mode must be one of"):
+        contnet.TimeConv2d(3, 4, 3, padding_mode="mirror")
     with pytest.raises(ValueError, match="stride must be >= 1"):
         contnet.TimeConv2d(3, 4, 3, stride=0)
     with pytest.raises(ValueError, match="kernel_size must be odd"):

@@ -203,8 +203,8 @@ def test_time_conv_any_arguments(data):
 def test_time_batch_norm_any_arguments(data):
     count_case("api.TimeBatchNorm2d")
     draw = data.draw
-    a = Args(draw, ["channels", "n_cells", "eps", "momentum", "t", "x"])
-    c = a("channels", [1, 3], [0, -1, "3", 1.5])
+    a = Args(draw, ["num_features", "n_cells", "eps", "momentum", "t", "x"])
+    c = a("num_features", [1, 3], [0, -1, "3", 1.5])
     cells = a("n_cells", [1, 2, 4], [0, -2, 2.5])
     eps = a("eps", [1e-5, 1e-3], [0.0, -1.0, NAN, "1e-5"])
     momentum = a("momentum", [0.1, 0.0, 1.0], [None, -0.1, 1.5, NAN])

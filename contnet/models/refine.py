@@ -15,7 +15,7 @@ __all__ = ["refine", "project"]
 def refine(module: nn.Module, *, steps: bool = True, optimizer=None) -> dict:
     """Refine every time-dependent layer of ``module`` to the next finer basis (exact:
     ``theta(t)`` is unchanged) and, with ``steps``, double every block's ``n_steps``. The
-    batch norms of a :class:`ConvUnit` follow its weights' cells (a ``legendre`` basis has
+    batch norms of a unit follow its weights' cells (a ``legendre`` basis has
     one cell at every size: its norms keep theirs).
 
     The refined tensors are new parameters: pass the ``optimizer`` so that it holds them in

@@ -2,28 +2,58 @@
 parameters are basis expansions in depth; the Unit protocol a block integrates; the
 refinement and projection of a module tree.
 
-- :class:`TimeConv2d`, :class:`TimeBatchNorm2d`, :class:`TimeScalar` (LM-ResNet's
-  ``k(t)``), on :class:`TimeDependent` (exact refinement, L2 projection);
-- :class:`ConvUnit`, the residual unit ``R(t, x)``, which satisfies :class:`Unit` (and
-  :class:`SplitUnit`: its tail may be fused);
+- layers on :class:`TimeDependent` (exact refinement, L2 projection):
+  :class:`TimeLinear`, :class:`TimeConv1d`, :class:`TimeConv2d`, :class:`TimeConv3d`,
+  :class:`TimeLayerNorm`, :class:`TimeGroupNorm`, :class:`TimeBatchNorm1d`,
+  :class:`TimeBatchNorm2d`, :class:`TimeBatchNorm3d`, :class:`TimeScalar` (LM-ResNet's
+  ``k(t)``); and :func:`time_dependent`, any module made time-dependent;
+- the residual units ``R(t, x)``, which satisfy :class:`Unit`: :class:`ConvUnit`,
+  :class:`BottleneckUnit`, :class:`MLPUnit`, :class:`TransformerUnit`;
 - :func:`project`, :func:`refine_bases`, :func:`map_bases`.
 """
 
+from .bottleneck import BottleneckUnit
 from .checks import check_state
-from .conv import TimeConv2d
+from .conv import TimeConv1d, TimeConv2d, TimeConv3d, TimeConvNd
 from .dispatch import dispatch_free
-from .norm import TimeBatchNorm2d, frozen_batch_stats
+from .linear import TimeLinear
+from .norm import (
+    TimeBatchNorm,
+    TimeBatchNorm1d,
+    TimeBatchNorm2d,
+    TimeBatchNorm3d,
+    TimeGroupNorm,
+    TimeLayerNorm,
+    frozen_batch_stats,
+)
 from .protocol import PassSplitUnit, SplitUnit, Unit, conforms
 from .refine import map_bases, project, refine_bases
 from .time_dependent import TimeDependent, TimeScalar, interpolate, node_layout_like
-from .units import ACTIVATIONS, NORMS, ConvUnit, reads_weights_ahead
+from .time_module import TimeModule, time_dependent
+from .transformer import MLPUnit, TransformerUnit
+from .units import ACTIVATIONS, NORMS, ConvUnit, TimeUnit, reads_weights_ahead
 
 __all__ = [
     "TimeDependent",
+    "TimeLinear",
+    "TimeConvNd",
+    "TimeConv1d",
     "TimeConv2d",
+    "TimeConv3d",
+    "TimeBatchNorm",
+    "TimeBatchNorm1d",
     "TimeBatchNorm2d",
+    "TimeBatchNorm3d",
+    "TimeLayerNorm",
+    "TimeGroupNorm",
     "TimeScalar",
+    "TimeModule",
+    "time_dependent",
+    "TimeUnit",
     "ConvUnit",
+    "BottleneckUnit",
+    "MLPUnit",
+    "TransformerUnit",
     "Unit",
     "SplitUnit",
     "PassSplitUnit",

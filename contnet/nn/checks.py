@@ -36,15 +36,31 @@ def positive_float(v, name: str) -> float:
     return v
 
 
-def check_state(x, channels: int, what: str = "channels") -> None:
-    """``x`` must be a floating-point ``(N, channels, H, W)`` tensor (``what`` names the
-    setting ``channels`` comes from, for the message)."""
+_SPATIAL = {0: "", 1: ", L", 2: ", H, W", 3: ", D, H, W"}
+
+
+def check_state(x, channels: int, what: str = "channels", dims: int = 2) -> None:
+    """``x`` must be a floating-point ``(N, channels, *spatial)`` tensor with ``dims``
+    spatial dimensions (``what`` names the setting ``channels`` comes from, for the
+    message)."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
         raise TypeError(f"x must be a floating-point tensor, got {got}")
-    if x.dim() != 4 or x.shape[1] != channels:
+    if x.dim() != dims + 2 or x.shape[1] != channels:
         raise ValueError(
-            f"x must have shape (N, {channels}, H, W) for {what}={channels}, got {tuple(x.shape)}"
+            f"x must have shape (N, {channels}{_SPATIAL[dims]}) for {what}={channels}, "
+            f"got {tuple(x.shape)}"
+        )
+
+
+def check_features(x, features: int, what: str) -> None:
+    """``x`` must be a floating-point tensor whose last dimension is ``features``."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(f"x must be a floating-point tensor, got {got}")
+    if x.dim() < 1 or x.shape[-1] != features:
+        raise ValueError(
+            f"x must have shape (..., {features}) for {what}={features}, got {tuple(x.shape)}"
         )
 
 

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from .. import basis as basis_lib
-from .norm import TimeBatchNorm2d
+from .norm import TimeBatchNorm
+from .protocol import Unit, conforms
 from .time_dependent import TimeDependent
-from .units import ConvUnit
 
 __all__ = ["map_bases", "refine_bases", "project"]
 
@@ -62,7 +62,7 @@ def _basis_map(old: basis_lib.Basis, new: basis_lib.Basis) -> torch.Tensor:
 
 def map_bases(module: nn.Module, target, optimizer=None) -> dict:
     """Move every time-dependent layer of ``module`` to the basis ``target(layer)`` (the
-    batch norms of a :class:`ConvUnit` to as many cells as its new weight basis has), and
+    batch norms of a unit to as many cells as ``target(unit)`` has), and
     the ``optimizer``'s state with them. Every target is computed, and every argument
     checked, before anything changes: an error leaves the module and the optimizer as
     they were."""
@@ -72,11 +72,11 @@ def map_bases(module: nn.Module, target, optimizer=None) -> dict:
         raise TypeError(
             f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}"
         )
-    follow = {}  # a unit's norms: piecewise constant on its weights' cells
+    follow = {}  # a unit's batch norms: piecewise constant on its weights' cells
     for unit in module.modules():
-        if isinstance(unit, ConvUnit):
-            cells = basis_lib.get("piecewise_constant", target(unit.conv1).n_cells)
-            follow.update({n: cells for n in (unit.norm1, unit.norm2) if n is not None})
+        if conforms(unit, Unit) and not isinstance(unit, TimeDependent):
+            cells = basis_lib.get("piecewise_constant", target(unit).n_cells)
+            follow.update({n: cells for n in unit.modules() if isinstance(n, TimeBatchNorm)})
     plans = []
     for m in module.modules():
         if isinstance(m, TimeDependent):
@@ -100,8 +100,8 @@ def refine_bases(module: nn.Module, optimizer=None) -> dict:
 
 def project(module: nn.Module, n_basis: int, basis: str | None = None, *, optimizer=None) -> dict:
     """L2-project every time-dependent layer of ``module`` onto ``n_basis`` nodes of
-    ``basis`` (default: each layer's own family). Batch-norm statistics of a
-    :class:`ConvUnit` go onto as many cells as its new weight basis has; other batch norms
+    ``basis`` (default: each layer's own family). Batch-norm statistics of a unit
+    (:class:`contnet.nn.Unit`) go onto as many cells as its new weight basis has; other batch norms
     onto ``n_basis`` cells. ``n_steps`` is left as it is. Returns ``{tensor: P}`` with
     ``new = P @ old`` along the node dimension.
     """
@@ -109,7 +109,7 @@ def project(module: nn.Module, n_basis: int, basis: str | None = None, *, optimi
         basis_lib.check_family(basis)
 
     def target(m):
-        if isinstance(m, TimeBatchNorm2d):
+        if isinstance(m, TimeBatchNorm):
             return basis_lib.get("piecewise_constant", n_basis)
         return basis_lib.get(basis or m.basis.family, n_basis)
 

@@ -48,6 +48,9 @@ class TimeDependent(nn.Module):
     :func:`contnet.refine`)."""
 
     _basis_tensors: tuple[str, ...] = ()
+    #: the tensors the layer reads at ``t`` as its weights (a block interpolates them for
+    #: every stage time of a forward pass at once); default: all of ``_basis_tensors``
+    _read_tensors: tuple[str, ...] | None = None
 
     def __init__(self, basis: basis_lib.Basis):
         super().__init__()
@@ -60,6 +63,22 @@ class TimeDependent(nn.Module):
     def coefficients(self, t: float):
         """Non-zero ``(k, phi_k(t))`` of this layer's basis at time ``t``."""
         return self.basis.coefficients(t)
+
+    def basis_tensors(self) -> list[torch.Tensor]:
+        """The node stacks the layer reads at ``t`` (those that are not None), in the order
+        of :meth:`at`'s result and of the ``weights`` its ``forward`` takes."""
+        names = self._basis_tensors if self._read_tensors is None else self._read_tensors
+        return [v for v in (getattr(self, n) for n in names) if v is not None]
+
+    def at(self, t: float) -> tuple[torch.Tensor, ...]:
+        """The values at ``t`` of :meth:`basis_tensors` (views of a node where the basis
+        has a single unit coefficient there)."""
+        c = self.coefficients(check_time(t))
+        return tuple(interpolate(v, c) for v in self.basis_tensors())
+
+    def _weights(self, t: float, weights) -> tuple:
+        """``weights`` if given (the values at ``t`` a block looked up), else :meth:`at`."""
+        return self.at(t) if weights is None else weights
 
     def _format_like(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         """The layout a replacement tensor takes (subclasses keep memory formats)."""
@@ -79,13 +98,19 @@ class TimeDependent(nn.Module):
                 value = self._format_like(old, basis_lib.apply_matrix(M, old.detach()))
                 if isinstance(old, nn.Parameter):
                     new = nn.Parameter(value, requires_grad=old.requires_grad)
-                    setattr(self, name, new)
                 else:
                     new = value
-                    self._buffers[name] = new
+                self._replace(name, new)
                 changes.append((old, new, M))
         self.basis = new_basis
         return changes
+
+    def _replace(self, name: str, new: torch.Tensor) -> None:
+        """Put ``new`` in the place of the basis tensor ``name``."""
+        if isinstance(new, nn.Parameter):
+            setattr(self, name, new)
+        else:
+            self._buffers[name] = new
 
     def refine(self) -> list:
         """Move to the next finer basis of the family without changing ``theta(t)``.

@@ -12,6 +12,7 @@ from .checks import check_state, positive_int, real
 from .conv import TimeConv2d, conv_args
 from .dispatch import dispatch_free
 from .norm import TimeBatchNorm2d
+from .time_dependent import TimeDependent
 
 #: the activations a unit may apply, by name (the table of contnet/ops/activations.def)
 ACTIVATIONS = MODULE_FUNCS
@@ -20,14 +21,23 @@ ACTIVATIONS = MODULE_FUNCS
 NORMS = (None, "batch")
 
 
+def own_forward(module: nn.Module) -> bool:
+    """Whether ``module.forward`` is that of contnet's class it derives from (no subclass's
+    own forward to honour, which might not take the stage's ``weights``)."""
+    for cls in type(module).__mro__:
+        if cls.__module__.startswith(__package__):
+            return type(module).forward is cls.forward
+    return False
+
+
 def reads_weights_ahead(unit: nn.Module) -> bool:
     """Whether a forward pass may read ``unit``'s weights at every stage time before it
     runs (the table of :class:`contnet.ContinuousBlock`) with the result of calling it at
     every stage: no forward pre-hook on it or its submodules, nor a global one (such a hook,
     as ``torch.nn.utils.weight_norm``'s, may recompute a weight at each call), no
-    parametrized tensor, and for a :class:`ConvUnit` its own ``forward`` (which takes the
-    stage's weights)."""
-    if isinstance(unit, ConvUnit) and not unit._own_forward:
+    parametrized tensor, and for contnet's units and layers their own ``forward`` (which
+    takes the stage's weights)."""
+    if isinstance(unit, (TimeUnit, TimeDependent)) and not own_forward(unit):
         return False
     if getattr(nn.modules.module, "_global_forward_pre_hooks", True):
         return False
@@ -40,7 +50,47 @@ def reads_weights_ahead(unit: nn.Module) -> bool:
     )
 
 
-class ConvUnit(nn.Module):
+def check_choice(value, choices, name: str):
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {list(choices)}")
+    return value
+
+
+class TimeUnit(nn.Module):
+    """Base of contnet's residual units: the layers named in ``_weight_layers`` share one
+    weight basis, which is the unit's; :meth:`basis_tensors` groups their stacks by layer
+    name, and :meth:`layer` calls one of them with its group of ``weights``."""
+
+    _weight_layers: tuple[str, ...] = ()
+
+    @property
+    def basis(self) -> basis_lib.Basis:
+        return getattr(self, self._weight_layers[0]).basis
+
+    @property
+    def n_basis(self) -> int:
+        return self.basis.n_basis
+
+    def basis_tensors(self) -> dict[str, list[torch.Tensor]]:
+        """``{layer name: [node stacks]}``: the tensors expanded in the unit's weight basis,
+        which a block interpolates for all stage times at once."""
+        groups = {}
+        for name in self._weight_layers:
+            layer = getattr(self, name)
+            if layer is not None:
+                groups[name] = layer.basis_tensors()
+        return groups
+
+    def layer(self, name: str, t: float, x, weights, **kw):
+        """Layer ``name`` at ``t`` on ``x``, with its values from ``weights`` if given."""
+        return getattr(self, name)(t, x, None if weights is None else weights[name], **kw)
+
+    @property
+    def _own_forward(self) -> bool:
+        return own_forward(self)
+
+
+class ConvUnit(TimeUnit):
     """The residual unit ``R(t, x)``: two 3x3 time-dependent convolutions.
 
     - ``preact=False``: ``R = scale * act(norm2(conv2(act(norm1(conv1(x))))))``
@@ -52,6 +102,8 @@ class ConvUnit(nn.Module):
     cell per cell of the weight basis); convolutions carry a bias only without norm.
     ``scale`` is a fixed factor on the rate.
     """
+
+    _weight_layers = ("conv1", "conv2")
 
     def __init__(
         self,
@@ -72,10 +124,8 @@ class ConvUnit(nn.Module):
         super().__init__()
         channels = positive_int(channels, "channels")
         hidden = channels if hidden is None else positive_int(hidden, "hidden")
-        if act not in ACTIVATIONS:
-            raise ValueError(f"unknown act {act!r}; expected one of {list(ACTIVATIONS)}")
-        if norm not in NORMS:
-            raise ValueError(f"unknown norm {norm!r}; expected one of {list(NORMS)}")
+        check_choice(act, ACTIVATIONS, "act")
+        check_choice(norm, NORMS, "norm")
         basis_lib.check_family(basis)
         for v in nn.modules.utils._pair(kernel_size):
             if positive_int(v, "kernel_size") % 2 == 0:
@@ -98,24 +148,11 @@ class ConvUnit(nn.Module):
         else:
             self.norm1 = self.norm2 = None
 
-    @property
-    def basis(self) -> basis_lib.Basis:
-        return self.conv1.basis
-
-    @property
-    def n_basis(self) -> int:
-        return self.conv1.n_basis
-
     def _norm(self, norm, t, x):
         return x if norm is None else norm(t, x)
 
     def _check(self, x):
         check_state(x, self.channels, "channels")
-
-    def basis_tensors(self) -> dict[str, list[torch.Tensor]]:
-        """``{"conv1": [...], "conv2": [...]}``: the tensors expanded in the unit's weight
-        basis, which a block interpolates for all stage times at once."""
-        return {"conv1": self.conv1.basis_tensors(), "conv2": self.conv2.basis_tensors()}
 
     def _body(self, t, x, weights, direct=False):
         """Everything up to conv2's output, without conv2's bias. ``direct``: the
@@ -149,10 +186,6 @@ class ConvUnit(nn.Module):
     @property
     def _tail_fusable(self) -> bool:
         return self.preact or self.norm2 is None
-
-    @property
-    def _own_forward(self) -> bool:  # no subclass's forward to honour
-        return type(self).forward is ConvUnit.forward
 
     def split(self, t: float, x: torch.Tensor, weights=None):
         """``(y, bias, act, scale)`` with ``R(t, x) = scale * act(y + bias)``, ``y`` being

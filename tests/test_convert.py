@@ -60,7 +60,9 @@ def test_from_resnet_refuses_what_it_cannot_convert():
         contnet.from_resnet([b])
     b = PreActBlock(4, 4)
     b.bn1.momentum = 0.2
-    with pytest.raises(ValueError, match=r"stage\[1\] batch norms must share momentum=0.1"):
+    with pytest.raises(
+        ValueError, match=r"stage\[1\] batch norms must share eps=1e-05 and momentum=0.1"
+    ):
         contnet.from_resnet([PreActBlock(4, 4), b])
 
 
@@ -120,7 +122,10 @@ def test_from_resnet_names_norm_features_of_a_post_activation_shape():
     # conv1 4 -> 6: a post-activation block normalises 6 then 4 features
     b = PreActBlock(4, 6)
     b.bn1, b.bn2 = nn.BatchNorm2d(6), nn.BatchNorm2d(4)
-    with pytest.raises(ValueError, match=r"stage\[0\] batch norms have 6 and 4 features"):
+    with pytest.raises(
+        ValueError,
+        match=r"stage\[0\] batch norm 1 has 6 features; a pre-activation block normalises conv1's input \(4\)",
+    ):
         contnet.from_resnet([b])
 
 

@@ -1,5 +1,5 @@
-"""Conversion of a pre-activation residual stage into an equivalent ``ContinuousBlock``
-(ResNet equivalence: ``x <- x + f_i(x)``, ``i < N``, is a ``piecewise_constant`` block
+"""Conversion of a pre-activation residual stage (basic or bottleneck blocks) into an
+equivalent ``ContinuousBlock`` (ResNet equivalence: ``x <- x + f_i(x)``, ``i < N``, is a ``piecewise_constant`` block
 with ``K = N`` cells, ``euler``, ``n_steps = N``, the rate scaled by ``N``).
 
 A conversion is exact and checked, or refused: every parameter, buffer and submodule of
@@ -13,11 +13,17 @@ import torch
 from torch import nn
 
 from ..block import ContinuousBlock
-from ..nn import ConvUnit
+from ..nn import BottleneckUnit, ConvUnit
 
 __all__ = ["from_resnet"]
 
-_NORMS = ("bn1", "norm1", "bn2", "norm2")
+#: the (norm, conv) pairs of each kind of block, the norms by their torch and timm names
+_BASIC = ((("bn1", "norm1"), "conv1"), (("bn2", "norm2"), "conv2"))
+_BOTTLENECK = (*_BASIC, (("bn3", "norm3"), "conv3"))
+_FORMULA = {
+    2: "x + conv2(relu(bn2(conv1(relu(bn1(x))))))",
+    3: "x + conv3(relu(bn3(conv2(relu(bn2(conv1(relu(bn1(x)))))))))",
+}
 _SHORTCUTS = ("shortcut", "downsample")
 # what a batch norm may hold: torch's, and timm's BatchNormAct2d (its act and drop)
 _NORM_PARAMS = {"weight", "bias"}
@@ -38,7 +44,7 @@ def _find(block, i, names, what):
     if not found:
         raise ValueError(
             f"stage[{i}] ({_describe(block)}) has no {what} (looked for {list(names)}); "
-            "from_resnet takes pre-activation blocks x + conv2(relu(bn2(conv1(relu(bn1(x))))))"
+            f"from_resnet takes pre-activation blocks {_FORMULA[2]} or {_FORMULA[3]}"
         )
     return found[0]
 
@@ -66,41 +72,31 @@ def _check_norm(i, name, bn) -> None:
         )
 
 
-def _check_conv(i, name, conv, kernel_size) -> None:
+def _check_conv(i, name, conv, kernel_size, groups) -> None:
     if type(conv) is not nn.Conv2d:
         raise ValueError(f"stage[{i}].{name} must be a plain nn.Conv2d, got {_describe(conv)}")
     k = conv.kernel_size
     if (
         conv.stride != (1, 1)
-        or conv.groups != 1
         or conv.dilation != (1, 1)
         or conv.padding != (k[0] // 2, k[1] // 2)
         or conv.padding_mode != "zeros"
         or k[0] % 2 == 0
         or k[1] % 2 == 0
         or k != kernel_size
+        or conv.groups != groups
     ):
         raise ValueError(
-            f"stage[{i}].{name} must be an odd same-size convolution (stride 1, padding k//2, "
-            "no groups or dilation) with the kernel size of conv1"
+            f"stage[{i}].{name} must be a same-size convolution (stride 1, padding k//2, no "
+            f"dilation) of kernel size {kernel_size} and groups={groups}, got kernel size "
+            f"{k}, stride {conv.stride}, padding {conv.padding}, dilation {conv.dilation}, "
+            f"groups={conv.groups}"
         )
 
 
-def _parts(block, i):
-    """``(norm1, conv1, norm2, conv2)`` of a pre-activation block, after checking that
-    it holds nothing else that computes: no parameter, buffer or submodule unmapped."""
-    if type(block).__module__.startswith("torchvision"):
-        raise ValueError(
-            f"stage[{i}] is a torchvision {_describe(block)}, a post-activation block; "
-            "from_resnet takes pre-activation blocks x + conv2(relu(bn2(conv1(relu(bn1(x))))))"
-        )
-    if not isinstance(block, nn.Module):
-        raise TypeError(f"stage[{i}] must be an nn.Module, got {type(block).__name__}")
-    n1, norm1 = _find(block, i, _NORMS[:2], "bn1/norm1")
-    _, conv1 = _find(block, i, ("conv1",), "conv1")
-    n2, norm2 = _find(block, i, _NORMS[2:], "bn2/norm2")
-    _, conv2 = _find(block, i, ("conv2",), "conv2")
-    mapped = {n1, "conv1", n2, "conv2"}
+def _check_children(block, i, mapped) -> None:
+    """Nothing but the mapped layers, identity shortcuts and modules that compute nothing
+    (identities, relu): anything else a converted block would drop."""
     for name, m in block.named_children():
         if name in mapped:
             continue
@@ -122,76 +118,115 @@ def _parts(block, i):
             f"stage[{i}] ({_describe(block)}) holds {what}, which from_resnet does not map "
             "(a layer scale, say): a converted block would drop it"
         )
-    for name, bn in ((n1, norm1), (n2, norm2)):
-        _check_norm(i, name, bn)
-    for name, conv in (("conv1", conv1), ("conv2", conv2)):
-        _check_conv(i, name, conv, conv1.kernel_size)
-    return norm1, conv1, norm2, conv2
 
 
-def _check_stage(parts) -> tuple[int, int]:
-    """``(channels, hidden)`` of the stage; every block maps them alike."""
-    n1, c1, _, _ = parts[0]
-    channels, hidden = c1.in_channels, c1.out_channels
-    for i, (a, b, c, d) in enumerate(parts):
-        if (b.in_channels, b.out_channels, d.in_channels, d.out_channels) != (
-            channels,
-            hidden,
-            hidden,
-            channels,
-        ):
+def _parts(block, i) -> list[tuple[nn.BatchNorm2d, nn.Conv2d]]:
+    """``[(norm_j, conv_j)]`` of a pre-activation block (basic: 2 pairs; bottleneck, a
+    block with a ``conv3``: 3), after checking that it holds nothing else that computes:
+    no parameter, buffer or submodule unmapped."""
+    if not isinstance(block, nn.Module):
+        raise TypeError(f"stage[{i}] must be an nn.Module, got {type(block).__name__}")
+    if type(block).__module__.startswith("torchvision"):
+        raise ValueError(
+            f"stage[{i}] is a torchvision {_describe(block)}, a post-activation block; "
+            f"from_resnet takes pre-activation blocks {_FORMULA[2]} or {_FORMULA[3]}"
+        )
+    kind = _BOTTLENECK if getattr(block, "conv3", None) is not None else _BASIC
+    pairs, mapped = [], set()
+    for norms, conv_name in kind:
+        n, norm = _find(block, i, norms, "/".join(norms))
+        _, conv = _find(block, i, (conv_name,), conv_name)
+        pairs.append((n, norm, conv_name, conv))
+        mapped |= {n, conv_name}
+    _check_children(block, i, mapped)
+    for n, norm, _, _ in pairs:
+        _check_norm(i, n, norm)
+    kernel = pairs[0][3].kernel_size
+    for j, (_, _, name, conv) in enumerate(pairs):
+        if kind is _BOTTLENECK:  # 1x1, 3x3 (grouped or not), 1x1
+            _check_conv(i, name, conv, (3, 3) if j == 1 else (1, 1), conv.groups if j == 1 else 1)
+        else:
+            _check_conv(i, name, conv, kernel, 1)
+    return [(norm, conv) for _, norm, _, conv in pairs]
+
+
+def _check_stage(parts) -> None:
+    """Every block maps its channels as stage[0] does, ``C -> ... -> C``, each norm
+    normalising its conv's input, with stage[0]'s eps and momentum."""
+    first = [(c.in_channels, c.out_channels, c.groups) for _, c in parts[0]]
+    n1 = parts[0][0][0]
+    channels = first[0][0]
+    chain = [channels] + [out for _, out, _ in first]
+    if chain[-1] != channels or any(a != b for (_, a, _), (b, _, _) in zip(first, first[1:])):
+        raise ValueError(
+            f"stage[0] convolutions must map {channels} channels back to {channels} "
+            f"(they map {' -> '.join(map(str, chain))})"
+        )
+    for i, pairs in enumerate(parts):
+        got = [(c.in_channels, c.out_channels, c.groups) for _, c in pairs]
+        if len(got) != len(first) or got != first:
             raise ValueError(
-                f"stage[{i}] convolutions must map {channels} -> {hidden} -> {channels} "
-                "channels like stage[0]"
+                f"stage[{i}] convolutions must map channels as stage[0] does "
+                f"({' -> '.join(map(str, chain))}, groups {[g for *_, g in first]})"
             )
-        if (a.num_features, c.num_features) != (channels, hidden):
-            raise ValueError(
-                f"stage[{i}] batch norms have {a.num_features} and {c.num_features} features; "
-                f"a pre-activation block normalises its input ({channels}) and conv1's output "
-                f"({hidden})"
-            )
-        if (a.eps, c.eps) != (n1.eps, n1.eps):
-            raise ValueError(f"stage[{i}] batch norms must share eps={n1.eps} with stage[0]")
-        if (a.momentum, c.momentum) != (n1.momentum, n1.momentum):
-            raise ValueError(
-                f"stage[{i}] batch norms must share momentum={n1.momentum} with stage[0]"
-            )
-    return channels, hidden
+        for j, (norm, conv) in enumerate(pairs):
+            if norm.num_features != conv.in_channels:
+                raise ValueError(
+                    f"stage[{i}] batch norm {j + 1} has {norm.num_features} features; a "
+                    f"pre-activation block normalises conv{j + 1}'s input ({conv.in_channels})"
+                )
+            if (norm.eps, norm.momentum) != (n1.eps, n1.momentum):
+                raise ValueError(
+                    f"stage[{i}] batch norms must share eps={n1.eps} and "
+                    f"momentum={n1.momentum} with stage[0]"
+                )
 
 
-def _build(parts, channels, hidden) -> ContinuousBlock:
-    n1, c1 = parts[0][:2]
-    N = len(parts)
-    w = c1.weight
-    k = c1.kernel_size
-    unit = ConvUnit(
-        channels,
-        hidden=hidden,
-        n_basis=N,
-        basis="piecewise_constant",
-        act="relu",
-        norm="batch",
-        preact=True,
-        kernel_size=k[0] if k[0] == k[1] else k,
-        scale=float(N),
-        bias=any(p.bias is not None for _, c, _, d in parts for p in (c, d)),
-        device=w.device,
-        dtype=w.dtype,
+def _unit(parts):
+    """The unit the blocks become: a :class:`ConvUnit` or a :class:`BottleneckUnit` with
+    one cell per block, the rate scaled by the number of blocks."""
+    convs = [c for _, c in parts[0]]
+    w, N = convs[0].weight, len(parts)
+    common = {
+        "n_basis": N,
+        "basis": "piecewise_constant",
+        "act": "relu",
+        "norm": "batch",
+        "preact": True,
+        "scale": float(N),
+        "bias": any(c.bias is not None for pairs in parts for _, c in pairs),
+        "device": w.device,
+        "dtype": w.dtype,
+    }
+    if len(convs) == 3:
+        return BottleneckUnit(
+            convs[0].in_channels, bottleneck=convs[0].out_channels, groups=convs[1].groups, **common
+        )
+    k = convs[0].kernel_size
+    kernel_size = k[0] if k[0] == k[1] else k
+    return ConvUnit(
+        convs[0].in_channels, hidden=convs[0].out_channels, kernel_size=kernel_size, **common
     )
+
+
+def _build(parts) -> ContinuousBlock:
+    unit = _unit(parts)
+    n1 = parts[0][0][0]
     with torch.no_grad():
-        for i, (a, b, c, d) in enumerate(parts):
-            for dst, src in ((unit.conv1, b), (unit.conv2, d)):
-                dst.weight[i].copy_(src.weight)
-                if dst.bias is not None:
-                    dst.bias[i].copy_(src.bias if src.bias is not None else 0.0)
-            for dst, src in ((unit.norm1, a), (unit.norm2, c)):
-                dst.running_mean[i].copy_(src.running_mean)
-                dst.running_var[i].copy_(src.running_var)
-                dst.weight[i].copy_(src.weight if src.affine else 1.0)
-                dst.bias[i].copy_(src.bias if src.affine else 0.0)
-        for norm in (unit.norm1, unit.norm2):
+        for i, pairs in enumerate(parts):
+            for j, (src_norm, src_conv) in enumerate(pairs, start=1):
+                conv, norm = getattr(unit, f"conv{j}"), getattr(unit, f"norm{j}")
+                conv.weight[i].copy_(src_conv.weight)
+                if conv.bias is not None:
+                    conv.bias[i].copy_(src_conv.bias if src_conv.bias is not None else 0.0)
+                norm.running_mean[i].copy_(src_norm.running_mean)
+                norm.running_var[i].copy_(src_norm.running_var)
+                norm.weight[i].copy_(src_norm.weight if src_norm.affine else 1.0)
+                norm.bias[i].copy_(src_norm.bias if src_norm.affine else 0.0)
+        for j in range(1, len(parts[0]) + 1):
+            norm = getattr(unit, f"norm{j}")
             norm.eps, norm.momentum = n1.eps, n1.momentum
-    return ContinuousBlock(unit, scheme="euler", n_steps=N)
+    return ContinuousBlock(unit, scheme="euler", n_steps=len(parts))
 
 
 def _tolerance(dtype: torch.dtype, n_blocks: int) -> float:
@@ -209,14 +244,15 @@ def _probe(blocks, block: ContinuousBlock, parts) -> None:
     that does not."""
     from ..integrate import odeint
 
-    w = parts[0][1].weight
+    conv1 = parts[0][0][1]
+    w = conv1.weight
     if w.device.type == "meta":
         raise ValueError("stage is on the meta device: from_resnet cannot check it")
     modes = [(m, m.training) for b in (*blocks, block) for m in b.modules()]
     try:
         for b in (*blocks, block):
             b.eval()
-        channels, size = parts[0][1].in_channels, max(8, 2 * max(parts[0][1].kernel_size) + 1)
+        channels, size = conv1.in_channels, max(8, 2 * max(conv1.kernel_size) + 1)
         gen = torch.Generator(device=w.device).manual_seed(_PROBE_SEED)
         x = torch.randn(4, channels, size, size, generator=gen, device=w.device).to(w.dtype)
         N = len(blocks)
@@ -230,7 +266,7 @@ def _probe(blocks, block: ContinuousBlock, parts) -> None:
             if not err <= _tolerance(w.dtype, i + 1) * (1.0 + scale):
                 raise ValueError(
                     f"stage[{i}] ({_describe(b)}) does not compute the pre-activation residual "
-                    "x + conv2(relu(bn2(conv1(relu(bn1(x)))))) of its layers: on a probe batch "
+                    f"{_FORMULA[len(parts[i])]} of its layers: on a probe batch "
                     f"(eval mode, {w.dtype}) the converted block differs from it by {err:.3g} "
                     f"after it (states of size {scale:.3g}). A post-activation block "
                     "(relu(bn2(conv2(relu(bn1(conv1(x))))) + x)) or a forward that does "
@@ -244,10 +280,13 @@ def _probe(blocks, block: ContinuousBlock, parts) -> None:
 def from_resnet(stage) -> ContinuousBlock:
     """Convert a pre-activation residual stage into an equivalent ``ContinuousBlock``.
 
-    ``stage``: an iterable (e.g. ``nn.Sequential``) of ``N`` residual blocks computing
-    ``x + conv2(relu(bn2(conv1(relu(bn1(x))))))`` with identity shortcuts (attributes
-    ``bn1, conv1, bn2, conv2``, or timm's ``norm1, conv1, norm2, conv2``). Returns a
-    ``piecewise_constant`` block with ``K = N`` cells, ``euler``, ``n_steps = N`` and the
+    ``stage``: an iterable (e.g. ``nn.Sequential``) of ``N`` residual blocks with identity
+    shortcuts, either basic, ``x + conv2(relu(bn2(conv1(relu(bn1(x))))))`` (attributes
+    ``bn1, conv1, bn2, conv2``, or timm's ``norm1, conv1, norm2, conv2``), which become a
+    :class:`ConvUnit`, or bottleneck, ``x + conv3(relu(bn3(conv2(relu(bn2(conv1(relu(bn1(x)))))))))``
+    with 1x1, 3x3 (grouped or not) and 1x1 convolutions (also ``norm3, conv3``: timm's
+    ``PreActBottleneck`` with plain convolutions and ``BatchNormAct2d``), which become a
+    :class:`BottleneckUnit`. Returns a ``piecewise_constant`` block with ``K = N`` cells, ``euler``, ``n_steps = N`` and the
     rate scaled by ``N``: block ``i`` becomes cell ``i``, so the output equals the stage's
     (batch norm in eval mode; in training mode the statistics are those of each cell).
 
@@ -267,7 +306,8 @@ def from_resnet(stage) -> ContinuousBlock:
     if not blocks:
         raise ValueError("stage must hold at least one residual block")
     parts = [_parts(b, i) for i, b in enumerate(blocks)]
-    block = _build(parts, *_check_stage(parts))
+    _check_stage(parts)
+    block = _build(parts)
     _probe(blocks, block, parts)
     block.train(getattr(stage, "training", blocks[0].training))
     return block

@@ -1,0 +1,99 @@
+"""from_resnet on pre-activation bottleneck stages, against timm's own ResNetV2 block
+definitions (random weights, nothing downloaded): converted exactly and self-checked, or
+refused naming the block and what it found."""
+
+import functools
+
+import pytest
+import torch
+from torch import nn
+
+import contnet
+
+from .helpers import randomise_norms
+
+timm = pytest.importorskip("timm")
+from timm.layers import BatchNormAct2d, create_conv2d  # noqa: E402
+from timm.models.resnetv2 import PreActBottleneck  # noqa: E402
+
+
+def _stage(n, chs=32, dtype=torch.float64, **kw):
+    kw = {"conv_layer": create_conv2d, "norm_layer": BatchNormAct2d, **kw}
+    blocks = nn.Sequential(*[PreActBottleneck(chs, chs, **kw) for _ in range(n)]).to(dtype)
+    randomise_norms(blocks)
+    return blocks.eval()
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_timm_preact_bottleneck_stage_converts_exactly(n):
+    stage = _stage(n)
+    block = contnet.from_resnet(stage)
+    assert isinstance(block.unit, contnet.BottleneckUnit)
+    assert block.unit.n_basis == n and block.unit.bottleneck == 8
+    x = torch.randn(2, 32, 6, 6, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(block.eval()(x), stage(x), rtol=1e-6, atol=1e-6)
+        err = (block(x) - stage(x)).abs().max().item()
+    assert err < 1e-12
+
+
+def test_grouped_and_float32_bottlenecks_convert():
+    stage = _stage(2, chs=64, dtype=torch.float32, groups=4)
+    block = contnet.from_resnet(stage)
+    assert block.unit.conv2.groups == 4
+    x = torch.randn(2, 64, 5, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(block.eval()(x), stage(x), rtol=1e-5, atol=1e-5)
+
+
+def test_the_stages_of_timms_resnetv2_50_convert_after_their_first_block():
+    model = timm.create_model("resnetv2_50", pretrained=False).double().eval()
+    randomise_norms(model)
+    blocks = model.stages[1].blocks
+    with pytest.raises(ValueError, match=r"stage\[0\]\.downsample is not an identity shortcut"):
+        contnet.from_resnet(blocks)
+    block = contnet.from_resnet(blocks[1:])
+    x = torch.randn(1, 512, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(block.eval()(x), blocks[1:](x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (
+            {"drop_path_rate": 0.1},
+            r"stage\[0\] \(PreActBottleneck\) has a submodule 'drop_path' \(DropPath\)",
+        ),
+        ({"conv_layer": None}, r"stage\[0\]\.conv1 must be a plain nn\.Conv2d, got StdConv2d"),
+        (
+            {"norm_layer": functools.partial(timm.layers.GroupNormAct, num_groups=8)},
+            r"stage\[0\]\.norm1 must be an nn\.BatchNorm2d with running statistics, got GroupNormAct",
+        ),
+        (
+            {"conv_layer": functools.partial(create_conv2d, padding=0)},
+            r"stage\[0\]\.conv2 must be a same-size convolution",
+        ),
+    ],
+)
+def test_timm_blocks_it_cannot_map_are_refused(kw, match):
+    with pytest.raises(ValueError, match=match):
+        contnet.from_resnet(_stage(2, **kw))
+
+
+def test_a_bottleneck_whose_forward_does_something_else_fails_the_probe():
+    class PostAct(PreActBottleneck):
+        def forward(self, x):  # the layers of a pre-activation block, used after the add
+            return torch.relu(
+                self.norm1(self.conv3(self.norm3(self.conv2(self.norm2(self.conv1(x))))) + x)
+            )
+
+    kw = {"conv_layer": create_conv2d, "norm_layer": BatchNormAct2d}
+    stage = nn.Sequential(PostAct(32, 32, **kw)).double()
+    # conv3 maps back to 32 channels; norm1 on them is what the pre-activation form reads
+    randomise_norms(stage)
+    with pytest.raises(
+        ValueError,
+        match=r"stage\[0\] \(PostAct\) does not compute the pre-activation residual x \+ conv3",
+    ):
+        contnet.from_resnet(stage.eval())

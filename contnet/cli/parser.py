@@ -33,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _train(sub) -> None:
     t = sub.add_parser(
         "train",
-        help="train a ContinuousNet, optionally refining it in depth",
-        description="Train a ContinuousNet; a checkpoint is written after every epoch.",
+        help="train a ContinuousNet or a ContinuousTransformer, optionally refining it in depth",
+        description="Train a ContinuousNet (--model convnet) or a ContinuousTransformer "
+        "(--model transformer); a checkpoint is written after every epoch.",
     )
     add_data(t)
     add_config_options(t)

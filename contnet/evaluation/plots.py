@@ -7,7 +7,7 @@ import pathlib
 
 import torch
 
-from ..nn import TimeConv2d
+from ..nn import TimeConvNd, TimeLinear
 from ..report import pyplot, save_figure
 
 __all__ = ["training_curves", "manifestation_heatmap", "theta_over_depth"]
@@ -87,26 +87,23 @@ def manifestation_heatmap(table: dict, path) -> pathlib.Path:
 
 @torch.no_grad()
 def theta_over_depth(model: torch.nn.Module, path, points: int = 200) -> pathlib.Path:
-    """For every time-dependent convolution, how its weights vary in depth: the relative
-    deviation ``|theta(t) - mean| / |mean|`` from their depth average over ``t`` (line)
-    and at each basis node (dots); the panel title gives ``|mean|``."""
+    """For every time-dependent convolution and linear layer, how its weights vary in
+    depth: the relative deviation ``|theta(t) - mean| / |mean|`` from their depth average
+    over ``t`` (line) and at each basis node (dots); the panel title gives ``|mean|``."""
     plt = pyplot()
-    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, TimeConv2d)]
+    kinds = (TimeConvNd, TimeLinear)
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)]
     cols = min(3, max(1, len(convs)))
     rows = math.ceil(len(convs) / cols) if convs else 1
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
     ts = [(i + 0.5) / points for i in range(points)]
     for ax, (name, conv) in zip(axes.flat, convs):
-        ws = torch.stack([conv.weight_at(t)[0] for t in ts]).flatten(1).float()
+        ws = torch.stack([conv.at(t)[0] for t in ts]).flatten(1).float()
         mean = ws.mean(0)
         scale = mean.norm().clamp_min(1e-12)
         ax.plot(ts, ((ws - mean).norm(dim=1) / scale).tolist(), lw=1.2)
         nodes = conv.basis.nodes().tolist()
-        node_w = (
-            torch.stack([conv.weight_at(min(max(t, 0.0), 1.0))[0] for t in nodes])
-            .flatten(1)
-            .float()
-        )
+        node_w = torch.stack([conv.at(min(max(t, 0.0), 1.0))[0] for t in nodes]).flatten(1).float()
         ax.plot(nodes, ((node_w - mean).norm(dim=1) / scale).tolist(), "o", ms=3)
         ax.set_title(
             f"{name} ({conv.basis.family}, K={conv.n_basis}), |mean|={scale.item():.2f}", fontsize=8

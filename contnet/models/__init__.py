@@ -1,14 +1,21 @@
-"""Networks built from continuous blocks (``ContinuousNet``, ``Stitch``), the refinement
-and projection of any module tree, the conversion of a pre-activation residual stage
-(``from_resnet``) and CUDA-graph inference (``cuda_graph``)."""
+"""Networks built from continuous blocks (``ContinuousNet``, ``Stitch``,
+``ContinuousTransformer``), the refinement and projection of any module tree, the
+conversion of a pre-activation residual stage (``from_resnet``) and CUDA-graph inference
+(``cuda_graph``)."""
 
 from .continuous_net import ContinuousNet, Stitch
 from .convert import from_resnet
 from .cuda_graph import GraphedInference, cuda_graph
 from .refine import project, refine
+from .transformer import ContinuousTransformer
+
+#: the networks a checkpoint can rebuild from their ``config`` (by class name)
+NETWORKS = {cls.__name__: cls for cls in (ContinuousNet, ContinuousTransformer)}
 
 __all__ = [
     "ContinuousNet",
+    "ContinuousTransformer",
+    "NETWORKS",
     "Stitch",
     "refine",
     "project",

@@ -4,8 +4,9 @@ string), written to a temporary file and renamed into place, read back with
 
 Any module can be saved. The metadata records the weight basis of every time-dependent
 layer and the manifestation of every block, so that the module rebuilt at another depth
-(a ContinuousNet from its config by :func:`model_from_checkpoint`; any module the user
-builds, by :func:`load_model_state`) is first brought to the saved depth, then loaded.
+(a ContinuousNet or ContinuousTransformer from its config by :func:`model_from_checkpoint`;
+any module the user builds, by :func:`load_model_state`) is first brought to the saved
+depth, then loaded.
 Reading a checkpoint raises nothing but :class:`CheckpointError`, naming the file and
 the reason."""
 
@@ -21,7 +22,7 @@ from torch import nn
 from .. import basis as basis_lib
 from .. import schemes as schemes_lib
 from ..block import ContinuousBlock, blocks_of
-from ..models import ContinuousNet, project, refine
+from ..models import NETWORKS, ContinuousNet, project, refine
 from ..nn import TimeDependent, map_bases
 
 __all__ = [
@@ -93,7 +94,7 @@ def save_checkpoint(
 ) -> pathlib.Path:
     """Write a checkpoint of any ``nn.Module`` atomically (temporary file, then rename):
     the previous file stays intact if anything fails. A human-readable ``.json`` of the
-    metadata goes beside it. A :class:`ContinuousNet` is rebuilt from it by
+    metadata goes beside it. A network of :data:`contnet.models.NETWORKS` is rebuilt from it by
     :func:`model_from_checkpoint`; another module is built by the user and loaded with
     :func:`load_model_state`."""
     if not isinstance(model, nn.Module):
@@ -110,7 +111,7 @@ def save_checkpoint(
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "class": f"{type(model).__module__}.{type(model).__qualname__}",
-        "model": model.config if isinstance(model, ContinuousNet) else None,
+        "model": model.config if isinstance(model, tuple(NETWORKS.values())) else None,
         "state": model_state(model),
         "epoch": epoch,
         "train": config,
@@ -222,10 +223,9 @@ def _where(payload) -> str:
     return f"checkpoint {payload.get('path', '')}".rstrip()
 
 
-def model_from_checkpoint(
-    payload: dict, *, n_basis: int | None = None, device="cpu"
-) -> ContinuousNet:
-    """Rebuild the :class:`ContinuousNet` of a checkpoint at the depth discretisation it
+def model_from_checkpoint(payload: dict, *, n_basis: int | None = None, device="cpu") -> nn.Module:
+    """Rebuild the network (a :class:`ContinuousNet` or :class:`ContinuousTransformer`,
+    by the class it records) of a checkpoint at the depth discretisation it
     was saved with and load its weights. With ``n_basis`` different from the saved one,
     the weights are refined (if ``n_basis`` is reached by refining) or projected (if
     smaller). A checkpoint of another module is refused: build it and use
@@ -233,7 +233,7 @@ def model_from_checkpoint(
     meta, where = payload["meta"], _where(payload)
     if meta["model"] is None:
         raise CheckpointError(
-            f"{where} holds a {meta.get('class', 'module')}, not a ContinuousNet that it "
+            f"{where} holds a {meta.get('class', 'module')}, not a network of contnet that it "
             "can rebuild from a config: build that module and load the checkpoint into it "
             "with contnet.checkpoint.load_model_state(payload, module)"
         )
@@ -244,11 +244,12 @@ def model_from_checkpoint(
     if len(set(map(str, state["basis"]))) != 1 or len(set(map(str, state["n_basis"]))) != 1:
         raise CheckpointError(
             f"{where} has stages of different weight bases ({state['basis']}, n_basis "
-            f"{state['n_basis']}); a ContinuousNet has one for all its stages"
+            f"{state['n_basis']}); a network of contnet has one for all its stages"
         )
     kw = {**meta["model"], "basis": state["basis"][0], "n_basis": state["n_basis"][0]}
+    network = NETWORKS.get(str(meta.get("class", "")).rpartition(".")[2], ContinuousNet)
     try:
-        model = ContinuousNet.from_config(kw)
+        model = network.from_config(kw)
     except _CONTENT_ERRORS as e:
         raise CheckpointError(f"{where} describes a model that cannot be built: {e}") from e
     _load(model, payload, where, built=True)

@@ -13,10 +13,12 @@ from torch import nn
 from .. import basis as basis_lib
 from .. import schemes as schemes_lib
 from ..integrate import BACKPROP_MODES
-from ..models import ContinuousNet
+from ..models import NETWORKS
 from ..nn import ACTIVATIONS, NORMS
 
 SCHEDULES = ("cosine", "step", "constant")
+MODELS = ("convnet", "transformer")
+OPTIMIZERS = ("sgd", "adamw")
 
 
 def option(group: str, help: str, kind: str | None = None, choices=None, depth: bool = False):
@@ -35,8 +37,34 @@ class TrainConfig:
 
     data: str = "digits"
     data_dir: str | None = None
+    model: str = field(
+        default="convnet",
+        metadata=option(
+            "model",
+            "network: convnet (ContinuousNet) or transformer (ContinuousTransformer on "
+            "image patches)",
+            choices=MODELS,
+        ),
+    )
     widths: tuple[int, ...] = field(
-        default=(16, 32, 64), metadata=option("model", "channels of each stage", "positive_ints")
+        default=(16, 32, 64),
+        metadata=option("model", "convnet: channels of each stage", "positive_ints"),
+    )
+    dim: int = field(
+        default=64, metadata=option("model", "transformer: token features", "positive_int")
+    )
+    heads: int = field(
+        default=4, metadata=option("model", "transformer: attention heads", "positive_int")
+    )
+    mlp_ratio: float = field(
+        default=2.0, metadata=option("model", "transformer: MLP hidden features / dim", "float")
+    )
+    patch_size: int = field(
+        default=2, metadata=option("model", "transformer: image patch side", "positive_int")
+    )
+    stages: int = field(
+        default=1,
+        metadata=option("model", "transformer: continuous encoder stages", "positive_int"),
     )
     basis: str = field(
         default="piecewise_constant",
@@ -62,23 +90,32 @@ class TrainConfig:
         ),
     )
     act: str = field(
-        default="relu", metadata=option("model", "activation", choices=tuple(ACTIVATIONS))
+        default="relu", metadata=option("model", "convnet: activation", choices=tuple(ACTIVATIONS))
     )
     norm: str | None = field(
-        default="batch", metadata=option("model", "normalisation", choices=NORMS)
+        default="batch", metadata=option("model", "convnet: normalisation", choices=NORMS)
     )
     preact: bool = True
     backprop: str = field(
         default="direct",
         metadata=option("model", "how gradients flow through the blocks", choices=BACKPROP_MODES),
     )
+    optimizer: str = field(
+        default="sgd",
+        metadata=option(
+            "optimisation",
+            "sgd (Nesterov momentum) or adamw (momentum is beta1)",
+            choices=OPTIMIZERS,
+        ),
+    )
     epochs: int = field(default=18, metadata=option("optimisation", "epochs", "positive_int"))
     batch_size: int = field(
         default=64, metadata=option("optimisation", "batch size", "positive_int")
     )
-    lr: float = field(default=0.1, metadata=option("optimisation", "SGD learning rate", "float"))
+    lr: float = field(default=0.1, metadata=option("optimisation", "learning rate", "float"))
     momentum: float = field(
-        default=0.9, metadata=option("optimisation", "SGD (Nesterov) momentum", "float")
+        default=0.9,
+        metadata=option("optimisation", "SGD (Nesterov) momentum, AdamW beta1", "float"),
     )
     weight_decay: float = field(
         default=5e-4, metadata=option("optimisation", "weight decay", "float")
@@ -135,6 +172,17 @@ class TrainConfig:
             raise ValueError(
                 f"unknown backprop {self.backprop!r}; expected one of {list(BACKPROP_MODES)}"
             )
+        for name, choices in (("model", MODELS), ("optimizer", OPTIMIZERS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(
+                    f"unknown {name} {getattr(self, name)!r}; expected one of {list(choices)}"
+                )
+        if self.model == "transformer" and self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if not (math.isfinite(self.mlp_ratio) and self.mlp_ratio > 0):
+            raise ValueError(f"mlp_ratio must be a positive number, got {self.mlp_ratio}")
+        if self.optimizer == "adamw" and self.momentum >= 1:
+            raise ValueError(f"momentum (AdamW's beta1) must be < 1, got {self.momentum}")
         if self.schedule not in SCHEDULES:
             raise ValueError(
                 f"unknown schedule {self.schedule!r}; expected one of {list(SCHEDULES)}"
@@ -142,19 +190,36 @@ class TrainConfig:
         basis_lib.get(self.basis, self.n_basis)  # validates the pair
         schemes_lib.get(self.scheme)
 
-    def model_kwargs(self, in_channels: int, num_classes: int) -> dict:
+    def network(self) -> str:
+        """The class name of the network (a key of :data:`contnet.models.NETWORKS`)."""
+        return {"convnet": "ContinuousNet", "transformer": "ContinuousTransformer"}[self.model]
+
+    def model_kwargs(self, in_channels: int, num_classes: int, image_size=None) -> dict:
+        """The network's constructor arguments for data of ``in_channels`` channels,
+        ``num_classes`` classes and images of ``image_size`` (the transformer's)."""
+        depth = {"n_basis": self.n_basis, "basis": self.basis, "scheme": self.scheme}
+        depth.update(n_steps=self.n_steps, backprop=self.backprop)
+        common = {"in_channels": in_channels, "num_classes": num_classes}
+        if self.model == "transformer":
+            if image_size is None:
+                raise ValueError("image_size is required for the transformer")
+            return {
+                **common,
+                "image_size": list(image_size),
+                "patch_size": self.patch_size,
+                "dim": self.dim,
+                "heads": self.heads,
+                "mlp_ratio": self.mlp_ratio,
+                "stages": self.stages,
+                **depth,
+            }
         return {
-            "in_channels": in_channels,
-            "num_classes": num_classes,
+            **common,
             "widths": list(self.widths),
-            "n_basis": self.n_basis,
-            "basis": self.basis,
-            "scheme": self.scheme,
-            "n_steps": self.n_steps,
+            **depth,
             "act": self.act,
             "norm": self.norm,
             "preact": self.preact,
-            "backprop": self.backprop,
         }
 
     def to_json(self) -> dict:
@@ -172,15 +237,30 @@ RESUME_KEYS = tuple(
 )
 
 
-# what a resumed run reads for a setting an older checkpoint does not record
-LEGACY = {"val_fraction": 0.0}
+# what a resumed run reads for a setting an older checkpoint does not record: the value
+# that every run before the setting existed had
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+LEGACY = {
+    "val_fraction": 0.0,
+    **{k: _DEFAULTS[k] for k in ("model", "dim", "heads", "mlp_ratio", "patch_size", "stages")},
+    "optimizer": "sgd",
+}
 
 
-def build_model(kwargs: dict) -> ContinuousNet:
-    return ContinuousNet.from_config(kwargs)
+def build_model(kwargs: dict, network: str = "ContinuousNet") -> nn.Module:
+    """The network ``network`` (a class name of :data:`contnet.models.NETWORKS`) built from
+    its constructor arguments."""
+    return NETWORKS[network].from_config(kwargs)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(
+            model.parameters(),
+            lr=cfg.lr,
+            betas=(cfg.momentum, 0.999),
+            weight_decay=cfg.weight_decay,
+        )
     return torch.optim.SGD(
         model.parameters(),
         lr=cfg.lr,

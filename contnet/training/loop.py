@@ -13,7 +13,7 @@ from torch import nn
 
 from ..block import blocks_of
 from ..models import refine
-from ..nn import TimeConv2d
+from ..nn import Unit, conforms
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import LEGACY, RESUME_KEYS, TrainConfig, build_model, make_optimizer, make_scheduler
 from .data import Dataset, Loader
@@ -25,8 +25,8 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def _n_basis(model: nn.Module) -> int:
-    """The largest weight-basis size of the model's time-dependent convolutions."""
-    return max((m.n_basis for m in model.modules() if isinstance(m, TimeConv2d)), default=0)
+    """The largest weight-basis size of the model's blocks' units."""
+    return max((b.unit.n_basis for b in blocks_of(model) if conforms(b.unit, Unit)), default=0)
 
 
 @torch.no_grad()
@@ -58,7 +58,8 @@ def _progress(iterable, enabled: bool, **kw):
 
 
 def train(cfg: TrainConfig, out_dir, dataset: Dataset, *, resume: bool = False, log=print) -> dict:
-    """Train a ContinuousNet on ``dataset``; checkpoint to ``out_dir/checkpoint.pt`` after
+    """Train the network of ``cfg`` (a ContinuousNet or a ContinuousTransformer) on
+    ``dataset``; checkpoint to ``out_dir/checkpoint.pt`` after
     every epoch. At the start of each epoch in ``cfg.refine_at`` the model is refined in
     depth (``K`` and ``n_steps`` double) and the optimiser state is mapped the same way.
     A stratified ``cfg.val_fraction`` of the training images is held out (see
@@ -84,7 +85,8 @@ def train(cfg: TrainConfig, out_dir, dataset: Dataset, *, resume: bool = False, 
         model, optimizer, scheduler, history = _resume(ckpt_path, cfg, device, loader, world, rank)
         log(f"resumed from {ckpt_path} after epoch {len(history)}")
     else:
-        model = build_model(cfg.model_kwargs(data.in_channels, data.num_classes)).to(device)
+        kwargs = cfg.model_kwargs(data.in_channels, data.num_classes, data.x_train.shape[2:])
+        model = build_model(kwargs, cfg.network()).to(device)
         optimizer = make_optimizer(model, cfg)
         scheduler = make_scheduler(optimizer, cfg)
         history = []

@@ -14,6 +14,7 @@ from .nn import (
     TimeScalar,
     Unit,
     conforms,
+    filters_like,
     frozen_batch_stats,
     node_layout_like,
     reads_weights_ahead,
@@ -104,7 +105,27 @@ class ContinuousBlock(nn.Module):
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
             raise TypeError(f"x must be a floating-point tensor, got {got}")
-        rate = self._rate(x, kwargs)
+        if self._converts(x):
+            # the faster layout of the CPU's convolutions (oneDNN), once per call: the
+            # state and the stage weights in channels_last, the result in the caller's
+            cl = torch.channels_last
+            return self._integrate(x.contiguous(memory_format=cl), kwargs, cl).contiguous()
+        return self._integrate(x, kwargs, None)
+
+    def _converts(self, x) -> bool:
+        """Whether this call runs in channels_last for an NCHW input: on the CPU, for a unit
+        that asks for it (``unit.channels_last_on_cpu``: contnet's convolutional units)."""
+        return (
+            x.device.type == "cpu"
+            and x.dim() == 4
+            and getattr(self.unit, "channels_last_on_cpu", False)
+            and not is_functorch_wrapped_tensor(x)  # (vmap cannot query a layout)
+            and x.is_contiguous()
+            and not x.is_contiguous(memory_format=torch.channels_last)
+        )
+
+    def _integrate(self, x, kwargs, layout):
+        rate = self._rate(x, kwargs, layout)
         kw = {}
         if isinstance(schemes.get(self.scheme), schemes.LMResNet):
             kw["lm_k"] = self.lm.at(rate_times(self.scheme, self.n_steps))
@@ -121,7 +142,7 @@ class ContinuousBlock(nn.Module):
             rate, x, scheme=self.scheme, n_steps=self.n_steps, backprop=self.backprop, **kw
         )
 
-    def _rate(self, x, kwargs=None):
+    def _rate(self, x, kwargs=None, layout=None):
         """The rate for one forward pass: the unit reading its weights at every stage time
         from a table built up front. ``piecewise_constant`` weights are views of the nodes
         (``unbind``, no copy); other bases are interpolated for all stage times and all
@@ -144,6 +165,8 @@ class ContinuousBlock(nn.Module):
         flat = _stacks(groups)
         if not flat:
             return plain
+        if layout is not None:  # the filter banks in the state's layout, once per call
+            flat = [filters_like(layout, w) for w in flat]
         times, lookup = self._lookup(basis, x.device)
         if basis.family == "piecewise_constant":
             nodes = [w.unbind(0) for w in flat]

@@ -138,3 +138,42 @@ def test_block_bench_defaults():
     assert block_bench.defaults("cuda:0") == gpu
     assert gpu["rounds"] == 5 and cpu["rounds"] == 9
     assert gpu["default_batch"] is None and cpu["default_batch"] == 16
+
+
+@pytest.mark.parametrize("kind", ["mlp", "transformer"])
+@pytest.mark.parametrize("basis", ["piecewise_constant", "fem_linear"])
+def test_feature_unit_problems_agree_in_every_implementation(kind, basis):
+    # every implementation the block benchmark times computes the same block (the floor
+    # chains the stages' rates without the residual: its own function)
+    from contnet.bench.feature_problem import FeatureProblem
+
+    prob = FeatureProblem(kind, 2, 5, 16, basis, 3 if basis == "fem_linear" else 2, "rk4", 2, "cpu")
+    ins = prob.inputs("hand")
+    with torch.no_grad():
+        ref = prob.hand(*ins)
+        for impl in ("contnet", "compile"):
+            out = getattr(prob, impl)(*ins)
+            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        assert prob.floor(*ins).shape == ref.shape
+    grads = torch.autograd.grad(prob.contnet(*ins).sum(), prob.inputs("contnet"))
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_block_bench_runs_nchw_and_feature_rows(tmp_path, monkeypatch):
+    from contnet.bench import block_bench
+
+    monkeypatch.setenv("CONTNET_BENCH_RESULTS", str(tmp_path))
+    payload = block_bench.run(
+        shapes=("host",),
+        bases=("piecewise_constant",),
+        ks=(2,),
+        impls=("floor", "contnet", "hand"),
+        rounds=1,
+        min_run_time=0.0,
+        units=("conv", "mlp"),
+        batch=2,
+        tag="test",
+    )
+    rows = [(r["unit"], r["channels_last"]) for r in payload["results"]]
+    assert rows == [("conv", True), ("conv", False), ("mlp", None)]
+    assert all(r["contnet_vs_hand_rel_diff"] < 1e-5 for r in payload["results"])

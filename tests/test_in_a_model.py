@@ -139,3 +139,32 @@ def test_channels_last_stage_weights_are_not_converted_per_stage(basis):
         table = block._rate(x).table
         assert all(w[0].is_contiguous(memory_format=cl) for e in table.values() for w in e.values())
     assert copies[0] == copies[1], copies
+
+
+@pytest.mark.parametrize("unit", ["conv", "bottleneck"])
+def test_an_nchw_input_runs_channels_last_on_the_cpu_and_comes_back_nchw(unit):
+    torch.manual_seed(0)
+    make = {
+        "conv": lambda: contnet.ConvUnit(8, n_basis=3, basis="fem_linear"),
+        "bottleneck": lambda: contnet.BottleneckUnit(8, n_basis=2, norm=None),
+    }[unit]
+    block = contnet.ContinuousBlock(make().double(), scheme="rk4", n_steps=3)
+    x = torch.randn(2, 8, 5, 5, dtype=torch.float64, requires_grad=True)
+    assert block._converts(x)
+    out = block(x)
+    assert out.is_contiguous() and not out.is_contiguous(memory_format=torch.channels_last)
+    # the same as integrating the NCHW state as it is, values and gradients
+    plain = block._integrate(x, {}, None)
+    torch.testing.assert_close(out, plain, rtol=1e-12, atol=1e-12)
+    params = [x, *block.parameters()]
+    for a, b in zip(
+        torch.autograd.grad(out.square().sum(), params),
+        torch.autograd.grad(plain.square().sum(), params),
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # a channels_last input stays so, unconverted; other ranks and units are not touched
+    cl = x.detach().contiguous(memory_format=torch.channels_last)
+    assert not block._converts(cl)
+    assert block(cl).is_contiguous(memory_format=torch.channels_last)
+    mlp = contnet.ContinuousBlock(contnet.MLPUnit(5), n_steps=1)
+    assert not mlp._converts(torch.randn(2, 8, 5, 5))

@@ -17,6 +17,7 @@ import torch
 from ..report import format_table, pyplot, save_figure
 from . import common
 from .block_problem import IMPLS, SHAPES, Problem, measure, register_classic_rk4
+from .feature_problem import FEATURE_SHAPES, FeatureProblem
 from .profiling import print_profile, profile_pass
 
 
@@ -34,23 +35,30 @@ def run(
     channels_last=None,
     tag=None,
     profile=False,
+    units=("conv",),
 ):
-    """Time every configuration (shape x basis x scheme x K) in every implementation and
-    write the JSON (and a plot) under the results folder."""
+    """Time every configuration (unit x layout x shape x basis x scheme x K) in every
+    implementation and write the JSON (and a plot) under the results folder."""
     impls = _available(impls)
     common.setup(device)
-    # channels_last by default on every device: the faster layout of these convolutions on
-    # the CPU too (oneDNN), so the floor is the limit there as well
-    channels_last = True if channels_last is None else channels_last
+    # both layouts unless one is asked for: channels_last, the faster layout of these
+    # convolutions on the CPU too (oneDNN), whose floor is the limit; and NCHW, what a
+    # user passes by default, against its own floor
+    layouts = (True, False) if channels_last is None else (channels_last,)
     name = f"block-{tag or common.device_tag(device)}.json"
     results = []
-    for shape, b, basis, scheme, K, K_eff in _configurations(
-        shapes, batch, default_batch, bases, schemes_, ks
+    for unit, layout, shape, b, basis, scheme, K, K_eff in _problems(
+        units, layouts, shapes, batch, default_batch, bases, schemes_, ks
     ):
-        _, c, p = SHAPES[shape]
-        prob = Problem(b, c, p, basis, K_eff, scheme, K, device, channels_last)
+        if unit == "conv":
+            _, c, p = SHAPES[shape]
+            prob = Problem(b, c, p, basis, K_eff, scheme, K, device, layout)
+        else:
+            _, p, c = FEATURE_SHAPES[unit]
+            prob = FeatureProblem(unit, b, p, c, basis, K_eff, scheme, K, device)
         t_fwd, t_fb, mem, check, passes = measure(prob, impls, device, rounds, min_run_time)
         row = {
+            "unit": unit,
             "shape": shape,
             "batch": b,
             "channels": c,
@@ -59,7 +67,7 @@ def run(
             "K": K_eff,
             "scheme": scheme,
             "n_steps": K,
-            "channels_last": channels_last,
+            "channels_last": layout,
             **_timings(t_fwd, t_fb),
             "memory_bytes": mem,
             "memory_kind": "peak allocated",
@@ -98,12 +106,29 @@ def _available(impls) -> tuple:
     return impls
 
 
+def _problems(units, layouts, shapes, batch, default_batch, bases, schemes_, ks):
+    """``(unit, channels_last, shape, batch, basis, scheme, n_steps, K)`` of every
+    configuration: the conv unit in each layout and shape; the feature units (``mlp``,
+    ``transformer``, their own shape, ``channels_last`` None) once each."""
+    for unit in units:
+        if unit == "conv":
+            for layout in layouts:
+                for cfg in _configurations(shapes, batch, default_batch, bases, schemes_, ks):
+                    yield (unit, layout, *cfg)
+        else:
+            b = batch or FEATURE_SHAPES[unit][0]
+            for cfg in _configurations([unit], b, None, bases, schemes_, ks):
+                yield (unit, None, *cfg)
+
+
 def _configurations(shapes, batch, default_batch, bases, schemes_, ks):
     """``(shape, batch, basis, scheme, n_steps, K)`` of every configuration: an explicit
     batch for every shape, else the default one, which ``host`` (whose point is a
     negligible amount of arithmetic) does not take; ``fem_linear`` has at least 2 nodes."""
     for shape in shapes:
         b = batch or (default_batch if shape != "host" else None) or SHAPES[shape][0]
+        if shape in FEATURE_SHAPES:
+            b = batch
         for basis in bases:
             for scheme in schemes_:
                 for K in ks:
@@ -149,8 +174,13 @@ def faster_than_hand(t_fwd, t_fb) -> dict:
 def _print_row(row, impls):
     fb, fw = row["forward_backward_ms"], row["forward_ms"]
     over, faster = row["over_floor"], row["faster_than_hand"]
+    if row["unit"] == "conv":
+        what = f"{row['channels']} ch, {row['pixels']} px, "
+        what += "channels_last" if row["channels_last"] else "NCHW"
+    else:
+        what = f"{row['pixels']} tokens, dim {row['channels']}"
     print(
-        f"\n{row['shape']} (batch {row['batch']}, {row['channels']} ch, {row['pixels']} px), {row['basis']} K={row['K']}, "
+        f"\n{row['shape']} (batch {row['batch']}, {what}), {row['basis']} K={row['K']}, "
         f"{row['scheme']} n_steps={row['n_steps']}; contnet vs hand rel. diff {row['contnet_vs_hand_rel_diff']:.1e}"
     )
     rows = []
@@ -198,7 +228,7 @@ def plot(payload, path):
     ax.set_xticks(
         [i + 0.4 - width / 2 for i in range(len(rows))],
         [
-            f"{r['shape']}\n{r['basis'][:5]} K={r['K']}\n{r['scheme']} n={r['n_steps']}"
+            f"{r['shape']}{_layout(r)}\n{r['basis'][:5]} K={r['K']}\n{r['scheme']} n={r['n_steps']}"
             for r in rows
         ],
         fontsize=7,
@@ -208,6 +238,10 @@ def plot(payload, path):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def _layout(row) -> str:
+    return {True: "", False: " NCHW"}.get(row.get("channels_last"), "")
 
 
 def main(argv=None):
@@ -227,6 +261,7 @@ def main(argv=None):
         channels_last=a.channels_last,
         tag=a.tag,
         profile=a.profile,
+        units=tuple(a.units),
     )
 
 
@@ -277,7 +312,20 @@ def _parser() -> argparse.ArgumentParser:
         "GPU, whose eager passes wait on a host whose rounds vary by up to 60%%)",
     )
     p.add_argument("--min-run-time", type=float, default=None, help="default: 0.3 s CPU, 0.5 s GPU")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the conv unit in channels_last only (or NCHW only); default: both layouts",
+    )
+    p.add_argument(
+        "--units",
+        nargs="+",
+        default=["conv"],
+        choices=["conv", *FEATURE_SHAPES],
+        help="the units to time: conv (ConvUnit), mlp (MLPUnit), transformer "
+        "(TransformerUnit); default conv",
+    )
     p.add_argument("--tag", default=None, help="suffix of the JSON file name (default: the device)")
     p.add_argument(
         "--profile",

@@ -122,21 +122,7 @@ class Problem:
 
     # implementations -----------------------------------------------------------------
     def hand(self, x, theta1, theta2):
-        tab, n = self.tab, self.n_steps
-        h = 1.0 / n
-        # the same stage times as contnet (the open-interval rule), so both compute one function
-        for times in schemes.stage_times(tab, n):
-            ks = []
-            for i in range(tab.stages):
-                xi = x
-                for j in range(i):
-                    if tab.a[i][j] != 0.0:
-                        xi = xi + (h * tab.a[i][j]) * ks[j]
-                ks.append(self.rate(times[i], xi, theta1, theta2))
-            for i in range(tab.stages):
-                if tab.b[i] != 0.0:
-                    x = x + (h * tab.b[i]) * ks[i]
-        return x
+        return hand_loop(self.tab, self.n_steps, x, lambda t, y: self.rate(t, y, theta1, theta2))
 
     def contnet(self, x, theta1, theta2):
         return self.block(x)
@@ -147,8 +133,6 @@ class Problem:
         return x
 
     def torchdiffeq(self, x, theta1, theta2):
-        import torchdiffeq
-
         K, fam = self.basis.n_basis, self.basis.family
 
         def f(t, y):
@@ -163,11 +147,7 @@ class Problem:
                 y, theta1[j] * (1 - a) + theta1[j + 1] * a, theta2[j] * (1 - a) + theta2[j + 1] * a
             )
 
-        method = {"rk4": "rk4_classic", "rk4_38": "rk4"}.get(self.scheme, self.scheme)
-        ts = torch.tensor([0.0, 1.0], device=x.device)
-        return torchdiffeq.odeint(
-            f, x, ts, method=method, options={"step_size": 1.0 / self.n_steps}
-        )[-1]
+        return torchdiffeq_fixed(f, x, self.scheme, self.n_steps)
 
     def compile(self, x, theta1, theta2):
         if self._compiled is None:
@@ -181,6 +161,35 @@ class Problem:
         if impl == "contnet":
             return [self.x, self.block.unit.conv1.weight, self.block.unit.conv2.weight]
         return [self.x, self.theta1, self.theta2]
+
+
+def hand_loop(tab, n_steps: int, x, rate):
+    """A straightforward pure-PyTorch Runge-Kutta loop over the Butcher tableau ``tab``,
+    with the same stage times as contnet (the open-interval rule), so both compute one
+    function."""
+    h = 1.0 / n_steps
+    for times in schemes.stage_times(tab, n_steps):
+        ks = []
+        for i in range(tab.stages):
+            xi = x
+            for j in range(i):
+                if tab.a[i][j] != 0.0:
+                    xi = xi + (h * tab.a[i][j]) * ks[j]
+            ks.append(rate(times[i], xi))
+        for i in range(tab.stages):
+            if tab.b[i] != 0.0:
+                x = x + (h * tab.b[i]) * ks[i]
+    return x
+
+
+def torchdiffeq_fixed(f, x, scheme: str, n_steps: int):
+    """``torchdiffeq.odeint`` of ``f`` over ``[0, 1]`` with ``n_steps`` fixed steps of
+    ``scheme`` (classic rk4 through :func:`register_classic_rk4`)."""
+    import torchdiffeq
+
+    method = {"rk4": "rk4_classic", "rk4_38": "rk4"}.get(scheme, scheme)
+    ts = torch.tensor([0.0, 1.0], device=x.device)
+    return torchdiffeq.odeint(f, x, ts, method=method, options={"step_size": 1.0 / n_steps})[-1]
 
 
 def register_classic_rk4():

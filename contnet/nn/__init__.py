@@ -28,7 +28,13 @@ from .norm import (
 )
 from .protocol import PassSplitUnit, SplitUnit, Unit, conforms
 from .refine import map_bases, project, refine_bases
-from .time_dependent import TimeDependent, TimeScalar, interpolate, node_layout_like
+from .time_dependent import (
+    TimeDependent,
+    TimeScalar,
+    filters_like,
+    interpolate,
+    node_layout_like,
+)
 from .time_module import TimeModule, time_dependent
 from .transformer import MLPUnit, TransformerUnit
 from .units import ACTIVATIONS, NORMS, ConvUnit, TimeUnit, reads_weights_ahead
@@ -68,5 +74,6 @@ __all__ = [
     "dispatch_free",
     "interpolate",
     "node_layout_like",
+    "filters_like",
     "check_state",
 ]

@@ -36,6 +36,17 @@ def node_layout_like(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     return new
 
 
+def filters_like(layout: torch.memory_format, stack: torch.Tensor) -> torch.Tensor:
+    """A stack of 2-d filter banks (5-d) with every bank in ``layout`` (no copy where it is
+    already); any other tensor as it is."""
+    if stack.dim() != 5:
+        return stack
+    flat = stack.flatten(0, 1)
+    if flat.is_contiguous(memory_format=layout):
+        return stack
+    return flat.contiguous(memory_format=layout).unflatten(0, stack.shape[:2])
+
+
 class TimeDependent(nn.Module):
     """Base of modules whose parameters and buffers named in ``_basis_tensors`` carry a
     leading dimension of basis nodes. Gives them exact :meth:`refine` and L2

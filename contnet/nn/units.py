@@ -104,6 +104,8 @@ class ConvUnit(TimeUnit):
     """
 
     _weight_layers = ("conv1", "conv2")
+    #: a block runs it in channels_last on the CPU whatever the input's layout
+    channels_last_on_cpu = True
 
     def __init__(
         self,

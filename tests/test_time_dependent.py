@@ -183,3 +183,24 @@ def test_a_module_taking_weights_is_refused():
 
     with pytest.raises(ValueError, match="'weights'"):
         contnet.time_dependent(Takes(2, 2))
+
+
+def test_checkpoint_of_a_refined_users_branch_loads_into_a_fresh_one(tmp_path):
+    from contnet.training import load_checkpoint, load_model_state, save_checkpoint
+
+    def build():
+        torch.manual_seed(0)
+        branch = contnet.time_dependent(mlp_branch(4), n_basis=2, basis="fem_linear")
+        return nn.Sequential(contnet.ContinuousBlock(branch, n_steps=2), nn.Linear(4, 2))
+
+    model = build().double()
+    contnet.refine(model)
+    with torch.no_grad():
+        model[0].unit.module[0].weight.add_(0.1 * torch.randn_like(model[0].unit.module[0].weight))
+    save_checkpoint(tmp_path / "ck.pt", model)
+    fresh = build().double()
+    load_model_state(load_checkpoint(tmp_path / "ck.pt"), fresh)
+    assert fresh[0].unit.n_basis == model[0].unit.n_basis == 3 and fresh[0].n_steps == 4
+    x = state((3, 4))
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)

@@ -114,12 +114,13 @@ class ContinuousBlock(nn.Module):
 
     def _converts(self, x) -> bool:
         """Whether this call runs in channels_last for an NCHW input: on the CPU, for a unit
-        that asks for it (``unit.channels_last_on_cpu``: contnet's convolutional units)."""
+        that asks for it (``unit.channels_last_on_cpu``: contnet's convolutional units),
+        outside ``torch.func`` transforms (vmap cannot query a layout)."""
         return (
             x.device.type == "cpu"
             and x.dim() == 4
             and getattr(self.unit, "channels_last_on_cpu", False)
-            and not is_functorch_wrapped_tensor(x)  # (vmap cannot query a layout)
+            and (torch.compiler.is_compiling() or not is_functorch_wrapped_tensor(x))
             and x.is_contiguous()
             and not x.is_contiguous(memory_format=torch.channels_last)
         )

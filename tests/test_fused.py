@@ -344,3 +344,16 @@ def test_double_backward_and_func_transforms():
     torch.testing.assert_close(g, ref, rtol=1e-12, atol=1e-12)
     rows = torch.func.vmap(lambda r: block(r.unsqueeze(0)).squeeze(0))(x.detach())
     torch.testing.assert_close(rows, block(x.detach()), rtol=1e-12, atol=1e-12)
+
+
+def test_a_block_without_a_fusable_tail_does_not_turn_fusion_off_for_others(monkeypatch):
+    # pinned: the first rate of a type once decided for every later one whether it could
+    # fuse, so a unit with a batch norm in its tail run first left every block unfused
+    calls = []
+    kernel = ops.epilogue_kernel
+    monkeypatch.setattr(ops, "epilogue_kernel", lambda x: (calls.append(1), kernel(x))[1])
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    contnet.ContinuousBlock(contnet.ConvUnit(4, norm="batch").double(), n_steps=2)(x)
+    assert not calls  # its tail is not fusable
+    contnet.ContinuousBlock(contnet.ConvUnit(4, preact=True).double(), n_steps=2)(x)
+    assert calls

@@ -12,6 +12,7 @@ from contnet.schemes import fitted_order
 
 from .cases import LAYERS, UNITS, randomise, state
 from .helpers import autocast_errors
+from .test_backprop import _grads
 
 RATES = {**LAYERS, **UNITS}
 
@@ -80,16 +81,6 @@ def test_drift_falls_at_the_schemes_order(name, scheme, order):
             block.n_steps = n
             errs.append(((block(x) - ref).norm() / ref.norm()).item())
     assert fitted_order(steps, errs) > order - 0.5, errs
-
-
-def _grads(block, x, mode):
-    block.backprop = mode
-    params = [x, *block.parameters()]
-    out = block(x)
-    g = torch.autograd.grad((out * torch.sin(out)).sum(), params, allow_unused=True)
-    return torch.cat(
-        [(v if v is not None else torch.zeros_like(p)).flatten() for v, p in zip(g, params)]
-    )
 
 
 @pytest.mark.parametrize("basis", ["piecewise_constant", "fem_linear"])

@@ -108,11 +108,7 @@ class Problem:
 
     # the rate, as written by hand --------------------------------------------------
     def _w(self, theta, t):
-        (k0, w0), *rest = self.basis.coefficients(t)
-        w = theta[k0] if not rest and w0 == 1.0 else theta[k0] * w0
-        for k, c in rest:
-            w = w + theta[k] * c
-        return w
+        return at_time(self.basis, theta, t)
 
     def _rate_w(self, x, w1, w2):
         return self.scale * F.relu(F.conv2d(F.relu(F.conv2d(x, w1, padding=1)), w2, padding=1))
@@ -161,6 +157,15 @@ class Problem:
         if impl == "contnet":
             return [self.x, self.block.unit.conv1.weight, self.block.unit.conv2.weight]
         return [self.x, self.theta1, self.theta2]
+
+
+def at_time(basis, theta, t):
+    """``theta(t)`` from the node stack ``theta``, as a user writes the interpolation."""
+    (k0, w0), *rest = basis.coefficients(t)
+    w = theta[k0] if not rest and w0 == 1.0 else theta[k0] * w0
+    for k, c in rest:
+        w = w + theta[k] * c
+    return w
 
 
 def hand_loop(tab, n_steps: int, x, rate):

@@ -23,7 +23,7 @@ from .. import basis as basis_lib
 from .. import schemes
 from ..block import ContinuousBlock
 from ..nn import MLPUnit, TransformerUnit
-from .block_problem import hand_loop, torchdiffeq_fixed
+from .block_problem import at_time, hand_loop, torchdiffeq_fixed
 
 FEATURE_SHAPES = {
     # name: (batch, tokens, dim)
@@ -58,11 +58,7 @@ class FeatureProblem:
         self._compiled = None
 
     def _at(self, theta, t):
-        (k0, w0), *rest = self.basis.coefficients(t)
-        w = theta[k0] if not rest and w0 == 1.0 else theta[k0] * w0
-        for k, c in rest:
-            w = w + theta[k] * c
-        return w
+        return at_time(self.basis, theta, t)
 
     def _rate_w(self, x, ws):
         """The unit's rate with its weights given, in ``torch.nn.functional``."""

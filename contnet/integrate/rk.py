@@ -39,17 +39,15 @@ class SplitRate(Protocol):
     def split(self, t: float, x: torch.Tensor) -> tuple: ...
 
 
-_SPLIT_TYPES: dict = {}  # type -> whether it is a SplitRate (a protocol check per step is slow)
-
-
 def split_of(f):
     """The rate's ``split(t, x) -> (y, bias, act, scale)``, with
-    ``f(t, x) == scale * act(y + bias[channel])``, if it offers one and may use it now;
-    None otherwise."""
-    kind = _SPLIT_TYPES.get(type(f))
-    if kind is None:
-        kind = _SPLIT_TYPES[type(f)] = isinstance(f, SplitRate)
-    return f.split if kind and getattr(f, "fusable", True) else None
+    ``f(t, x) == scale * act(y + bias[channel])``, if it offers one (not None) and may use
+    it now (``fusable``); None otherwise. Read from the rate itself at every step: one rate
+    of a type may offer it where another does not (a unit whose tail has a batch norm)."""
+    split = getattr(f, "split", None)
+    if split is None or not callable(split) or not getattr(f, "fusable", True):
+        return None
+    return split
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from .. import schemes as schemes_lib
 from ..block import ContinuousBlock
 from ..nn import ACTIVATIONS, NORMS, ConvUnit, check_state
 from ..nn.checks import positive_int
+from .network import Network
 
 
 class Stitch(nn.Module):
@@ -35,7 +36,7 @@ class Stitch(nn.Module):
         return self.shortcut(y) + self.conv2(self.act(self.norm2(self.conv1(y))))
 
 
-class ContinuousNet(nn.Module):
+class ContinuousNet(Network):
     """ContinuousNet for image classification (CIFAR-style).
 
     ``stem`` (3x3 conv) -> for each width: a :class:`ContinuousBlock` of a
@@ -45,6 +46,8 @@ class ContinuousNet(nn.Module):
     ``(N, num_classes)``. Every block's ``scheme``/``n_steps`` can be changed afterwards
     (see :meth:`set_manifestation`). ``config`` holds the constructor arguments.
     """
+
+    _positional = ("in_channels", "num_classes", "widths", "n_basis")
 
     def __init__(
         self,
@@ -96,25 +99,6 @@ class ContinuousNet(nn.Module):
         )
         self.norm = nn.BatchNorm2d(widths[-1]) if norm else nn.Identity()
         self.head = nn.Linear(widths[-1], num_classes)
-
-    @classmethod
-    def from_config(cls, config: dict) -> ContinuousNet:
-        """The network of a ``config`` (as :attr:`config` holds it)."""
-        kw = dict(config)
-        return cls(
-            kw.pop("in_channels"), kw.pop("num_classes"), kw.pop("widths"), kw.pop("n_basis"), **kw
-        )
-
-    def set_manifestation(self, scheme=None, n_steps: int | None = None) -> None:
-        """Set ``scheme`` and/or ``n_steps`` of every block."""
-        for block in self.blocks():
-            if scheme is not None:
-                block.scheme = scheme
-            if n_steps is not None:
-                block.n_steps = n_steps
-
-    def blocks(self) -> list[ContinuousBlock]:
-        return list(self.stages)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)

@@ -10,9 +10,10 @@ from .. import schemes as schemes_lib
 from ..block import ContinuousBlock
 from ..nn import TransformerUnit
 from ..nn.checks import positive_float, positive_int
+from .network import Network
 
 
-class ContinuousTransformer(nn.Module):
+class ContinuousTransformer(Network):
     """A transformer classifier whose encoder is continuous in depth.
 
     Input: images ``(N, in_channels, H, W)`` with ``image_size = (H, W)``, cut into
@@ -25,6 +26,8 @@ class ContinuousTransformer(nn.Module):
     passes an attention ``mask`` to every stage. ``config`` holds the constructor
     arguments (:meth:`from_config` rebuilds the model).
     """
+
+    _positional = ("in_channels", "num_classes", "image_size")
 
     def __init__(
         self,
@@ -93,23 +96,6 @@ class ContinuousTransformer(nn.Module):
             raise ValueError(f"image_size {(h, w)} must be divisible by patch_size {p}")
         embed = nn.Conv2d(c["in_channels"], c["dim"], p, stride=p)
         return embed, (h // p) * (w // p)
-
-    @classmethod
-    def from_config(cls, config: dict) -> ContinuousTransformer:
-        """The model of a ``config`` (as :attr:`config` holds it)."""
-        kw = dict(config)
-        return cls(kw.pop("in_channels"), kw.pop("num_classes"), kw.pop("image_size"), **kw)
-
-    def set_manifestation(self, scheme=None, n_steps: int | None = None) -> None:
-        """Set ``scheme`` and/or ``n_steps`` of every block."""
-        for block in self.blocks():
-            if scheme is not None:
-                block.scheme = scheme
-            if n_steps is not None:
-                block.n_steps = n_steps
-
-    def blocks(self) -> list[ContinuousBlock]:
-        return list(self.stages)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, L, dim)``: the embedded input plus its positions."""

@@ -3,8 +3,6 @@ basis expansions in depth, one N-d implementation with the arguments of ``torch.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -117,20 +115,8 @@ class TimeConvNd(TimeDependent):
             ) from e
 
     def reset_parameters(self) -> None:
-        """Every node as ``nn.ConvNd`` initialises its weight and bias (Kaiming uniform with
-        ``a = sqrt(5)``; bias uniform in ``+-1/sqrt(fan_in)``); with one node, the same draws
-        from the same generator state as ``nn.ConvNd``."""
-        fan_in = self.weight[0, 0].numel()
-        bound = 1.0 / math.sqrt(fan_in)
-        with torch.no_grad():
-            values = torch.empty_like(self.weight)
-            for k in range(self.n_basis):
-                nn.init.kaiming_uniform_(values[k], a=math.sqrt(5))
-            self.weight.copy_(self.basis.from_values(values))
-            if self.bias is not None:
-                self.bias.copy_(
-                    self.basis.from_values(torch.empty_like(self.bias).uniform_(-bound, bound))
-                )
+        """Every node as ``nn.ConvNd`` initialises its weight and bias."""
+        self._init_like_torch()
 
     def _apply(self, fn, recurse=True):
         # nn.Module.to(memory_format=torch.channels_last) gives every 4-d and 5-d tensor the

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,16 +40,7 @@ class TimeLinear(TimeDependent):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.in_features)
-        with torch.no_grad():
-            values = torch.empty_like(self.weight)
-            for k in range(self.n_basis):
-                nn.init.kaiming_uniform_(values[k], a=math.sqrt(5))
-            self.weight.copy_(self.basis.from_values(values))
-            if self.bias is not None:
-                self.bias.copy_(
-                    self.basis.from_values(torch.empty_like(self.bias).uniform_(-bound, bound))
-                )
+        self._init_like_torch()
 
     def forward(
         self, t: float, x: torch.Tensor, weights=None, *, use_bias: bool = True

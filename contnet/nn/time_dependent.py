@@ -4,6 +4,8 @@ refinement and L2 projection onto another basis; and the learnable scalar ``k(t)
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -86,6 +88,21 @@ class TimeDependent(nn.Module):
         has a single unit coefficient there)."""
         c = self.coefficients(check_time(t))
         return tuple(interpolate(v, c) for v in self.basis_tensors())
+
+    def _init_like_torch(self) -> None:
+        """Every node of ``weight`` and ``bias`` as ``nn.Linear`` and ``nn.ConvNd`` draw
+        theirs (Kaiming uniform with ``a = sqrt(5)``; bias uniform in ``+-1/sqrt(fan_in)``):
+        with one node, the same draws from the same generator state."""
+        bound = 1.0 / math.sqrt(self.weight[0, 0].numel())  # fan_in
+        with torch.no_grad():
+            values = torch.empty_like(self.weight)
+            for k in range(self.n_basis):
+                nn.init.kaiming_uniform_(values[k], a=math.sqrt(5))
+            self.weight.copy_(self.basis.from_values(values))
+            if self.bias is not None:
+                self.bias.copy_(
+                    self.basis.from_values(torch.empty_like(self.bias).uniform_(-bound, bound))
+                )
 
     def _weights(self, t: float, weights) -> tuple:
         """``weights`` if given (the values at ``t`` a block looked up), else :meth:`at`."""

@@ -47,32 +47,11 @@ def run(
     layouts = (True, False) if channels_last is None else (channels_last,)
     name = f"block-{tag or common.device_tag(device)}.json"
     results = []
-    for unit, layout, shape, b, basis, scheme, K, K_eff in _problems(
-        units, layouts, shapes, batch, default_batch, bases, schemes_, ks
-    ):
-        if unit == "conv":
-            _, c, p = SHAPES[shape]
-            prob = Problem(b, c, p, basis, K_eff, scheme, K, device, layout)
-        else:
-            _, p, c = FEATURE_SHAPES[unit]
-            prob = FeatureProblem(unit, b, p, c, basis, K_eff, scheme, K, device)
+    for config in _problems(units, layouts, shapes, batch, default_batch, bases, schemes_, ks):
+        prob, row = _problem(config, device)
         t_fwd, t_fb, mem, check, passes = measure(prob, impls, device, rounds, min_run_time)
-        row = {
-            "unit": unit,
-            "shape": shape,
-            "batch": b,
-            "channels": c,
-            "pixels": p,
-            "basis": basis,
-            "K": K_eff,
-            "scheme": scheme,
-            "n_steps": K,
-            "channels_last": layout,
-            **_timings(t_fwd, t_fb),
-            "memory_bytes": mem,
-            "memory_kind": "peak allocated",
-            "contnet_vs_hand_rel_diff": check,
-        }
+        row.update(_timings(t_fwd, t_fb), memory_bytes=mem, memory_kind="peak allocated")
+        row["contnet_vs_hand_rel_diff"] = check
         results.append(row)
         _print_row(row, impls)
         if profile:
@@ -91,6 +70,20 @@ def run(
     except ImportError:
         pass
     return payload
+
+
+def _problem(config, device):
+    """The problem of one configuration (see :func:`_problems`) and its row's settings."""
+    unit, layout, shape, b, basis, scheme, K, K_eff = config
+    if unit == "conv":
+        _, c, p = SHAPES[shape]
+        prob = Problem(b, c, p, basis, K_eff, scheme, K, device, layout)
+    else:
+        _, p, c = FEATURE_SHAPES[unit]
+        prob = FeatureProblem(unit, b, p, c, basis, K_eff, scheme, K, device)
+    row = {"unit": unit, "shape": shape, "batch": b, "channels": c, "pixels": p}
+    row.update(basis=basis, K=K_eff, scheme=scheme, n_steps=K, channels_last=layout)
+    return prob, row
 
 
 def _available(impls) -> tuple:

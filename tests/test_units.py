@@ -99,13 +99,20 @@ def test_checkpoint_gradients_equal_direct_and_adjoint_converges(name, basis):
     assert errs[2] < 0.5 * errs[1], errs  # (a short run may be exact already)
 
 
-@pytest.mark.parametrize("name", list(RATES))
-def test_compile_fullgraph_matches_eager(name):
+@pytest.mark.parametrize(
+    "name, backend",
+    [(name, "aot_eager") for name in RATES]
+    + [
+        pytest.param(name, "inductor", marks=pytest.mark.slow)
+        for name in ("MLPUnit", "TransformerUnit", "time_dependent-attention")
+    ],
+)
+def test_compile_fullgraph_matches_eager(name, backend):
     torch._dynamo.reset()
     block, x = _block(name, 2, "fem_linear", n_steps=2)
     block.train()
     x = x.requires_grad_()
-    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(block, fullgraph=True, backend=backend)
     outs, grads = [], []
     for fn in (block, compiled):
         out = fn(x)

@@ -223,3 +223,23 @@ def test_fused_tail_equals_the_unit(name):
 def test_errors_name_the_argument(make, error, match):
     with pytest.raises(error, match=match):
         make()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", list(RATES))
+def test_cuda_matches_cpu(name):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    block, x = _block(name, 3, "fem_linear", n_steps=3)
+    block.train()
+    x = x.requires_grad_()
+    cuda = copy.deepcopy(block).cuda()
+    xc = x.detach().cuda().requires_grad_()
+    outs = [block(x), cuda(xc)]
+    grads = [
+        torch.autograd.grad(o.square().sum(), [i, *b.parameters()])
+        for o, i, b in zip(outs, (x, xc), (block, cuda))
+    ]
+    torch.testing.assert_close(outs[1].cpu(), outs[0], rtol=1e-9, atol=1e-9)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b.cpu(), a, rtol=1e-8, atol=1e-8)

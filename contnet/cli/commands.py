@@ -10,7 +10,9 @@ from .. import ops, schemes
 from ..block import blocks_of
 from ..evaluation import (
     compress,
+    corruption_table,
     manifestation_table,
+    metric_on,
     plots,
     schemes_to_try,
     set_manifestation,
@@ -26,7 +28,7 @@ from ..training import (
 )
 from ..training import data as data_lib
 from .options import config_from
-from .tables import compress_table, history_table, manifestation_tables
+from .tables import compress_table, corruption_tables, history_table, manifestation_tables
 
 
 def load_dataset(args):
@@ -140,7 +142,25 @@ def cmd_eval(args) -> int:
         )
     except ValueError as e:  # a scheme the model cannot take (lm without its learned k)
         raise SystemExit(f"contnet eval: {e}") from None
+    if args.corruptions:
+        run_corruptions(model, dataset, out, args.corruption_seed, device=args.device)
     return 0
+
+
+def run_corruptions(model, dataset, out: pathlib.Path, seed: int, log=print, device="cpu"):
+    """Accuracy of ``model`` (as its blocks stand) on the test images under every
+    corruption and severity: printed, ``corruptions.json`` and ``corruptions.png``."""
+
+    def evaluate(pixels, y):
+        return metric_on(model, (dataset.from_pixels(pixels), y), device=device)
+
+    pixels = dataset.to_pixels(dataset.x_test)
+    table = corruption_table(evaluate, pixels, dataset.y_test, seed=seed)
+    log(corruption_tables(table))
+    write_json(out / "corruptions.json", table)
+    plots.corruption_heatmap(table, out / "corruptions.png")
+    log(f"-> {out}/corruptions.json, corruptions.png")
+    return table
 
 
 def split_for_compression(dataset, train_cfg: dict, val_fraction, log=print):

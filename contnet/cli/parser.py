@@ -67,6 +67,16 @@ def _eval(sub) -> None:
         metavar=("SCHEME", "N_STEPS"),
         help="the finest solution (default rk4 128)",
     )
+    e.add_argument(
+        "--corruptions",
+        action="store_true",
+        help="also the accuracy on the test images under 8 corruptions x 5 severities "
+        "(noises, blur, shift, rotation, contrast, occlusion; as MNIST-C/CIFAR-10-C), "
+        "their mean, and a heatmap (corruptions.json, corruptions.png)",
+    )
+    e.add_argument(
+        "--corruption-seed", type=int, default=0, help="seed of the corruptions (default 0)"
+    )
     e.add_argument("--out", default=None, help="output folder (default: the checkpoint's)")
     add_device(e)
     e.set_defaults(func=cmd_eval)

@@ -64,3 +64,19 @@ def compress_table(result) -> str:
         rows.append(row(c, f"{c['drop_points']:+.2f}", mark))
     header = ["K", "scheme", "n_steps", "params", f"val {result['metric']} %", "drop pts"]
     return format_table(rows, header + [f"ms/{result['latency_batch']}", ""])
+
+
+def corruption_tables(table) -> str:
+    """Accuracy (%) per corruption and severity, each corruption's mean, and the summary."""
+    sev = table["severities"]
+    rows = [
+        [name] + [f"{100 * a:.2f}" for a in accs] + [f"{100 * sum(accs) / len(accs):.2f}"]
+        for name, accs in table["accuracy"].items()
+    ]
+    head = ["corruption"] + [f"s{s}" for s in sev] + ["mean"]
+    return (
+        f"accuracy (%) on corrupted test images (seed {table['seed']})\n"
+        + format_table(rows, head)
+        + f"\nclean {100 * table['clean']:.2f}%  mean corruption accuracy "
+        f"{100 * table['mean_corruption_accuracy']:.2f}%"
+    )

@@ -1,7 +1,8 @@
 """A trained model evaluated: its manifestations (schemes x step counts, drift, order),
-compression into cheaper ones, and plots."""
+its accuracy on corrupted images, compression into cheaper ones, and plots."""
 
 from .compression import accuracy, compress, measure_latency, metric_on
+from .corruptions import CORRUPTIONS, SEVERITIES, corrupt, corruption_table
 from .manifestation import (
     fitted_order,
     manifestation_drift,
@@ -12,6 +13,10 @@ from .manifestation import (
 )
 
 __all__ = [
+    "CORRUPTIONS",
+    "SEVERITIES",
+    "corrupt",
+    "corruption_table",
     "compress",
     "accuracy",
     "metric_on",

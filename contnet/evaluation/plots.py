@@ -117,3 +117,27 @@ def theta_over_depth(model: torch.nn.Module, path, points: int = 200) -> pathlib
     )
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def corruption_heatmap(table: dict, path) -> pathlib.Path:
+    """Accuracy (%) per corruption x severity (a :func:`contnet.evaluation.corruption_table`),
+    with the clean accuracy and the mean corruption accuracy in the title."""
+    plt = pyplot()
+    names = list(table["accuracy"])
+    sev = table["severities"]
+    vals = [[100 * a for a in table["accuracy"][n]] for n in names]
+    fig, ax = plt.subplots(figsize=(1.1 * len(sev) + 3.0, 0.45 * len(names) + 1.6))
+    im = ax.imshow(vals, cmap="viridis", aspect="auto", vmin=0, vmax=100)
+    for i, r in enumerate(vals):
+        for j, v in enumerate(r):
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8, color="w")
+    ax.set_xticks(range(len(sev)), [str(s) for s in sev])
+    ax.set_yticks(range(len(names)), names)
+    ax.set(
+        xlabel="severity",
+        title=f"accuracy (%): clean {100 * table['clean']:.1f}, "
+        f"mean corrupted {100 * table['mean_corruption_accuracy']:.1f}",
+    )
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -51,6 +51,22 @@ class Dataset:
     augment: bool = False
     x_val: torch.Tensor | None = None
     y_val: torch.Tensor | None = None
+    #: the standardisation of the images: ``x = (pixels - pixel_mean) / pixel_std``, pixels
+    #: in ``[0, 1]`` (per channel, ``(1, C, 1, 1)``); None: the images are pixels already
+    pixel_mean: torch.Tensor | None = None
+    pixel_std: torch.Tensor | None = None
+
+    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Images of this data set as pixels in ``[0, 1]`` (undoing the standardisation)."""
+        if self.pixel_mean is None:
+            return x
+        return x * self.pixel_std.to(x.device) + self.pixel_mean.to(x.device)
+
+    def from_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels in ``[0, 1]`` standardised as this data set's images are."""
+        if self.pixel_mean is None:
+            return pixels
+        return (pixels - self.pixel_mean.to(pixels.device)) / self.pixel_std.to(pixels.device)
 
     @property
     def in_channels(self) -> int:
@@ -94,9 +110,11 @@ class Dataset:
 
 
 def _standardise(x_train: torch.Tensor, x_test: torch.Tensor):
+    """Both sets standardised with the training images' per-channel mean and std, and
+    those (for :meth:`Dataset.to_pixels`)."""
     mean = x_train.mean((0, 2, 3), keepdim=True)
     std = x_train.std((0, 2, 3), keepdim=True).clamp_min(1e-6)
-    return (x_train - mean) / std, (x_test - mean) / std
+    return (x_train - mean) / std, (x_test - mean) / std, {"pixel_mean": mean, "pixel_std": std}
 
 
 def load_digits(test_size: int = 360, seed: int = 0) -> Dataset:
@@ -119,8 +137,8 @@ def load_digits(test_size: int = 360, seed: int = 0) -> Dataset:
         test_idx.append(idx[:n_test])
         train_idx.append(idx[n_test:])
     tr, te = torch.cat(train_idx), torch.cat(test_idx)
-    x_train, x_test = _standardise(x[tr], x[te])
-    return Dataset("digits", x_train, y[tr], x_test, y[te], 10)
+    x_train, x_test, stats = _standardise(x[tr], x[te])
+    return Dataset("digits", x_train, y[tr], x_test, y[te], 10, **stats)
 
 
 def read_cifar10_file(path) -> tuple[np.ndarray, np.ndarray]:
@@ -164,10 +182,9 @@ def load_cifar10(data_dir) -> Dataset:
     x_train = torch.from_numpy(np.concatenate([p[0] for p in parts])).float() / 255.0
     y_train = torch.from_numpy(np.concatenate([p[1] for p in parts])).long()
     x_test = torch.from_numpy(xt).float() / 255.0
-    x_train, x_test = _standardise(x_train, x_test)
-    return Dataset(
-        "cifar10", x_train, y_train, x_test, torch.from_numpy(yt).long(), 10, augment=True
-    )
+    x_train, x_test, stats = _standardise(x_train, x_test)
+    y_test = torch.from_numpy(yt).long()
+    return Dataset("cifar10", x_train, y_train, x_test, y_test, 10, augment=True, **stats)
 
 
 def load(name: str, data_dir=None, seed: int = 0) -> Dataset:

@@ -60,12 +60,13 @@ def add_data(p, default="digits"):
         "--data",
         choices=data_lib.DATASETS,
         default=default,
-        help="digits (bundled with scikit-learn) or cifar10 (--data-dir)",
+        help="digits (bundled with scikit-learn), cifar10 or cifar100 (--data-dir)",
     )
     p.add_argument(
         "--data-dir",
         default=None,
-        help="folder of the CIFAR-10 binary batches (data_batch_1.bin ... test_batch.bin)",
+        help="folder of the CIFAR-10 binary batches (data_batch_1.bin ... test_batch.bin) "
+        "or of CIFAR-100's (train.bin, test.bin)",
     )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..training import presets
+from ..training.presets import PRESETS
 from .commands import cmd_bench, cmd_compress, cmd_eval, cmd_train
 from .demo import cmd_demo
 from .options import (
@@ -16,6 +18,7 @@ from .options import (
     fraction,
     positive_int_arg,
 )
+from .reproduce import add_reproduce
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_train, _eval, _compress, _demo, _bench):
         add(sub)
+    add_reproduce(sub, add_device)
     return p
 
 
@@ -38,10 +42,18 @@ def _train(sub) -> None:
         "(--model transformer); a checkpoint is written after every epoch.",
     )
     add_data(t)
+    t.add_argument(
+        "--preset",
+        default=None,
+        choices=list(PRESETS),
+        help="a paper's settings (options given beside it win): "
+        + "; ".join(p.help_line() for p in PRESETS.values()).replace("%", "%%"),
+    )
     add_config_options(t)
     t.add_argument(
         "--out", default="runs/train", help="output folder (checkpoint.pt, train.json, plots)"
     )
+    t.set_defaults(parser=t)
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     t.set_defaults(func=cmd_train)
 
@@ -157,5 +169,10 @@ def _bench(sub) -> None:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "preset", None) and hasattr(args, "parser"):
+        # the preset's settings become the defaults, so options given beside it win
+        args.parser.set_defaults(**presets.get(args.preset).settings)
+        args = parser.parse_args(argv)
     return args.func(args)

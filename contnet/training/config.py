@@ -124,6 +124,15 @@ class TrainConfig:
         default="cosine",
         metadata=option("optimisation", "learning-rate schedule", choices=SCHEDULES),
     )
+    lr_milestones: tuple[int, ...] = field(
+        default=(),
+        metadata=option(
+            "optimisation",
+            "with --schedule step: epochs at which the learning rate is multiplied by 0.1 "
+            "(default: at 1/2 and 3/4 of the epochs)",
+            "ints",
+        ),
+    )
     refine_at: tuple[int, ...] = field(
         default=(),
         metadata=option(
@@ -149,6 +158,11 @@ class TrainConfig:
     def __post_init__(self):
         self.widths = tuple(int(w) for w in self.widths)
         self.refine_at = tuple(sorted(int(e) for e in self.refine_at))
+        self.lr_milestones = tuple(sorted(int(e) for e in self.lr_milestones))
+        if any(e <= 0 or e >= self.epochs for e in self.lr_milestones):
+            raise ValueError(
+                f"lr_milestones must lie in 1..{self.epochs - 1}, got {list(self.lr_milestones)}"
+            )
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.refine_at and self.epochs < 2:
@@ -225,6 +239,7 @@ class TrainConfig:
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
         d["widths"], d["refine_at"] = list(self.widths), list(self.refine_at)
+        d["lr_milestones"] = list(self.lr_milestones)
         return d
 
 
@@ -244,6 +259,7 @@ LEGACY = {
     "val_fraction": 0.0,
     **{k: _DEFAULTS[k] for k in ("model", "dim", "heads", "mlp_ratio", "patch_size", "stages")},
     "optimizer": "sgd",
+    "lr_milestones": [],
 }
 
 
@@ -274,6 +290,6 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs)
     if cfg.schedule == "step":
-        marks = [max(1, cfg.epochs // 2), max(1, (3 * cfg.epochs) // 4)]
+        marks = list(cfg.lr_milestones) or [max(1, cfg.epochs // 2), max(1, (3 * cfg.epochs) // 4)]
         return torch.optim.lr_scheduler.MultiStepLR(opt, marks, 0.1)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)

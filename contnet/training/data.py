@@ -5,6 +5,8 @@
 - ``cifar10``: CIFAR-10 from a local folder in its binary distribution format
   (``data_batch_1.bin`` ... ``data_batch_5.bin``, ``test_batch.bin``: records of one label
   byte and 3,072 image bytes, channel-major 32x32), parsed with numpy (no pickle).
+- ``cifar100``: CIFAR-100 likewise (``train.bin``, ``test.bin``: a coarse and a fine label
+  byte per record; the fine labels are the classes).
 
 Batches come from :class:`Loader`, which shuffles with its own ``torch.Generator`` so a
 run is reproducible and resumable (its state is saved in checkpoints).
@@ -25,12 +27,13 @@ __all__ = [
     "load",
     "load_digits",
     "load_cifar10",
+    "load_cifar100",
+    "read_cifar100_file",
     "read_cifar10_file",
     "DATASETS",
 ]
 
-DATASETS = ("digits", "cifar10")
-CIFAR_RECORD = 1 + 3 * 32 * 32
+DATASETS = ("digits", "cifar10", "cifar100")
 CIFAR_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 CIFAR_TEST = "test_batch.bin"
 _SPLIT_SEED = 0x5EED  # the validation split's fixed order
@@ -141,50 +144,82 @@ def load_digits(test_size: int = 360, seed: int = 0) -> Dataset:
     return Dataset("digits", x_train, y[tr], x_test, y[te], 10, **stats)
 
 
-def read_cifar10_file(path) -> tuple[np.ndarray, np.ndarray]:
-    """One CIFAR-10 binary batch file: ``(images uint8 (N, 3, 32, 32), labels uint8 (N,))``."""
+def _read_records(path, label_bytes: int, classes: int, what: str):
+    """``(images uint8 (N, 3, 32, 32), labels uint8 (N,))`` of a CIFAR binary file whose
+    records are ``label_bytes`` label bytes (the last one the class) and 3,072 image bytes."""
     path = pathlib.Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"CIFAR-10 file {path} is missing")
+        raise FileNotFoundError(f"{what} file {path} is missing")
+    record = label_bytes + 3 * 32 * 32
     raw = np.fromfile(path, dtype=np.uint8)
-    if raw.size == 0 or raw.size % CIFAR_RECORD:
+    if raw.size == 0 or raw.size % record:
         raise ValueError(
-            f"{path} is not a CIFAR-10 binary batch: {raw.size} bytes is not a positive multiple "
-            f"of the {CIFAR_RECORD}-byte record (1 label byte + 3072 image bytes)"
+            f"{path} is not a {what} binary batch: {raw.size} bytes is not a positive multiple "
+            f"of the {record}-byte record ({label_bytes} label byte(s) + 3072 image bytes)"
         )
-    rec = raw.reshape(-1, CIFAR_RECORD)
-    labels = rec[:, 0]
-    if labels.max() > 9:
+    rec = raw.reshape(-1, record)
+    labels = rec[:, label_bytes - 1]
+    if labels.max() >= classes:
         raise ValueError(
-            f"{path} is not a CIFAR-10 binary batch: label {int(labels.max())} is not in 0..9"
+            f"{path} is not a {what} binary batch: label {int(labels.max())} is not in "
+            f"0..{classes - 1}"
         )
-    return rec[:, 1:].reshape(-1, 3, 32, 32), labels
+    return rec[:, label_bytes:].reshape(-1, 3, 32, 32), labels
+
+
+def read_cifar10_file(path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 binary batch file: ``(images uint8 (N, 3, 32, 32), labels uint8 (N,))``."""
+    return _read_records(path, 1, 10, "CIFAR-10")
+
+
+def read_cifar100_file(path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-100 binary file (``train.bin``, ``test.bin``: a coarse and a fine label
+    byte per record): ``(images uint8 (N, 3, 32, 32), fine labels uint8 (N,))``."""
+    return _read_records(path, 2, 100, "CIFAR-100")
+
+
+def _cifar_root(data_dir, name: str, folder: str, files) -> pathlib.Path:
+    if data_dir is None:
+        raise ValueError(f"--data {name} needs --data-dir: the folder of its binary files")
+    root = pathlib.Path(data_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data dir {root} does not exist")
+    if not (root / files[-1]).is_file() and (root / folder).is_dir():
+        root = root / folder
+    missing = [n for n in files if not (root / n).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{root} is not a {name} binary folder: missing {', '.join(missing)}"
+        )
+    return root
+
+
+def _cifar(name, train_parts, test_part, classes) -> Dataset:
+    x_train = torch.from_numpy(np.concatenate([p[0] for p in train_parts])).float() / 255.0
+    y_train = torch.from_numpy(np.concatenate([p[1] for p in train_parts])).long()
+    x_test = torch.from_numpy(test_part[0]).float() / 255.0
+    x_train, x_test, stats = _standardise(x_train, x_test)
+    y_test = torch.from_numpy(test_part[1]).long()
+    return Dataset(name, x_train, y_train, x_test, y_test, classes, augment=True, **stats)
+
+
+def load_cifar100(data_dir) -> Dataset:
+    """CIFAR-100 (fine labels) from ``data_dir`` (the ``cifar-100-binary`` folder, or its
+    parent)."""
+    root = _cifar_root(data_dir, "cifar100", "cifar-100-binary", ("train.bin", "test.bin"))
+    return _cifar(
+        "cifar100",
+        [read_cifar100_file(root / "train.bin")],
+        read_cifar100_file(root / "test.bin"),
+        100,
+    )
 
 
 def load_cifar10(data_dir) -> Dataset:
     """CIFAR-10 from ``data_dir`` (the ``cifar-10-batches-bin`` folder, or its parent)."""
-    if data_dir is None:
-        raise ValueError(
-            "--data cifar10 needs --data-dir: the folder of the CIFAR-10 binary batches"
-        )
-    root = pathlib.Path(data_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data dir {root} does not exist")
-    if not (root / CIFAR_TEST).is_file() and (root / "cifar-10-batches-bin").is_dir():
-        root = root / "cifar-10-batches-bin"
-    missing = [n for n in CIFAR_TRAIN + (CIFAR_TEST,) if not (root / n).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{root} is not a CIFAR-10 binary folder: missing {', '.join(missing)}"
-        )
+    root = _cifar_root(data_dir, "cifar10", "cifar-10-batches-bin", CIFAR_TRAIN + (CIFAR_TEST,))
     parts = [read_cifar10_file(root / n) for n in CIFAR_TRAIN]
-    xt, yt = read_cifar10_file(root / CIFAR_TEST)
-    x_train = torch.from_numpy(np.concatenate([p[0] for p in parts])).float() / 255.0
-    y_train = torch.from_numpy(np.concatenate([p[1] for p in parts])).long()
-    x_test = torch.from_numpy(xt).float() / 255.0
-    x_train, x_test, stats = _standardise(x_train, x_test)
-    y_test = torch.from_numpy(yt).long()
-    return Dataset("cifar10", x_train, y_train, x_test, y_test, 10, augment=True, **stats)
+    return _cifar("cifar10", parts, read_cifar10_file(root / CIFAR_TEST), 10)
 
 
 def load(name: str, data_dir=None, seed: int = 0) -> Dataset:
@@ -192,6 +227,8 @@ def load(name: str, data_dir=None, seed: int = 0) -> Dataset:
         return load_digits(seed=seed)
     if name == "cifar10":
         return load_cifar10(data_dir)
+    if name == "cifar100":
+        return load_cifar100(data_dir)
     raise ValueError(f"unknown data set {name!r}; expected one of {list(DATASETS)}")
 
 

@@ -19,6 +19,7 @@ from .options import (
     positive_int_arg,
 )
 from .reproduce import add_reproduce
+from .study import add_study
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_train, _eval, _compress, _demo, _bench):
         add(sub)
     add_reproduce(sub, add_device)
+    add_study(sub, add_device)
     return p
 
 

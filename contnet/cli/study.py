@@ -1,0 +1,170 @@
+"""``contnet study``: the papers' claims measured on corrupted digits, over several seeds.
+
+(a) ContinuousNet (rk4) against the ResNet-equivalent (euler, ``K = n_steps``, piecewise
+constant) and LM-ResNet, at equal parameters (LM-ResNet adds ``K`` coefficients a block);
+(b) refined in depth (``K`` 1 -> ... -> K) against trained at the final depth: accuracy
+and training wall time; (c) the trained rk4 model projected to half the basis nodes and/or
+run with half the steps, without retraining. Each model is scored on the clean test
+images and by its mean accuracy over 8 corruptions x 5 severities
+(:mod:`contnet.evaluation.corruptions`). Reported: every seed, and the mean and standard
+deviation over seeds (``study.json``, ``study.md``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import pathlib
+
+from ..block import blocks_of
+from ..evaluation import corruption_table, metric_on
+from ..models import project
+from ..report import write_json
+from ..training import TrainConfig, train
+from .commands import load_dataset
+
+
+def _arms(K: int, epochs: int) -> dict:
+    """The models compared, by name: their settings over the study's."""
+    doublings = max(0, round(math.log2(K)))  # K 1 -> 2 -> ... -> K over 2/3 of the epochs
+    marks = sorted(
+        {max(1, round((i + 1) * 2 * epochs / (3 * doublings))) for i in range(doublings)}
+    )
+    return {
+        "rk4": {"scheme": "rk4", "n_basis": K},
+        "resnet": {"scheme": "euler", "n_basis": K},
+        "lm-resnet": {"scheme": "lm", "n_basis": K},
+        "rk4-refined": {"scheme": "rk4", "n_basis": 1, "refine_at": tuple(marks)},
+    }
+
+
+def _scores(model, dataset, seed: int, device) -> dict:
+    def evaluate(pixels, y):
+        return metric_on(model, (dataset.from_pixels(pixels), y), device=device)
+
+    table = corruption_table(evaluate, dataset.to_pixels(dataset.x_test), dataset.y_test, seed=seed)
+    return {"clean": table["clean"], "mca": table["mean_corruption_accuracy"]}
+
+
+def _projections(model, K: int, dataset, seed: int, device) -> dict:
+    """The trained model with half the nodes, half the steps, and both."""
+    rows = {}
+    for name, (n_basis, n_steps) in {
+        "half nodes": (K // 2, K),
+        "half steps": (K, K // 2),
+        "half both": (K // 2, K // 2),
+    }.items():
+        m = copy.deepcopy(model)
+        if n_basis != K:
+            project(m, n_basis)
+        for b in blocks_of(m):
+            b.n_steps = n_steps
+        rows[name] = _scores(m, dataset, seed, device)
+    return rows
+
+
+def _mean_sd(values) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, sd
+
+
+def _summary(per_seed: list[dict]) -> dict:
+    """``{row: {metric: [mean, sd]}}`` over the seeds."""
+    out = {}
+    for row in per_seed[0]:
+        out[row] = {m: list(_mean_sd([s[row][m] for s in per_seed])) for m in per_seed[0][row]}
+    return out
+
+
+def _cell(row: dict, metric: str, scale: float = 100.0, fmt: str = ".2f") -> str:
+    if metric not in row:
+        return "-"
+    mean, sd = row[metric]
+    return f"{scale * mean:{fmt}} ± {scale * sd:{fmt}}"
+
+
+def _markdown(summary: dict, seeds, cfg_line: str) -> str:
+    head = "| model | clean % | mean corrupted % | train s |\n| --- | --- | --- | --- |"
+    rows = [
+        f"| {name} | {_cell(r, 'clean')} | {_cell(r, 'mca')} | "
+        f"{_cell(r, 'wall_time_s', 1.0, '.1f')} |"
+        for name, r in summary.items()
+    ]
+    return (
+        f"# Claims on corrupted digits ({len(seeds)} seeds: {', '.join(map(str, seeds))})\n\n"
+        f"{cfg_line}\n\nMean ± standard deviation over seeds.\n\n"
+        + head
+        + "\n"
+        + "\n".join(rows)
+        + "\n"
+    )
+
+
+def cmd_study(args, log=print) -> int:
+    args.data, args.data_dir = "digits", None
+    dataset = load_dataset(args)
+    out = pathlib.Path(args.out)
+    K, epochs = args.n_basis, args.epochs
+    per_seed = []
+    for seed in args.seeds:
+        rows = {}
+        for name, arm in _arms(K, epochs).items():
+            cfg = TrainConfig(
+                widths=tuple(args.widths),
+                epochs=epochs,
+                seed=seed,
+                device=args.device,
+                progress=False,
+                **arm,
+            )
+            run = train(cfg, out / f"seed{seed}" / name, dataset, log=lambda *a: None)
+            rows[name] = {
+                **_scores(run["model"], dataset, seed, args.device),
+                "wall_time_s": run["wall_time_s"],
+            }
+            log(
+                f"seed {seed} {name}: clean {100 * rows[name]['clean']:.2f}%  "
+                f"corrupted {100 * rows[name]['mca']:.2f}%  {run['wall_time_s']:.1f}s"
+            )
+            if name == "rk4":
+                for p, scores in _projections(run["model"], K, dataset, seed, args.device).items():
+                    rows[f"rk4 {p}"] = scores
+        per_seed.append(rows)
+    summary = _summary(per_seed)
+    cfg_line = (
+        f"ContinuousNet widths {'/'.join(map(str, args.widths))}, K = n_steps = {K} "
+        f"(piecewise constant), {epochs} epochs, SGD, cosine schedule; refined: "
+        f"K 1 -> {K} at epochs {list(_arms(K, epochs)['rk4-refined']['refine_at'])}."
+    )
+    report = _markdown(summary, args.seeds, cfg_line)
+    write_json(
+        out / "study.json",
+        {
+            "seeds": list(args.seeds),
+            "n_basis": K,
+            "epochs": epochs,
+            "widths": list(args.widths),
+            "per_seed": per_seed,
+            "summary": summary,
+        },
+    )
+    (out / "study.md").write_text(report)
+    log("\n" + report + f"\n-> {out}/study.json, study.md")
+    return 0
+
+
+def add_study(sub, add_device) -> None:
+    s = sub.add_parser(
+        "study",
+        help="the papers' claims on corrupted digits, over several seeds",
+        description=__doc__,
+    )
+    s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    s.add_argument("--epochs", type=int, default=18)
+    s.add_argument("--n-basis", type=int, default=4, help="the final depth K (a power of 2)")
+    s.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64])
+    s.add_argument("--out", default="runs/study")
+    add_device(s)
+    s.set_defaults(func=cmd_study)

@@ -31,6 +31,18 @@ def _quiet(*args):
     pass
 
 
+def resumes_bitwise(cfg, ds, tmp_path, full_model) -> None:
+    """A run of ``cfg`` interrupted after epoch 2 and resumed ends with ``full_model``'s
+    weights, bit for bit (the uninterrupted run's)."""
+    with pytest.raises(_Interrupt):
+        train.train(cfg, tmp_path / "cut", ds, log=_stop_after(2))
+    resumed = train.train(cfg, tmp_path / "cut", ds, resume=True, log=_quiet)
+    for (name, a), (_, b) in zip(
+        full_model.state_dict().items(), resumed["model"].state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
 def _cells_follow_weights(model):
     for block in model.stages:
         unit = block.unit
@@ -60,14 +72,7 @@ def test_train_refine_eval_compress_resume(family, k0, norm, tmp_path, capsys):
     assert ks[1] > ks[0] and ks[2] > ks[1], ks
     _cells_follow_weights(full["model"])
 
-    # resumed after an interruption: bitwise the uninterrupted run
-    with pytest.raises(_Interrupt):
-        train.train(cfg, tmp_path / "cut", ds, log=_stop_after(2))
-    resumed = train.train(cfg, tmp_path / "cut", ds, resume=True, log=_quiet)
-    for (name, a), (_, b) in zip(
-        full["model"].state_dict().items(), resumed["model"].state_dict().items(), strict=True
-    ):
-        assert torch.equal(a, b), name
+    resumes_bitwise(cfg, ds, tmp_path, full["model"])
 
     # eval and compress from the command line, on the checkpoint
     ck = str(tmp_path / "full" / "checkpoint.pt")

@@ -147,15 +147,22 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def run_corruptions(model, dataset, out: pathlib.Path, seed: int, log=print, device="cpu"):
-    """Accuracy of ``model`` (as its blocks stand) on the test images under every
-    corruption and severity: printed, ``corruptions.json`` and ``corruptions.png``."""
+def corruption_scores(model, dataset, seed: int, device="cpu") -> dict:
+    """:func:`contnet.evaluation.corruption_table` of ``model`` on ``dataset``'s test images
+    (corrupted as pixels, standardised as the model was trained)."""
 
     def evaluate(pixels, y):
         return metric_on(model, (dataset.from_pixels(pixels), y), device=device)
 
     pixels = dataset.to_pixels(dataset.x_test)
-    table = corruption_table(evaluate, pixels, dataset.y_test, seed=seed)
+    return corruption_table(evaluate, pixels, dataset.y_test, seed=seed)
+
+
+def run_corruptions(model, dataset, out: pathlib.Path, seed: int, log=print, device="cpu"):
+    """Accuracy of ``model`` (as its blocks stand) on the test images under every
+    corruption and severity: printed, ``corruptions.json`` and ``corruptions.png``."""
+
+    table = corruption_scores(model, dataset, seed, device)
     log(corruption_tables(table))
     write_json(out / "corruptions.json", table)
     plots.corruption_heatmap(table, out / "corruptions.png")

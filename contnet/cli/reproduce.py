@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import pathlib
 
-from ..block import blocks_of
 from ..evaluation import manifestation_table, metric_on, plots
 from ..models import project
 from ..report import write_json
@@ -52,8 +51,7 @@ def _projections(preset, runs, dataset, device) -> list[dict]:
     for p in preset.projections:
         model = copy.deepcopy(runs[p.arm]["model"])
         project(model, p.n_basis)
-        for block in blocks_of(model):
-            block.n_steps = p.n_steps
+        model.set_manifestation(n_steps=p.n_steps)
         acc = metric_on(model, (dataset.x_test, dataset.y_test), device=device)
         rows.append(
             {

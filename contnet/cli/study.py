@@ -16,12 +16,10 @@ import copy
 import math
 import pathlib
 
-from ..block import blocks_of
-from ..evaluation import corruption_table, metric_on
 from ..models import project
 from ..report import write_json
 from ..training import TrainConfig, train
-from .commands import load_dataset
+from .commands import corruption_scores, load_dataset
 
 
 def _arms(K: int, epochs: int) -> dict:
@@ -39,10 +37,7 @@ def _arms(K: int, epochs: int) -> dict:
 
 
 def _scores(model, dataset, seed: int, device) -> dict:
-    def evaluate(pixels, y):
-        return metric_on(model, (dataset.from_pixels(pixels), y), device=device)
-
-    table = corruption_table(evaluate, dataset.to_pixels(dataset.x_test), dataset.y_test, seed=seed)
+    table = corruption_scores(model, dataset, seed, device)
     return {"clean": table["clean"], "mca": table["mean_corruption_accuracy"]}
 
 
@@ -57,8 +52,7 @@ def _projections(model, K: int, dataset, seed: int, device) -> dict:
         m = copy.deepcopy(model)
         if n_basis != K:
             project(m, n_basis)
-        for b in blocks_of(m):
-            b.n_steps = n_steps
+        m.set_manifestation(n_steps=n_steps)
         rows[name] = _scores(m, dataset, seed, device)
     return rows
 

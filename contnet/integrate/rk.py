@@ -9,7 +9,6 @@ state per stage. Otherwise the stage updates go through :func:`contnet.ops.rk_co
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -30,19 +29,11 @@ def check_rate(k, x: torch.Tensor, t: float) -> torch.Tensor:
     return k
 
 
-@runtime_checkable
-class SplitRate(Protocol):
-    """A rate that can state itself as ``scale * act(y + bias)``: ``split(t, x) -> (y,
-    bias, act, scale)``. It may also say, by a ``fusable`` attribute, that it cannot now
-    (a unit with a hook on it, say: see :class:`contnet.nn.SplitUnit`)."""
-
-    def split(self, t: float, x: torch.Tensor) -> tuple: ...
-
-
 def split_of(f):
     """The rate's ``split(t, x) -> (y, bias, act, scale)``, with
-    ``f(t, x) == scale * act(y + bias[channel])``, if it offers one (not None) and may use
-    it now (``fusable``); None otherwise. Read from the rate itself at every step: one rate
+    ``f(t, x) == scale * act(y + bias[channel])``, if it offers one (an attribute, not
+    None) and may use it now (its ``fusable``, if it has one, is true: a unit with a hook on
+    it cannot, see :class:`contnet.nn.SplitUnit`); None otherwise. Read from the rate itself at every step: one rate
     of a type may offer it where another does not (a unit whose tail has a batch norm)."""
     split = getattr(f, "split", None)
     if split is None or not callable(split) or not getattr(f, "fusable", True):

@@ -43,6 +43,25 @@ def resumes_bitwise(cfg, ds, tmp_path, full_model) -> None:
         assert torch.equal(a, b), name
 
 
+def evaluates_and_compresses(tmp_path, reference_steps: int):
+    """``contnet eval`` and ``compress --save`` on ``tmp_path/full/checkpoint.pt`` from the
+    command line; returns compress's result and the model rebuilt from what it saved
+    (checked to have the chosen node count)."""
+    ck = str(tmp_path / "full" / "checkpoint.pt")
+    out = str(tmp_path / "full")
+    steps = ["--steps", "1", "2", "--reference", "rk4", str(reference_steps)]
+    assert cli.main(["eval", "--checkpoint", ck, "--schemes", "euler", "rk4", *steps]) == 0
+    table = json.loads((tmp_path / "full" / "eval.json").read_text())
+    assert set(table["rows"]) == {"euler", "rk4"}
+    saved = str(tmp_path / "small.pt")
+    compress = ["compress", "--checkpoint", ck, "--schemes", "euler", "--steps", "2", "1"]
+    assert cli.main([*compress, "--max-drop", "100", "--out", out, "--save", saved]) == 0
+    result = json.loads((tmp_path / "full" / "compress.json").read_text())
+    small = train.model_from_checkpoint(train.load_checkpoint(saved))
+    assert small.stages[0].unit.n_basis == result["choice"]["n_basis"]
+    return result, small
+
+
 def _cells_follow_weights(model):
     for block in model.stages:
         unit = block.unit
@@ -74,22 +93,11 @@ def test_train_refine_eval_compress_resume(family, k0, norm, tmp_path, capsys):
 
     resumes_bitwise(cfg, ds, tmp_path, full["model"])
 
-    # eval and compress from the command line, on the checkpoint
-    ck = str(tmp_path / "full" / "checkpoint.pt")
-    out = str(tmp_path / "full")
-    steps = ["--steps", "1", "2", "--reference", "rk4", "4"]
-    assert cli.main(["eval", "--checkpoint", ck, "--schemes", "euler", "rk4", *steps]) == 0
-    table = json.loads((tmp_path / "full" / "eval.json").read_text())
-    assert set(table["rows"]) == {"euler", "rk4"}
-    saved = str(tmp_path / "small.pt")
-    compress = ["compress", "--checkpoint", ck, "--schemes", "euler", "--steps", "2", "1"]
-    assert cli.main([*compress, "--max-drop", "100", "--out", out, "--save", saved]) == 0
-    result = json.loads((tmp_path / "full" / "compress.json").read_text())
+    result, small = evaluates_and_compresses(tmp_path, reference_steps=4)
     sizes = sorted({c["n_basis"] for c in result["candidates"]}, reverse=True)
     assert sizes[0] == ks[-1] and len(sizes) >= 2, sizes  # the original and fewer nodes
-    small = train.model_from_checkpoint(train.load_checkpoint(saved))
-    assert small.stages[0].unit.n_basis == result["choice"]["n_basis"]
     _cells_follow_weights(small)
+    out = str(tmp_path / "full")
     # the command line resumes it too (all epochs done: it loads and reports)
     capsys.readouterr()
     argv = ["train", "--out", out, "--resume", "--no-progress", "--widths", "4", "8"]

@@ -2,8 +2,6 @@
 contnet train --model transformer with refinement, eval (the manifestation table),
 compress (and reload what it saves), plots, checkpoints and resume."""
 
-import json
-
 import pytest
 import torch
 
@@ -12,7 +10,7 @@ from contnet import cli
 from contnet import training as train
 from contnet.training import data
 
-from .test_every_basis import _quiet, resumes_bitwise
+from .test_every_basis import _quiet, evaluates_and_compresses, resumes_bitwise
 
 
 def test_image_and_token_inputs():
@@ -79,16 +77,8 @@ def test_train_refine_eval_compress_resume(tmp_path, capsys):
     out = str(tmp_path / "full")
     rebuilt = train.model_from_checkpoint(train.load_checkpoint(ck))
     assert isinstance(rebuilt, contnet.ContinuousTransformer)
-    steps = ["--steps", "1", "2", "--reference", "rk4", "8"]
-    assert cli.main(["eval", "--checkpoint", ck, "--schemes", "euler", "rk4", *steps]) == 0
-    table = json.loads((tmp_path / "full" / "eval.json").read_text())
-    assert set(table["rows"]) == {"euler", "rk4"}
-    saved = str(tmp_path / "small.pt")
-    compress = ["compress", "--checkpoint", ck, "--schemes", "euler", "--steps", "2", "1"]
-    assert cli.main([*compress, "--max-drop", "100", "--out", out, "--save", saved]) == 0
-    result = json.loads((tmp_path / "full" / "compress.json").read_text())
-    small = train.model_from_checkpoint(train.load_checkpoint(saved))
-    assert small.stages[0].unit.n_basis == result["choice"]["n_basis"]
+    _, small = evaluates_and_compresses(tmp_path, reference_steps=8)
+    assert isinstance(small, contnet.ContinuousTransformer)
     capsys.readouterr()
     argv = ["train", "--model", "transformer", "--out", out, "--resume", "--no-progress"]
     argv += ["--dim", "16", "--heads", "2", "--optimizer", "adamw", "--lr", "3e-3"]

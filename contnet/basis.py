@@ -233,6 +233,12 @@ class Basis:
         return apply_matrix(self.refine_matrix(), theta)
 
 
+def transfer_matrix(old: Basis, new: Basis) -> torch.Tensor:
+    """The matrix taking node values in ``old`` to ``new``: the exact refinement matrix
+    where ``new`` is ``old`` refined, else the L2 projection onto ``new``."""
+    return old.refine_matrix() if new == old.refined() else old.projection_matrix(new)
+
+
 def apply_matrix(M: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """``out[i] = sum_k M[i, k] theta[k]`` for a tensor whose first dimension is ``K``."""
     if theta.shape[0] != M.shape[1]:

@@ -21,6 +21,13 @@ class SelfAttention(nn.Module):
         return self.attn(h, h, h, need_weights=False)[0]
 
 
+def conv_bn_branch(channels):
+    """A user's convolutional branch with a batch norm (statistics kept per cell)."""
+    return nn.Sequential(
+        nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.Tanh()
+    )
+
+
 def mlp_branch(dim):
     return nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
 
@@ -58,6 +65,10 @@ UNITS = {
     "time_dependent-mlp": (
         lambda K, b: contnet.time_dependent(mlp_branch(4), n_basis=K, basis=b),
         (3, 4),
+    ),
+    "time_dependent-conv-bn": (
+        lambda K, b: contnet.time_dependent(conv_bn_branch(3), n_basis=K, basis=b),
+        (2, 3, 4, 4),
     ),
     "time_dependent-attention": (
         lambda K, b: contnet.time_dependent(SelfAttention(4, 2), n_basis=K, basis=b),

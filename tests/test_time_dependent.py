@@ -77,7 +77,9 @@ def test_tied_parameters_stay_tied_and_buffers_stay():
     m = contnet.time_dependent(copy.deepcopy(module), n_basis=2)
     assert m.module.a.weight is m.module.b.weight
     assert len(m.basis_tensors()) == 3 + 2  # a.weight (tied), a.bias, b.bias, bn affine
-    assert m.module.bn.running_mean.shape == (4,)  # buffers as they were
+    # the norm's statistics: one set per cell, each the module's
+    assert m.module.bn.running_mean.shape == (2, 4)
+    assert torch.equal(m.module.bn.running_mean[1], module.bn.running_mean)
     m.eval()
     torch.testing.assert_close(m(0.7, x), ref, rtol=0, atol=0)
     contnet.refine(m)
@@ -129,10 +131,11 @@ def test_checkpoint_backprop_through_a_users_branch_with_batch_norm():
     grads = {}
     for mode in ("direct", "checkpoint"):
         block.backprop = mode
-        branch[1].reset_running_stats()
+        norm = block.unit.module[1]
+        norm.reset_running_stats()
         out = block(x)
         grads[mode] = torch.autograd.grad(out.square().sum(), [x, *block.parameters()])
-        stats = branch[1].running_mean.clone()
+        stats = norm.running_mean.clone()
         grads[mode + "-stats"] = stats
     for a, b in zip(grads["direct"], grads["checkpoint"]):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
@@ -204,3 +207,153 @@ def test_checkpoint_of_a_refined_users_branch_loads_into_a_fresh_one(tmp_path):
     x = state((3, 4))
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
+
+
+# -- the contract: a copy, the module left as it was ------------------------------------
+
+
+def test_the_module_is_left_as_it_was_and_converts_again():
+    module = mlp_branch(4).double()
+    x = state((3, 4))
+    ref = module(x)
+    params = [(p, p.detach().clone()) for p in module.parameters()]
+    first = contnet.time_dependent(module, n_basis=2)
+    # the user's module still runs, with its own parameters, unchanged
+    torch.testing.assert_close(module(x), ref, rtol=0, atol=0)
+    assert all(p is q for (p, _), q in zip(params, module.parameters()))
+    assert all(torch.equal(p, v) for p, v in params)
+    # a second conversion is another copy; neither shares a tensor with the module
+    second = contnet.time_dependent(module, n_basis=3, basis="fem_linear")
+    for m, t in ((first, 0.9), (second, 0.5)):
+        torch.testing.assert_close(m(t, x), ref, rtol=1e-15, atol=1e-15)
+    ids = {id(p) for p in module.parameters()}
+    assert not ids & {id(p) for p in (*first.parameters(), *second.parameters())}
+    with pytest.raises(ValueError, match="already time-dependent"):
+        contnet.time_dependent(first)
+
+
+def test_a_module_with_weight_norm_hooks_is_copied():
+    # torch.nn.utils.weight_norm keeps a computed weight as a plain attribute, which
+    # copy.deepcopy refuses; the copy recomputes it from the expanded g and v at each call
+    with pytest.warns(FutureWarning):
+        module = nn.utils.weight_norm(nn.Linear(4, 4).double())
+    x = state((3, 4))
+    ref = module(x)
+    m = contnet.time_dependent(module, n_basis=2)
+    assert {n for n, _ in m.named_parameters()} == {
+        "module.bias",
+        "module.weight_g",
+        "module.weight_v",
+    }
+    torch.testing.assert_close(m(0.7, x), ref, rtol=1e-15, atol=1e-15)
+    torch.testing.assert_close(module(x), ref, rtol=0, atol=0)
+
+
+def test_lazy_modules_are_refused_until_materialized():
+    with pytest.raises(ValueError, match="lazy"):
+        contnet.time_dependent(nn.LazyLinear(4))
+
+
+# -- layouts --------------------------------------------------------------------------
+
+
+def test_channels_last_reaches_every_node_of_a_users_conv_branch():
+    branch = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.GELU(), nn.Conv2d(6, 4, 1))
+    model = nn.Sequential(
+        contnet.ContinuousBlock(contnet.time_dependent(branch, n_basis=2), n_steps=2),
+        nn.Conv2d(4, 4, 1),
+    ).double()
+    x = state((2, 4, 5, 5))
+    ref = model(x)
+    model[0].unit.module[0].weight.grad = torch.ones_like(model[0].unit.module[0].weight)
+    weight = model[0].unit.module[0].weight
+    model.to(memory_format=torch.channels_last)
+    assert model[0].unit.module[0].weight is weight  # the parameter is kept
+    for stack in (weight, weight.grad, model[0].unit.module[2].weight):
+        assert stack.dim() == 5
+        assert all(w.is_contiguous(memory_format=torch.channels_last) for w in stack)
+    out = model(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, rtol=1e-13, atol=1e-13)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    # a 1-d convolution's stack keeps its layout, as torch keeps a Conv1d weight's
+    conv1d = contnet.time_dependent(nn.Conv1d(3, 3, 3), n_basis=2)
+    conv1d.to(memory_format=torch.channels_last)
+    assert conv1d.module.weight.is_contiguous()
+    conv3d = contnet.time_dependent(nn.Conv3d(2, 2, 3), n_basis=2)
+    conv3d.to(memory_format=torch.channels_last_3d)
+    assert all(w.is_contiguous(memory_format=torch.channels_last_3d) for w in conv3d.module.weight)
+
+
+# -- norms with running statistics: one set per cell ------------------------------------
+
+
+def _bn_branch():
+    return nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Tanh()).double()
+
+
+def test_batch_norm_statistics_are_kept_per_cell():
+    branch = _bn_branch()
+    block = contnet.ContinuousBlock(contnet.time_dependent(branch, n_basis=2), scheme="euler")
+    norm = block.unit.module[1]
+    assert norm.running_mean.shape == (2, 3) and norm.num_batches_tracked.shape == (2,)
+    x = state((4, 3, 5, 5))
+    block(x)  # euler, 2 steps: one stage in each cell
+    assert norm.num_batches_tracked.tolist() == [1, 1]
+    # cell 0 saw x; cell 1 the state after the first step: their statistics differ
+    branch.train()
+    with torch.no_grad():
+        branch(x)  # the same update from the same start, by the module itself
+    torch.testing.assert_close(norm.running_mean[0], branch[1].running_mean)
+    assert not torch.allclose(norm.running_mean[1], norm.running_mean[0])
+    # eval: each cell normalises with its own statistics, as the module would with them
+    block.eval()
+    branch.eval()
+    with torch.no_grad():
+        y = block(x)
+        branch[1].running_mean.copy_(norm.running_mean[1])
+        branch[1].running_var.copy_(norm.running_var[1])
+        h = x + 0.5 * block.unit(0.25, x)
+        torch.testing.assert_close(y, h + 0.5 * branch(h), rtol=1e-12, atol=1e-12)
+    assert block.unit.module[1].num_batches_tracked.tolist() == [1, 1]
+
+
+def test_batch_norm_cells_follow_refinement_and_projection():
+    block = contnet.ContinuousBlock(contnet.time_dependent(_bn_branch(), n_basis=2), n_steps=4)
+    x = state((4, 3, 5, 5))
+    block(x)
+    norm = block.unit.module[1]
+    before = norm.running_mean.clone(), norm.num_batches_tracked.clone()
+    block.eval()
+    with torch.no_grad():
+        y = block(x)
+        contnet.refine(block, steps=False)
+        assert norm is block.unit.module[1] and norm.running_mean.shape == (4, 3)
+        torch.testing.assert_close(norm.running_mean, before[0].repeat_interleave(2, 0))
+        assert norm.num_batches_tracked.tolist() == before[1].repeat_interleave(2).tolist()
+        torch.testing.assert_close(block(x), y, rtol=1e-12, atol=1e-12)  # exact
+        contnet.project(block, 1)
+    torch.testing.assert_close(norm.running_mean[0], before[0].mean(0))
+    assert norm.num_batches_tracked.tolist() == [round(before[1].double().mean().item())]
+
+
+def test_a_legendre_or_fem_basis_keeps_statistics_per_polynomial_piece():
+    for basis, K, cells in (("legendre", 3, 1), ("fem_linear", 3, 2)):
+        m = contnet.time_dependent(_bn_branch(), n_basis=K, basis=basis)
+        assert m.module[1].running_var.shape == (cells, 3)
+
+
+def test_statistics_round_trip_a_state_dict_and_a_checkpoint(tmp_path):
+    from contnet.training import load_checkpoint, load_model_state, save_checkpoint
+
+    def build():
+        torch.manual_seed(0)
+        return contnet.ContinuousBlock(contnet.time_dependent(_bn_branch(), n_basis=2))
+
+    block = build()
+    block(state((4, 3, 5, 5)))
+    contnet.refine(block)
+    block(state((4, 3, 5, 5), seed=1))
+    save_checkpoint(tmp_path / "ck.pt", block)
+    fresh = load_model_state(load_checkpoint(tmp_path / "ck.pt"), build())
+    for (n, a), (_, b) in zip(block.state_dict().items(), fresh.state_dict().items()):
+        assert torch.equal(a, b), n

@@ -54,12 +54,6 @@ def _move_optimizer_state(optimizer, changes) -> None:
             }
 
 
-def _basis_map(old: basis_lib.Basis, new: basis_lib.Basis) -> torch.Tensor:
-    """The matrix taking node values in ``old`` to ``new``: the exact refinement matrix
-    where ``new`` is ``old`` refined, else the L2 projection."""
-    return old.refine_matrix() if new == old.refined() else old.projection_matrix(new)
-
-
 def map_bases(module: nn.Module, target, optimizer=None) -> dict:
     """Move every time-dependent layer of ``module`` to the basis ``target(layer)`` (the
     batch norms of a unit to as many cells as ``target(unit)`` has), and
@@ -82,7 +76,7 @@ def map_bases(module: nn.Module, target, optimizer=None) -> dict:
         if isinstance(m, TimeDependent):
             new = follow.get(m) or target(m)
             if new != m.basis:
-                plans.append((m, new, _basis_map(m.basis, new)))
+                plans.append((m, new, basis_lib.transfer_matrix(m.basis, new)))
     changes = []
     for m, new, M in plans:
         changes += m._apply_basis_map(new, M)

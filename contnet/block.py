@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch._C._functorch import is_functorch_wrapped_tensor
+from torch.utils._pytree import tree_leaves
 
 from . import ops, schemes
 from .integrate import BACKPROP_MODES, odeint, rate_times
@@ -18,6 +19,7 @@ from .nn import (
     frozen_batch_stats,
     node_layout_like,
     reads_weights_ahead,
+    recompute_hazards,
 )
 
 __all__ = ["ContinuousBlock", "blocks_of"]
@@ -98,10 +100,16 @@ class ContinuousBlock(nn.Module):
             raise ValueError(f"unknown backprop {value!r}; expected one of {list(BACKPROP_MODES)}")
         self._backprop = value
 
-    def forward(self, x, **kwargs):
+    def forward(self, x, *args, **kwargs):
         """``x(1)`` from ``x(0) = x``. Keyword arguments go to every call of the unit, held
-        constant over depth (an attention mask, a conditioning input); gradients reach them
-        with ``backprop="direct"`` only."""
+        constant over depth (an attention mask, a conditioning input); the tensors among
+        them get their gradients in every backprop mode (exact with ``checkpoint``)."""
+        if args:
+            raise TypeError(
+                f"a ContinuousBlock takes one positional argument, the state x, got "
+                f"{1 + len(args)}: pass the others by keyword (block(x, mask=m)); they reach "
+                "every call of the unit"
+            )
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
             raise TypeError(f"x must be a floating-point tensor, got {got}")
@@ -130,6 +138,8 @@ class ContinuousBlock(nn.Module):
         kw = {}
         if isinstance(schemes.get(self.scheme), schemes.LMResNet):
             kw["lm_k"] = self.lm.at(rate_times(self.scheme, self.n_steps))
+        if self.backprop != "direct" and torch.is_grad_enabled():
+            _check_replayable(self.unit, self.backprop)
         if self.backprop != "direct":
             # what the rate reads: the stage-weight table, and the unit's parameters that
             # are not behind it (a tensor and one computed from it must not both be listed)
@@ -137,7 +147,8 @@ class ContinuousBlock(nn.Module):
             if isinstance(rate, StageRate):
                 tables = rate.tensors()
                 behind = {id(t) for t in _stacks(self.unit.basis_tensors())}
-            kw["params"] = tables + [p for p in self.unit.parameters() if id(p) not in behind]
+            params = tables + [p for p in self.unit.parameters() if id(p) not in behind]
+            kw["params"] = params + _keyword_tensors(kwargs, params)
             kw["recompute"] = lambda: frozen_batch_stats(self.unit)
         return odeint(
             rate, x, scheme=self.scheme, n_steps=self.n_steps, backprop=self.backprop, **kw
@@ -255,6 +266,62 @@ class StageRate:
                     if w is not None:
                         seen[id(w)] = w
         return list(seen.values())
+
+
+def _check_replayable(unit, backprop: str) -> None:
+    """Refuse a unit whose state a step recomputed in backward would change again
+    (:func:`contnet.nn.recompute_hazards`): its gradients would not be the forward's."""
+    found = recompute_hazards(unit)
+    if found:
+        raise ValueError(
+            f"backprop={backprop!r} recomputes each step in backward, but {', '.join(found)} "
+            "updates its state at every call in training mode, so the recomputed steps "
+            "would use other weights than the forward pass did: use backprop='direct', or "
+            "put those modules in eval mode"
+        )
+
+
+def _keyword_tensors(kwargs, params) -> list:
+    """The tensors among the keyword arguments (at any depth of lists, tuples and dicts)
+    that need a gradient, for ``checkpoint``/``adjoint`` to differentiate (a conditioning
+    input, a cross-attention memory). One computed from a tensor of ``params`` (the unit's
+    own weights) is refused: its gradient would reach that tensor twice, once through the
+    step and once through its own history."""
+    leaves = [t for t in tree_leaves(kwargs) if isinstance(t, torch.Tensor) and t.requires_grad]
+    if not leaves:
+        return []
+    listed = {id(p) for p in params}
+    out = {id(t): t for t in leaves if id(t) not in listed}
+    for name, t in _named_leaves(kwargs):
+        if id(t) in out and _reaches(t, listed):
+            raise ValueError(
+                f"keyword argument {name!r} is computed from the unit's own parameters, which "
+                "backprop='checkpoint'/'adjoint' cannot tell apart from its own history "
+                "(the gradient would count twice): pass it detached, or use backprop='direct'"
+            )
+    return list(out.values())
+
+
+def _named_leaves(kwargs):
+    for name, value in kwargs.items():
+        for t in tree_leaves(value):
+            if isinstance(t, torch.Tensor):
+                yield name, t
+
+
+def _reaches(t: torch.Tensor, listed: set) -> bool:
+    """Whether ``t``'s autograd history reads a tensor whose id is in ``listed``."""
+    seen, stack = set(), [t.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        var = getattr(node, "variable", None)  # an AccumulateGrad: a leaf tensor
+        if var is not None and id(var) in listed:
+            return True
+        stack.extend(n for n, _ in node.next_functions)
+    return False
 
 
 def _stacks(groups) -> list:

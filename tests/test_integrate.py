@@ -92,3 +92,33 @@ def test_errors_name_the_argument():
         contnet.odeint(f, x, backprop="magic")
     with pytest.raises(ValueError, match="t0 and t1 must differ"):
         contnet.odeint(f, x, t0=0.5, t1=0.5)
+
+
+def test_a_rate_of_a_wider_dtype_is_refused_at_its_first_stage():
+    lin = torch.nn.Linear(4, 4)
+    x = torch.randn(2, 4)
+    for scheme in ("euler", "rk4", "ab2", "lm"):
+        kw = {"lm_k": torch.zeros(2)} if scheme == "lm" else {}
+        with pytest.raises(
+            TypeError, match="x's dtype torch.float32 .* got torch.float64 at t=0.0"
+        ):
+            contnet.odeint(lambda t, x: lin(x).double(), x, scheme=scheme, n_steps=2, **kw)
+
+    class Split:  # the fused path: a pre-tail output of a wider dtype
+        def __call__(self, t, x):
+            return x
+
+        def split(self, t, x):
+            return x.double(), None, "identity", 1.0
+
+    with pytest.raises(TypeError, match="x's dtype torch.float32"):
+        contnet.odeint(Split(), x.view(2, 4, 1, 1), scheme="rk4")
+    # a narrower rate is promoted to the state's dtype, as under autocast
+    y = contnet.odeint(lambda t, x: lin(x).half(), x, scheme="rk4", n_steps=2)
+    assert y.dtype == torch.float32
+
+
+def test_a_block_takes_one_positional_argument():
+    block = contnet.ContinuousBlock(contnet.MLPUnit(4))
+    with pytest.raises(TypeError, match="one positional argument, the state x, got 2: pass the"):
+        block(torch.randn(2, 4), torch.ones(2, 4))

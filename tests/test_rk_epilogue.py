@@ -282,19 +282,28 @@ def _forward_ad_call(name):
 @pytest.mark.parametrize(
     "name", ["rk_combine", "rk_combine_learned", "rk_epilogue", "eager entry", "basis_interp"]
 )
-def test_forward_mode_ad_is_a_clear_error(name):
-    """The extension's kernels have no forward-mode derivative: a tangent on an input
-    raises instead of being dropped (the kernels alone would return no tangent or a zero
-    one), with and without grad mode. Inside a torch.func transform the public ops run the
-    references, whose tangent is the reference's; the extension's own entry refuses."""
+def test_forward_mode_ad_runs_the_references(name):
+    """The extension's kernels have no forward-mode derivative: under forward-mode AD
+    (``torch.autograd.forward_ad``) and inside a torch.func transform the public ops run
+    the references, whose tangents they return, with and without grad mode; the
+    extension's own entry refuses a tangent rather than dropping it."""
     import torch.autograd.forward_ad as fwAD
 
     x, call = _forward_ad_call(name)
+    tangent = torch.randn_like(x)
     for grad_mode in (True, False):
         with torch.set_grad_enabled(grad_mode), fwAD.dual_level():
-            with pytest.raises(RuntimeError, match="jvp is not implemented"):
-                call(fwAD.make_dual(x, torch.randn_like(x)))
-    tangent = torch.randn_like(x)
+            if name == "eager entry":
+                with pytest.raises(RuntimeError, match="jvp is not implemented"):
+                    call(fwAD.make_dual(x, tangent))
+                continue
+            dual = fwAD.unpack_dual(call(fwAD.make_dual(x, tangent)))
+            with ops.use_reference():
+                ref = fwAD.unpack_dual(call(fwAD.make_dual(x, tangent)))
+        if name != "eager entry":
+            torch.testing.assert_close(dual.primal, ref.primal, rtol=0, atol=0)
+            torch.testing.assert_close(dual.tangent, ref.tangent, rtol=0, atol=0)
+            assert dual.tangent.abs().max() > 0
     if name == "eager entry":
         with pytest.raises(RuntimeError, match="functorch transforms"):
             torch.func.jvp(call, (x,), (tangent,))

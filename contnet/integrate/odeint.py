@@ -81,9 +81,9 @@ def odeint(
             differentiated again (that backward recomputes the pass with a graph: memory
             as ``direct``); ``adjoint`` refuses ``create_graph=True``. Inside a
             ``torch.func`` transform (``grad``, ``vmap``, ``jvp``, ``functional_call``
-            ensembles) both step as ``direct``: the transform differentiates the steps
-            themselves, so the gradients are exact (also for ``adjoint``) and the memory is
-            ``direct``'s.
+            ensembles) and under forward-mode AD (``torch.autograd.forward_ad``) both step
+            as ``direct``: the transform differentiates the steps themselves, so the
+            gradients are exact (also for ``adjoint``) and the memory is ``direct``'s.
         trajectory: if true, return the states at the ``n_steps + 1`` step boundaries
             stacked along a new first dimension instead of the final state (``direct``).
         params: tensors the rate depends on that need gradients, for ``checkpoint`` and
@@ -110,8 +110,14 @@ def odeint(
     sch = schemes.get(scheme)
     n_steps = schemes.check_n_steps(n_steps)
     stepper = stepper_for(f, sch, n_steps, t0, t1, lm_k)
-    # torch.func transforms differentiate (or batch) the steps themselves: as direct
-    if backprop == "direct" or not torch.is_grad_enabled() or ops.in_func_transform():
+    # torch.func transforms and forward-mode AD differentiate (or batch) the steps
+    # themselves: as direct
+    if (
+        backprop == "direct"
+        or not torch.is_grad_enabled()
+        or ops.in_func_transform()
+        or ops.in_forward_ad()
+    ):
         path = []
         keep = (lambda n, s: path.append(s[0])) if trajectory else None
         state = march(stepper, stepper.start(x0), before=keep)

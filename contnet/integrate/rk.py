@@ -22,6 +22,17 @@ def check_rate(k, x: torch.Tensor, t: float) -> torch.Tensor:
         raise ValueError(
             f"f(t, x) must return a tensor of x's shape {tuple(x.shape)}, got {tuple(k.shape)} at t={t}"
         )
+    if (
+        k.dtype != x.dtype
+        and torch.promote_types(k.dtype, x.dtype) != x.dtype
+        and not torch.is_autocast_enabled(x.device.type)
+    ):
+        # a wider rate would promote the state and the next stage would meet weights of
+        # the state's dtype (a narrower one, as under autocast, is promoted to it)
+        raise TypeError(
+            f"f(t, x) must return a tensor of x's dtype {x.dtype} (or a narrower one), got "
+            f"{k.dtype} at t={t}"
+        )
     if k.device != x.device:
         raise ValueError(
             f"f(t, x) must return a tensor on x's device {x.device}, got {k.device} at t={t}"
@@ -108,7 +119,12 @@ def _rk_step_fused(split, x, times, h, tab):
     dtype, kernel = x.dtype, ops.epilogue_kernel(x)
     for i, st in enumerate(_fused_plan(tab)):
         y, bias, act, scale = split(times[i], xi)
-        if not isinstance(y, torch.Tensor) or y.shape != x.shape or y.device != x.device:
+        if (
+            not isinstance(y, torch.Tensor)
+            or y.shape != x.shape
+            or y.device != x.device
+            or y.dtype != x.dtype
+        ):
             check_rate(y, x, times[i])
         bases = [x, acc] if st.next_input and st.update_acc else [x] if st.next_input else [acc]
         terms = [ks[j] for j in st.prev] if st.prev else []

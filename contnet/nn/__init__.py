@@ -25,6 +25,7 @@ from .norm import (
     TimeGroupNorm,
     TimeLayerNorm,
     frozen_batch_stats,
+    recompute_hazards,
 )
 from .protocol import PassSplitUnit, SplitUnit, Unit, conforms
 from .refine import map_bases, project, refine_bases
@@ -71,6 +72,7 @@ __all__ = [
     "map_bases",
     "frozen_batch_stats",
     "reads_weights_ahead",
+    "recompute_hazards",
     "dispatch_free",
     "interpolate",
     "node_layout_like",

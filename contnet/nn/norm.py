@@ -239,7 +239,7 @@ def frozen_batch_stats(module: nn.Module):
     norms = [
         m
         for m in module.modules()
-        if isinstance(m, (TimeBatchNorm, nn.modules.batchnorm._BatchNorm))
+        if isinstance(m, (TimeBatchNorm, nn.modules.batchnorm._NormBase))
     ]
     saved = [(m, m.momentum, getattr(m, "num_batches_tracked", None)) for m in norms]
     counts = [None if n is None else n.clone() for _, _, n in saved]
@@ -252,3 +252,25 @@ def frozen_batch_stats(module: nn.Module):
             m.momentum = momentum
             if n is not None:
                 n.copy_(c)
+
+
+def recompute_hazards(module: nn.Module) -> list[str]:
+    """What in ``module`` changes its own state at every call in training mode, other
+    than norms' statistics (which :func:`frozen_batch_stats` holds still): parametrizations
+    holding buffers (``spectral_norm``'s power iteration, ``_u`` and ``_v``) and
+    ``torch.nn.utils.spectral_norm``'s hook. A step recomputed in backward would change it
+    again and differentiate other weights than the forward pass used. Each as
+    ``"path (kind)"``; only those in training mode (in eval mode they keep still)."""
+    from torch.nn.utils.spectral_norm import SpectralNorm
+
+    found = []
+    for path, m in module.named_modules():
+        plist = m._modules.get("parametrizations")
+        if isinstance(plist, nn.ModuleDict):
+            for tensor, chain in plist.items():
+                for p in chain:
+                    if p.training and any(True for _ in p.buffers()):
+                        found.append(f"{path or 'unit'}.{tensor} ({type(p).__name__})")
+        if m.training and any(isinstance(h, SpectralNorm) for h in m._forward_pre_hooks.values()):
+            found.append(f"{path or 'unit'} (torch.nn.utils.spectral_norm)")
+    return found

@@ -24,7 +24,7 @@ from . import fake  # noqa: F401  (registers the fake kernels)
 from .activations import ACT_CODES
 from .combine import combine_learned_unchecked, combine_unchecked, rk_combine
 from .epilogue import epilogue_kernel, epilogue_unchecked, rk_epilogue
-from .extension import backend, extension_loaded, in_func_transform, use_reference
+from .extension import backend, extension_loaded, in_forward_ad, in_func_transform, use_reference
 from .interp import basis_interp
 from .reference import basis_interp_reference, rk_combine_reference, rk_epilogue_reference
 
@@ -34,6 +34,7 @@ __all__ = [
     "extension_loaded",
     "use_reference",
     "in_func_transform",
+    "in_forward_ad",
     "rk_combine",
     "rk_combine_reference",
     "rk_epilogue",

@@ -1,6 +1,6 @@
 """Loading the extension ``contnet._C`` and choosing, per call, between its kernels and the
 pure-PyTorch references: the references run without the extension (one warning), inside
-``torch.func`` transforms, and under :func:`use_reference`."""
+``torch.func`` transforms, under forward-mode AD, and under :func:`use_reference`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import warnings
 
 import torch
+from torch.autograd import forward_ad
 
 _EXT_ERROR: Exception | None = None
 try:
@@ -69,12 +70,19 @@ def in_func_transform() -> bool:
     return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
 
 
+def in_forward_ad() -> bool:
+    """Whether forward-mode AD is on (within ``torch.autograd.forward_ad.dual_level``): the
+    extension's C++ autograd has no forward derivative; the references' pure PyTorch has."""
+    return forward_ad._current_level >= 0
+
+
 def use_extension(op: str, t: torch.Tensor) -> bool:
     global _warned_missing
     if _force_reference:
         return False
-    # inside a torch.func transform the references run (the same results, pure PyTorch)
-    if in_func_transform():
+    # inside a torch.func transform or under forward-mode AD the references run (the same
+    # results, pure PyTorch)
+    if in_func_transform() or in_forward_ad():
         return False
     if not extension_loaded():
         if not _warned_missing:

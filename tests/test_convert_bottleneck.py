@@ -58,6 +58,37 @@ def test_the_stages_of_timms_resnetv2_50_convert_after_their_first_block():
         torch.testing.assert_close(block.eval()(x), blocks[1:](x), rtol=1e-6, atol=1e-6)
 
 
+def test_a_slice_of_an_eval_model_converts_to_an_eval_block_without_touching_statistics():
+    # slicing is how a user skips the downsampling block; the slice is a new Sequential,
+    # in training mode: the block takes the mode of the blocks themselves
+    model = timm.create_model("resnetv2_50", pretrained=False).double().eval()
+    randomise_norms(model)
+    stage = model.stages[0].blocks[1:]
+    assert stage.training and not stage[0].training
+    before = {n: b.clone() for n, b in model.named_buffers()}
+    block = contnet.from_resnet(stage)
+    assert not block.training and not any(m.training for m in block.modules())
+    x = torch.randn(2, 256, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), stage(x), rtol=1e-10, atol=1e-10)
+    for n, b in model.named_buffers():
+        assert torch.equal(b, before[n]), n
+    # a stage in training mode gives a block in training mode; mixed modes are refused
+    assert contnet.from_resnet(model.train().stages[0].blocks[1:]).training
+    mixed = model.stages[0].blocks[1:]
+    mixed[0].eval()
+    with pytest.raises(ValueError, match="different modes"):
+        contnet.from_resnet(mixed)
+    mixed[0].train()
+    mixed[1].norm2.eval()  # a frozen norm in one block only
+    with pytest.raises(ValueError, match="batch norms 2 are in different modes"):
+        contnet.from_resnet(mixed)
+    for b in mixed:
+        b.norm2.eval()  # frozen in every block: the block's second norm is frozen too
+    block = contnet.from_resnet(mixed)
+    assert block.training and not block.unit.norm2.training and block.unit.norm1.training
+
+
 @pytest.mark.parametrize(
     "kw, match",
     [

@@ -295,7 +295,8 @@ def from_resnet(stage) -> ContinuousBlock:
     dropout, drop-path, squeeze-excitation) is refused, and the stage and the block are
     run on a probe batch (eval mode, the stage's dtype and device) and must agree to
     rounding, which refuses blocks whose forward computes something else (post-activation
-    blocks). The stage is left as it was (training modes included).
+    blocks). The block takes the training mode of the blocks (and its norms that of
+    theirs); the stage is left as it was, statistics and modes included.
     """
     try:
         blocks = list(stage)
@@ -307,7 +308,27 @@ def from_resnet(stage) -> ContinuousBlock:
         raise ValueError("stage must hold at least one residual block")
     parts = [_parts(b, i) for i, b in enumerate(blocks)]
     _check_stage(parts)
+    modes = _modes(blocks, parts)
     block = _build(parts)
     _probe(blocks, block, parts)
-    block.train(getattr(stage, "training", blocks[0].training))
+    block.train(modes[0])
+    for j, mode in enumerate(modes[1:], start=1):
+        getattr(block.unit, f"norm{j}").train(mode)
     return block
+
+
+def _modes(blocks, parts) -> list[bool]:
+    """The training mode the converted block takes, then each of its norms': those of the
+    blocks it is made from (not of a container around them: a slice of a ``Sequential`` is
+    a new one, in training mode). Blocks or norms in different modes are refused: one
+    block cannot hold them."""
+    modes = [[b.training for b in blocks]]
+    modes += [[pairs[j][0].training for pairs in parts] for j in range(len(parts[0]))]
+    for j, column in enumerate(modes):
+        if len(set(column)) > 1:
+            what = "blocks" if j == 0 else f"batch norms {j}"
+            raise ValueError(
+                f"the stage's {what} are in different modes (training: {column}); a converted "
+                "block has one: put them in one mode first (stage.train() or stage.eval())"
+            )
+    return [column[0] for column in modes]

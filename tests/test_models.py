@@ -168,3 +168,24 @@ def test_continuous_net_errors():
         contnet.ContinuousNet(widths=())
     with pytest.raises(ValueError, match="unknown norm"):
         contnet.ContinuousNet(norm="group")
+
+
+def test_refine_and_project_take_the_steps_with_the_nodes_and_say_what_they_did():
+    net = contnet.ContinuousNet(1, 4, widths=(4, 8), n_basis=2)
+    blocks = contnet.block.blocks_of(net)
+    blocks[1].n_steps = 6  # its own, not one per node
+    change = contnet.refine(net)
+    assert [b.n_steps for b in blocks] == [4, 12]
+    assert (
+        repr(change) == "BasisChange(refined 20 tensors, n_basis 2 -> 4, n_steps [2, 6] -> [4, 12])"
+    )
+    change = contnet.project(net, 2)  # the same rule: steps scale with the nodes
+    assert [b.n_steps for b in blocks] == [2, 6] and blocks[0].unit.n_basis == 2
+    assert "projected" in repr(change) and "tensor(" not in repr(change)
+    w = blocks[0].unit.conv1.weight
+    assert w in change and change[w].shape == (2, 4) and len(change) == 20
+    contnet.project(net, 1, steps=False)
+    contnet.refine(net, steps=False)
+    assert [b.n_steps for b in blocks] == [2, 6]
+    contnet.project(net, 1)  # 2 -> 1 nodes: half the steps, at least one
+    assert [b.n_steps for b in blocks] == [1, 3]

@@ -510,7 +510,9 @@ def test_compress_any_arguments(data):
     ks = [None, [k0]] + ([[2, 1]] if family == "piecewise_constant" else [])
     n_basis = a("n_basis", ks, [3, ["2"], [0]])
     steps = a("steps", [None, [1, 2]], [[0], 2, ["1"]])
-    scheme_list = a("schemes", [None, ["euler"], ["rk4", "midpoint"]], [["rk9"], [None]])
+    scheme_list = a(
+        "schemes", [None, ["euler"], ["rk4", "midpoint"], [None]], [["rk9"], "rk4", [3]]
+    )
     latency_batch = a("latency_batch", [4, 256], [0, 1.5])
 
     def call():

@@ -6,7 +6,7 @@ conversion of a pre-activation residual stage (``from_resnet``) and CUDA-graph i
 from .continuous_net import ContinuousNet, Stitch
 from .convert import from_resnet
 from .cuda_graph import GraphedInference, cuda_graph
-from .refine import project, refine
+from .refine import BasisChange, project, refine
 from .transformer import ContinuousTransformer
 
 #: the networks a checkpoint can rebuild from their ``config`` (by class name)
@@ -19,6 +19,7 @@ __all__ = [
     "Stitch",
     "refine",
     "project",
+    "BasisChange",
     "from_resnet",
     "cuda_graph",
     "GraphedInference",

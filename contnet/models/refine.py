@@ -1,18 +1,68 @@
-"""Refinement in depth of a module tree: every time-dependent layer to the next finer
-basis (exactly) and every block's step count doubled; projection (from
-:mod:`contnet.nn.refine`) leaves the step counts as they are."""
+"""Refinement and projection in depth of a module tree: every time-dependent layer to
+another basis (from :mod:`contnet.nn.refine`) and, by one rule for both, every block's step
+count with it: ``n_steps`` follows the number of basis nodes (doubled by refinement,
+scaled by the ratio of nodes by projection), so a block keeps its steps per node; pass
+``steps=False`` to keep the step counts as they are."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from torch import nn
 
 from ..block import ContinuousBlock
-from ..nn import project, refine_bases
+from ..nn import TimeBatchNorm, TimeDependent, Unit, conforms, refine_bases
+from ..nn import project as project_bases
 
-__all__ = ["refine", "project"]
+__all__ = ["BasisChange", "refine", "project"]
 
 
-def refine(module: nn.Module, *, steps: bool = True, optimizer=None) -> dict:
+class BasisChange(Mapping):
+    """What :func:`refine` or :func:`project` changed: a mapping ``{new tensor: M}`` with
+    ``new = M @ old`` along the node dimension (to move state one keeps of the old tensors),
+    whose repr is a one-line summary rather than the tensors."""
+
+    def __init__(self, what: str, maps: dict, bases: tuple, steps: tuple):
+        self.what, self._maps = what, maps
+        self.n_basis, self.n_steps = bases, steps  # (before, after), each sorted and distinct
+
+    def __getitem__(self, key):
+        return self._maps[key]
+
+    def __iter__(self):
+        return iter(self._maps)
+
+    def __len__(self) -> int:
+        return len(self._maps)
+
+    def __repr__(self) -> str:
+        def span(pair):
+            a, b = (v[0] if len(v) == 1 else list(v) for v in pair)
+            return f"{a} -> {b}"
+
+        steps = f", n_steps {span(self.n_steps)}" if self.n_steps[0] else ""
+        return f"BasisChange({self.what} {len(self)} tensors, n_basis {span(self.n_basis)}{steps})"
+
+
+def _state(module: nn.Module) -> tuple[list, list]:
+    """The node counts of the blocks' units (of the time-dependent layers where there is no
+    block) and the blocks, in module order."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
+    blocks = [m for m in module.modules() if isinstance(m, ContinuousBlock)]
+    units = [b.unit for b in blocks if conforms(b.unit, Unit)] or [
+        m
+        for m in module.modules()
+        if isinstance(m, TimeDependent) and not isinstance(m, TimeBatchNorm)
+    ]
+    return [u.n_basis for u in units], blocks
+
+
+def _distinct(values) -> tuple:
+    return tuple(sorted(set(values)))
+
+
+def refine(module: nn.Module, *, steps: bool = True, optimizer=None) -> BasisChange:
     """Refine every time-dependent layer of ``module`` to the next finer basis (exact:
     ``theta(t)`` is unchanged) and, with ``steps``, double every block's ``n_steps``. The
     batch norms of a unit follow its weights' cells (a ``legendre`` basis has
@@ -20,12 +70,47 @@ def refine(module: nn.Module, *, steps: bool = True, optimizer=None) -> dict:
 
     The refined tensors are new parameters: pass the ``optimizer`` so that it holds them in
     place of the old ones, with its per-parameter state (momentum, moments) mapped by the
-    same linear map. (A ``DistributedDataParallel`` wrapper must be built anew.) Returns
-    ``{new_tensor: R}`` with ``new = R @ old`` along the node dimension.
+    same linear map. (A ``DistributedDataParallel`` wrapper must be built anew.) Returns a
+    :class:`BasisChange`, ``{new_tensor: R}`` with ``new = R @ old`` along the node
+    dimension.
     """
+    before, blocks = _state(module)
+    steps_before = [b.n_steps for b in blocks]
     maps = refine_bases(module, optimizer)
     if steps:
-        for m in module.modules():
-            if isinstance(m, ContinuousBlock):
-                m.n_steps = 2 * m.n_steps
-    return maps
+        for b in blocks:
+            b.n_steps = 2 * b.n_steps
+    after = _state(module)[0]
+    return BasisChange(
+        "refined",
+        maps,
+        (_distinct(before), _distinct(after)),
+        (_distinct(steps_before), _distinct(b.n_steps for b in blocks)),
+    )
+
+
+def project(
+    module: nn.Module, n_basis: int, basis: str | None = None, *, steps: bool = True, optimizer=None
+) -> BasisChange:
+    """L2-project every time-dependent layer of ``module`` onto ``n_basis`` nodes of
+    ``basis`` (default: each layer's own family); batch-norm statistics of a unit go onto
+    as many cells as its new weight basis has (see :func:`contnet.nn.project`). With
+    ``steps``, every block's ``n_steps`` is scaled as its unit's node count is,
+    ``round(n_steps * K_new / K_old)`` (at least 1), as :func:`refine` doubles it. Every
+    argument is checked before anything changes. Returns a :class:`BasisChange`
+    (``new = P @ old``)."""
+    before, blocks = _state(module)
+    steps_before = [b.n_steps for b in blocks]
+    nodes = [b.unit.n_basis if conforms(b.unit, Unit) else None for b in blocks]
+    maps = project_bases(module, n_basis, basis, optimizer=optimizer)
+    if steps:
+        for b, k in zip(blocks, nodes):
+            if k is not None and b.unit.n_basis != k:
+                b.n_steps = max(1, round(b.n_steps * b.unit.n_basis / k))
+    after = _state(module)[0]
+    return BasisChange(
+        "projected",
+        maps,
+        (_distinct(before), _distinct(after)),
+        (_distinct(steps_before), _distinct(b.n_steps for b in blocks)),
+    )

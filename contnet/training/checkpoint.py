@@ -271,7 +271,7 @@ def _to_n_basis(model: nn.Module, saved: basis_lib.Basis, n_basis: int, where: s
                 refine(model, steps=False)
             return
         if n_basis < saved.n_basis:
-            project(model, n_basis)
+            project(model, n_basis, steps=False)
             return
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where} cannot be taken to n_basis={n_basis!r}: {e}") from e

@@ -381,6 +381,7 @@ def test_lm_resnet_trains_on_digits_from_the_cli(tmp_path, capsys):
     assert result["candidates"][0]["scheme"] == "lm"
     assert {c["scheme"] for c in result["candidates"]} == {"lm", "euler", "midpoint", "rk4"}
     assert saved.is_file()
-    none = tmp_path / "none.pt"  # no candidate within -101 points: says so, writes nothing
-    assert cli.main([*compress, "--max-drop", "-101", "--save", str(none)]) == 0
-    assert not none.exists() and f"nothing saved to {none}" in capsys.readouterr().out
+    none = tmp_path / "none.pt"  # a negative budget is refused by name; nothing is written
+    with pytest.raises(SystemExit):
+        cli.main([*compress, "--max-drop", "-101", "--save", str(none)])
+    assert not none.exists() and "--max-drop" in capsys.readouterr().err

@@ -1,6 +1,8 @@
 """Compression chooses on validation data, never on the test set; it takes any module
 whose ContinuousBlocks it varies, with any metric, and data as tensors or batches."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -77,7 +79,8 @@ def test_the_choice_is_made_on_validation_and_never_reads_the_test_set():
     other = compression.compress(model, val, test=flipped, metric=metric, max_drop=0.5, **FAST)
     assert [other["choice"][k] for k in keys] == [with_test["choice"][k] for k in keys]
     assert "test" in with_test["original"] and "test" in with_test["choice"]
-    assert all("test" not in c for c in with_test["candidates"] if c is not with_test["choice"])
+    chosen = (with_test["choice"], with_test["original"])
+    assert all("test" not in c for c in with_test["candidates"] if c not in chosen)
 
 
 def test_a_users_metric_and_batches():
@@ -103,6 +106,12 @@ def test_a_users_metric_and_batches():
         ({"metric": 3}, TypeError, "metric"),
         ({"max_drop": float("nan")}, ValueError, "max_drop"),
         ({"max_drop": "1"}, TypeError, "max_drop"),
+        ({"max_drop": -1}, ValueError, "max_drop"),
+        ({"max_rel_drop": float("inf")}, ValueError, "max_rel_drop"),
+        ({"higher_is_better": None}, TypeError, "higher_is_better"),
+        ({"schemes": [["rk4"]]}, ValueError, "schemes"),  # one per block: two blocks
+        ({"schemes": ["lm"]}, ValueError, "schemes"),  # no block owns a learned k(t)
+        ({"steps": [[2, 0]]}, ValueError, "steps"),
         ({"n_basis": [1]}, ValueError, "n_basis"),  # fem_linear needs 2 nodes
         ({"n_basis": 2}, TypeError, "n_basis"),
         ({"steps": [0]}, ValueError, "steps"),
@@ -136,3 +145,105 @@ def test_validation_split_is_fixed_stratified_and_nested():
     assert ds.with_validation(0) is ds
     with pytest.raises(ValueError, match="fraction must be in"):
         ds.with_validation(1.0)
+
+
+def _mixed(seed=0):
+    """Blocks that differ in unit, basis, scheme and steps (the issue's model)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        contnet.ContinuousBlock(
+            contnet.ConvUnit(8, n_basis=4, basis="fem_linear"), scheme="rk4", n_steps=8
+        ),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        contnet.ContinuousBlock(contnet.MLPUnit(8, n_basis=2), scheme="euler"),
+        nn.Linear(8, 3),
+    ).eval()
+
+
+def test_blocks_keep_their_own_settings_and_the_original_is_a_candidate():
+    model = _mixed()
+    x = torch.randn(64, 1, 6, 6)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    # no candidate loses anything on these labels but the original: it must be chosen
+    r = compression.compress(model, (x, y), max_drop=0, log=lambda *a: None)
+    o = r["original"]
+    assert r["candidates"][0] is o and o["drop_points"] == 0 and o["val"] == 1.0
+    assert o["blocks"] == [
+        {"block": "1", "basis": "fem_linear", "n_basis": 4, "scheme": "rk4", "n_steps": 8},
+        {
+            "block": "4",
+            "basis": "piecewise_constant",
+            "n_basis": 2,
+            "scheme": "euler",
+            "n_steps": 2,
+        },
+    ]
+    assert o["scheme"] == ["rk4", "euler"] and o["n_steps"] == [8, 2]
+    assert r["choice"] is not None and r["choice"]["drop_points"] <= 0
+    # candidates vary each block from its own settings: halving its steps keeps its scheme
+    halved = [c for c in r["candidates"] if c["n_steps"] == [4, 1] and c["n_basis"] == [4, 2]]
+    assert any(c["scheme"] == ["rk4", "euler"] for c in halved)
+    keys = [str(c["blocks"]) for c in r["candidates"]]
+    assert len(keys) == len(set(keys))  # no candidate twice
+
+
+def test_per_block_candidates_and_applying_the_choice():
+    model, x = _mixed(1), torch.randn(32, 1, 6, 6)
+    y = torch.randint(0, 3, (32,))
+    r = compression.compress(
+        model,
+        (x, y),
+        max_drop=100,
+        schemes=[["midpoint", None]],
+        steps=[[2, None]],
+        n_basis=[],
+        log=lambda *a: None,
+    )
+    assert [c["blocks"][0]["scheme"] for c in r["candidates"]] == ["rk4", "midpoint"]
+    assert [c["blocks"][1]["scheme"] for c in r["candidates"]] == ["euler", "euler"]
+    assert r["candidates"][1]["n_steps"] == 2  # [2, 2]: the second block's own is 2
+    chosen = r["candidates"][1]
+    m = compression.apply_manifestation(copy.deepcopy(model), chosen)
+    blocks = [b for _, b in compression.named_blocks(m)]
+    assert [(b.scheme, b.n_steps) for b in blocks] == [("midpoint", 2), ("euler", 2)]
+    assert compression.metric_on(m, (x, y)) == chosen["val"]
+
+
+def test_a_lower_is_better_metric_and_a_relative_budget():
+    model = _mixed(2)
+    x = torch.randn(64, 1, 6, 6)
+    with torch.no_grad():
+        target = model(x) + 0.1 * torch.randn(64, 3)
+
+    def mse(out, t):
+        return F.mse_loss(out, t).item()
+
+    r = compression.compress(
+        model,
+        (x, target),
+        metric=mse,
+        higher_is_better=False,
+        max_rel_drop=0.5,
+        log=lambda *a: None,
+    )
+    o, c = r["original"], r["choice"]
+    assert r["higher_is_better"] is False and r["max_rel_drop"] == 0.5
+    # a worse candidate has a larger MSE and a positive drop
+    worst = max(r["candidates"], key=lambda c: c["val"])
+    assert worst["val"] > o["val"] and worst["drop_points"] > 0
+    assert worst["rel_drop"] == pytest.approx((worst["val"] - o["val"]) / o["val"])
+    assert c["val"] <= 1.5 * o["val"]
+    for cand in r["candidates"]:
+        fits = cand["rel_drop"] <= 0.5
+        assert fits == (cand["val"] <= 1.5 * o["val"] * (1 + 1e-12))
+    # with no loss allowed the declared direction decides: a loss declared as it is keeps
+    # the MSE at most the original's; declared the wrong way round (the default) a larger
+    # MSE counts as a gain and the worse, faster candidate wins: declared, not guessed
+    right = compression.compress(
+        model, (x, target), metric=mse, higher_is_better=False, max_drop=0, log=lambda *a: None
+    )
+    wrong = compression.compress(model, (x, target), metric=mse, max_drop=0, log=lambda *a: None)
+    assert right["choice"]["val"] <= o["val"] < wrong["choice"]["val"]

@@ -211,17 +211,20 @@ def test_cli_train_eval_compress(tmp_path, capsys):
         == 0
     )
     comp = json.loads((out / "compress.json").read_text())
-    assert comp["choice"] is not None and len(comp["candidates"]) == 2 * 2 * 2
+    # the original (rk4 as trained) and 2 node counts x 2 schemes x 2 step counts
+    assert comp["choice"] is not None and len(comp["candidates"]) == 1 + 2 * 2 * 2
+    assert comp["candidates"][0] == comp["original"] and comp["original"]["scheme"] == "rk4"
     model = train.model_from_checkpoint(train.load_checkpoint(saved))
     # reloaded in the manifestation compress chose, not the one it was trained in (rk4)
     assert [b.scheme for b in model.stages] == [comp["choice"]["scheme"]] * 2
     assert model.stages[0].n_steps == comp["choice"]["n_steps"]
+    assert [b["block"] for b in comp["choice"]["blocks"]] == ["stages.0", "stages.1"]
     printed = capsys.readouterr().out
     assert "fastest within 100.0 point(s) on validation" in printed
     assert "test accuracy of the choice" in printed
     # chosen on the validation split training held out, the test set measured after
     assert set(comp["choice"]) >= {"val", "test"}
-    assert [c for c in comp["candidates"] if "test" in c] == [comp["choice"]]
+    assert [c for c in comp["candidates"] if "test" in c] == [comp["original"], comp["choice"]]
 
 
 def test_compress_tries_the_models_own_tableau_first():

@@ -38,6 +38,14 @@ def finite_float(text: str) -> float:
     return v
 
 
+def nonnegative_float(text: str) -> float:
+    """An argparse type: a finite float >= 0."""
+    v = finite_float(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return v
+
+
 def fraction(text: str) -> float:
     """An argparse type: a number in [0, 1)."""
     v = finite_float(text)

@@ -14,8 +14,8 @@ from .options import (
     add_data,
     add_device,
     checkpoint_path,
-    finite_float,
     fraction,
+    nonnegative_float,
     positive_int_arg,
 )
 from .reproduce import add_reproduce
@@ -105,9 +105,16 @@ def _compress(sub) -> None:
     add_checkpoint(c)
     c.add_argument(
         "--max-drop",
-        type=finite_float,
+        type=nonnegative_float,
         default=1.0,
         help="validation accuracy points allowed to lose (default 1)",
+    )
+    c.add_argument(
+        "--max-rel-drop",
+        type=nonnegative_float,
+        default=None,
+        help="or (with --max-drop: and) the fraction of the original validation accuracy "
+        "allowed to lose, e.g. 0.01",
     )
     c.add_argument(
         "--val-fraction",
@@ -150,7 +157,7 @@ def _demo(sub) -> None:
     d.add_argument("--out", default="runs/demo")
     d.add_argument(
         "--max-drop",
-        type=finite_float,
+        type=nonnegative_float,
         default=1.0,
         help="accuracy points the compressed model may lose (default 1)",
     )

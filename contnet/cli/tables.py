@@ -43,25 +43,26 @@ def manifestation_tables(table) -> str:
 
 
 def compress_table(result) -> str:
-    o = result["original"]
-
-    def row(c, drop, mark):
+    def row(c, mark):
         return [
             c["n_basis"],
             c["scheme"],
             c["n_steps"],
             f"{c['parameters']:,}",
             f"{100 * c['val']:.2f}",
-            drop,
+            "" if c is result["original"] else f"{c['drop_points']:+.2f}",
             f"{c['latency_ms']:.2f}",
             mark,
         ]
 
-    rows = [row(o, "", "original")]
+    rows = []
     for c in result["candidates"]:
-        fits = c["drop_points"] <= result["max_drop_points"]
-        mark = "<- choice" if c is result["choice"] else "" if fits else "too lossy"
-        rows.append(row(c, f"{c['drop_points']:+.2f}", mark))
+        marks = ["original"] if c is result["original"] else []
+        if c is result["choice"]:
+            marks.append("<- choice")
+        elif c["drop_points"] > (result["max_drop_points"] or float("inf")):
+            marks.append("too lossy")
+        rows.append(row(c, ", ".join(marks)))
     header = ["K", "scheme", "n_steps", "params", f"val {result['metric']} %", "drop pts"]
     return format_table(rows, header + [f"ms/{result['latency_batch']}", ""])
 

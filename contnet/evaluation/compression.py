@@ -15,13 +15,11 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from .. import basis as basis_lib
 from .. import schemes as schemes_lib
-from ..block import blocks_of
 from ..models import project
-from .manifestation import schemes_to_try, set_manifestation
+from .candidates import describe, named_blocks, plan
 
-__all__ = ["accuracy", "compress", "measure_latency", "metric_on"]
+__all__ = ["accuracy", "apply_manifestation", "compress", "measure_latency", "metric_on"]
 
 # latencies within this factor of the fastest are ties (timing noise), won by size
 _TIE = 1.05
@@ -114,102 +112,53 @@ def measure_latency(model: nn.Module, x: torch.Tensor, min_run_time: float = 0.3
         model.train(was)
 
 
-def _halved(family: str, k: int) -> int:
-    """The next smaller node count of ``family`` (half the cells)."""
-    return (k + 1) // 2 if family == "fem_linear" else k // 2
+def _budget(max_drop, max_rel_drop) -> tuple[float | None, float | None]:
+    """The budget: ``max_drop`` points and/or ``max_rel_drop`` (a fraction of the
+    original's metric), each finite and non-negative; 1 point where neither is given."""
+    for name, v in (("max_drop", max_drop), ("max_rel_drop", max_rel_drop)):
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"{name} must be a number, got {v!r}")
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+    if max_drop is None and max_rel_drop is None:
+        max_drop = 1.0
+    return (
+        None if max_drop is None else float(max_drop),
+        None if max_rel_drop is None else float(max_rel_drop),
+    )
 
 
-def _basis_candidates(bases, n_basis) -> list[int]:
-    """Node counts to try (the largest first: the original). A count caps each block's
-    own: a block with fewer nodes keeps its basis. Default: halving the largest basis's
-    cells while every block's family allows the count."""
-    k0 = max(b.n_basis for b in bases)
-    if n_basis is None:
-        family, out = next(b.family for b in bases if b.n_basis == k0), [k0]
-        while True:
-            k = _halved(family, out[-1])
-            try:  # while every block can take it
-                for b in bases:
-                    basis_lib.get(b.family, min(k, b.n_basis))
-            except ValueError:
-                return out
-            if k >= out[-1]:
-                return out
-            out.append(k)
-    if isinstance(n_basis, (str, bytes)) or not isinstance(n_basis, Iterable):
-        raise TypeError(f"n_basis must be a list of node counts, got {type(n_basis).__name__}")
-    counts = list(n_basis)
-    for k in counts:
-        for b in bases:  # every block can take it (checked before anything is evaluated)
-            try:
-                basis_lib.get(b.family, min(k, b.n_basis))
-            except (TypeError, ValueError) as e:
-                raise type(e)(f"n_basis candidate {k!r}: {e}") from None
-    return counts
+def _drops(original: float, value: float, higher_is_better: bool) -> tuple[float, float]:
+    """How much worse ``value`` is than ``original``: in points (hundredths of the metric's
+    unit) and as a fraction of ``|original|``; negative where it is better."""
+    worse = (original - value) if higher_is_better else (value - original)
+    if original != 0:
+        rel = worse / abs(original)
+    else:
+        rel = 0.0 if worse == 0 else math.copysign(math.inf, worse)
+    return 100 * worse, rel
 
 
-def _step_candidates(blocks, steps) -> list:
-    """Step counts to try: the given ones for every block, or (default) each block's own
-    divided by 1, 2, 4, 8 (a list per block where they differ)."""
-    if steps is not None:
-        if isinstance(steps, (str, bytes)) or not isinstance(steps, Iterable):
-            raise TypeError(f"steps must be a list of step counts, got {type(steps).__name__}")
-        return [_named("steps", schemes_lib.check_n_steps, n) for n in steps]
-    own = [b.n_steps for b in blocks]
-    out = []
-    for d in (1, 2, 4, 8):
-        counts = [max(1, n // d) for n in own]
-        value = counts[0] if len(set(counts)) == 1 else counts
-        if value not in out:
-            out.append(value)
-    return out
-
-
-def _named(name: str, check, value):
-    """``check(value)``, its error prefixed with the argument ``name`` it came in."""
-    try:
-        return check(value)
-    except (TypeError, ValueError) as e:
-        raise type(e)(f"{name}: {e}") from None
-
-
-def _check_budget(max_drop) -> float:
-    if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)):
-        raise TypeError(f"max_drop must be a number of metric points, got {max_drop!r}")
-    if not math.isfinite(max_drop):
-        raise ValueError(f"max_drop must be a finite number of metric points, got {max_drop}")
-    return float(max_drop)
-
-
-def _describe(blocks) -> dict:
-    bases = [b.unit.basis for b in blocks]
-    ks = [b.n_basis for b in bases]
-    steps = [b.n_steps for b in blocks]
-    s0 = blocks[0].scheme
-    return {
-        "n_basis": ks[0] if len(set(ks)) == 1 else ks,
-        "scheme": s0 if isinstance(s0, str) else s0.name,
-        "n_steps": steps[0] if len(set(steps)) == 1 else steps,
-    }
-
-
-def _checked(model, val, test, metric, max_drop, schemes, n_basis, steps, x, batch):
+def _checked(model, val, test, metric, higher_is_better, schemes, n_basis, steps, x, batch):
     """Every argument of :func:`compress` checked before anything is evaluated: its
-    blocks, schemes and their tableaux, node counts, step counts and latency input."""
+    blocks, the candidates (schemes, node and step counts) and the latency input."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    blocks = blocks_of(model)
-    if not blocks or any(getattr(b.unit, "basis", None) is None for b in blocks):
+    blocks = named_blocks(model)
+    if not blocks or any(getattr(b.unit, "basis", None) is None for _, b in blocks):
         raise ValueError(
             "model must hold ContinuousBlocks whose units have a weight basis, to vary them"
         )
     if not callable(metric):
         raise TypeError(f"metric must be callable as metric(outputs, targets), got {metric!r}")
-    _check_budget(max_drop)
-    schemes = list(schemes) if schemes is not None else schemes_to_try(model)
-    tableaux = [_named("schemes", schemes_lib.get, s) for s in schemes]
-    counts = _basis_candidates([b.unit.basis for b in blocks], n_basis)
-    step_counts = _step_candidates(blocks, steps)
+    if not isinstance(higher_is_better, bool):
+        raise TypeError(
+            f"higher_is_better must be True or False (the metric's direction is not "
+            f"guessed), got {higher_is_better!r}"
+        )
+    cands = plan(blocks, schemes, n_basis, steps)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"latency_batch must be an int >= 1, got {batch!r}")
     val_batches = _batches(val, batch, "val")
@@ -222,18 +171,40 @@ def _checked(model, val, test, metric, max_drop, schemes, n_basis, steps, x, bat
             f"latency_input must be a tensor (default: the first validation inputs), got "
             f"{type(x).__name__}"
         )
-    return blocks, schemes, tableaux, counts, step_counts, x
+    return blocks, cands, x
 
 
-def _choose(candidates, max_drop: float):
-    """The index of the fastest candidate within ``max_drop`` points of the original
-    (latencies within 5% of the fastest are ties, won by the fewest parameters), or None."""
-    ok = [i for i, c in enumerate(candidates) if c["drop_points"] <= max_drop]
+def _within(c: dict, max_drop, max_rel_drop) -> bool:
+    """Whether candidate ``c`` is within the budget (a NaN metric never is)."""
+    ok = max_drop is None or c["drop_points"] <= max_drop
+    return ok and (max_rel_drop is None or c["rel_drop"] <= max_rel_drop)
+
+
+def _choose(candidates, max_drop, max_rel_drop):
+    """The index of the fastest candidate within the budget (latencies within 5% of the
+    fastest are ties, won by the fewest parameters). The original is within it (a drop of
+    0) unless its metric is NaN, when nothing is chosen."""
+    ok = [i for i, c in enumerate(candidates) if _within(c, max_drop, max_rel_drop)]
     if not ok:
         return None
     fastest = min(candidates[i]["latency_ms"] for i in ok)
     ties = [i for i in ok if candidates[i]["latency_ms"] <= _TIE * fastest]
     return min(ties, key=lambda i: (candidates[i]["parameters"], candidates[i]["latency_ms"]))
+
+
+def apply_manifestation(model: nn.Module, choice: dict) -> nn.Module:
+    """Give ``model`` (as it was when compressed) the manifestation of a candidate of
+    :func:`compress` (its ``blocks`` entry): each block projected onto its node count and
+    run with its scheme and step count. Returns ``model``."""
+    blocks = dict(named_blocks(model))
+    for entry in choice["blocks"]:
+        b = blocks.get(entry["block"])
+        if b is None:
+            raise ValueError(f"choice names block {entry['block']!r}, which model does not hold")
+        if b.unit.basis.n_basis != entry["n_basis"]:
+            project(b, entry["n_basis"], steps=False)
+        b.scheme, b.n_steps = entry["scheme"], entry["n_steps"]
+    return model
 
 
 def compress(
@@ -242,7 +213,9 @@ def compress(
     *,
     test=None,
     metric: Callable = accuracy,
-    max_drop: float = 1.0,
+    higher_is_better: bool = True,
+    max_drop: float | None = None,
+    max_rel_drop: float | None = None,
     schemes=None,
     n_basis=None,
     steps=None,
@@ -254,71 +227,100 @@ def compress(
 ) -> dict:
     """Evaluate cheaper manifestations of ``model`` and choose the fastest within budget.
 
-    Candidates: every ``ContinuousBlock`` of ``model`` projected onto at most ``n_basis``
-    nodes (default: halving the largest basis's cells while its family allows), run with
-    each of ``schemes`` (default: the blocks' own, euler, midpoint, rk4) and ``steps``
-    (default: each block's own ``n_steps`` divided by 1, 2, 4, 8). For each: parameters,
-    measured inference latency (on ``latency_input``, default the first
+    Candidates vary every ``ContinuousBlock`` of ``model``, each from its own settings:
+    projected onto at most each of ``n_basis`` nodes (default: halving the largest basis's
+    cells while every block's family allows), run with each of ``schemes`` (default: each
+    block's own, then euler, midpoint and rk4) and each of ``steps`` (default: each
+    block's own ``n_steps`` divided by 1, 2, 4, 8). An entry of ``schemes`` or ``steps``
+    is one value for every block or a list of one per block (None in it: that block's
+    own). The model as given is always the first candidate, with a drop of 0. For each:
+    parameters, measured inference latency (on ``latency_input``, default the first
     ``latency_batch`` validation inputs) and ``metric`` on ``val``.
 
     ``val`` (and ``test``): a pair ``(inputs, targets)`` of tensors or an iterable of such
-    batches. ``metric(outputs, targets) -> float``, higher is better (default
-    :func:`accuracy`); ``max_drop`` is in points, hundredths of the metric's unit (one
-    accuracy point is 0.01). The choice: the fastest candidate whose validation metric is
-    at most ``max_drop`` points below the original's (latencies within 5% of the fastest
-    count as ties, won by the fewest parameters). The test metric, if ``test`` is given,
-    is measured for the original and the chosen candidate only, and reported apart.
-    ``model`` is left unchanged.
+    batches. ``metric(outputs, targets) -> float`` (default :func:`accuracy`);
+    ``higher_is_better`` declares its direction (a loss: False; it is never guessed). The
+    budget: ``max_drop`` points, hundredths of the metric's unit (one accuracy point is
+    0.01), and/or ``max_rel_drop``, a fraction of the original's metric (0.02: 2% worse);
+    by default 1 point. The choice: the fastest candidate within the budget on ``val``
+    (latencies within 5% of the fastest count as ties, won by the fewest parameters). The
+    test metric, if ``test`` is given, is measured for the original and the chosen
+    candidate only, after choosing, and reported apart. ``model`` is left unchanged;
+    :func:`apply_manifestation` gives it the choice.
 
-    Returns ``{"original", "candidates", "choice", "metric", "max_drop_points",
-    "latency_batch"}``; each entry has ``n_basis``, ``scheme``, ``n_steps``,
-    ``parameters``, ``latency_ms``, ``val`` (and the candidates ``drop_points``; the
-    original and the choice ``test``).
+    Returns ``{"original", "candidates", "choice", "metric", "higher_is_better",
+    "max_drop_points", "max_rel_drop", "latency_batch"}``; each entry has ``n_basis``,
+    ``scheme``, ``n_steps`` (one value where the blocks share it, else a list),
+    ``blocks`` (every block's manifestation by name), ``parameters``, ``latency_ms``,
+    ``val``, ``drop_points``, ``rel_drop``, ``rate_evals`` (and the original and the
+    choice ``test``).
     """
-    blocks, schemes, tableaux, counts, step_counts, xb = _checked(
-        model, val, test, metric, max_drop, schemes, n_basis, steps, latency_input, latency_batch
+    max_drop, max_rel_drop = _budget(max_drop, max_rel_drop)
+    blocks, cands, xb = _checked(
+        model,
+        val,
+        test,
+        metric,
+        higher_is_better,
+        schemes,
+        n_basis,
+        steps,
+        latency_input,
+        latency_batch,
     )
     xb = xb.to(device)
 
-    def measure(m):
-        return {
-            "parameters": sum(p.numel() for p in m.parameters()),
-            "latency_ms": measure_latency(m, xb, min_run_time) * 1e3,
-            "val": metric_on(m, val, metric, device=device, name="val"),
-        }
+    def measure(m, cand, base):
+        entry = {**describe(blocks, cand), "parameters": sum(p.numel() for p in m.parameters())}
+        entry["latency_ms"] = measure_latency(m, xb, min_run_time) * 1e3
+        entry["val"] = metric_on(m, val, metric, device=device, name="val")
+        entry["rate_evals"] = sum(schemes_lib.get(s).stages * n for _, s, n in cand)
+        if base is None:  # the original
+            entry["drop_points"], entry["rel_drop"] = 0.0, 0.0
+        else:
+            entry["drop_points"], entry["rel_drop"] = _drops(base, entry["val"], higher_is_better)
+        return entry
 
-    original = {**_describe(blocks), **measure(model)}
-    candidates, runs = [], []
-    for k in counts:
-        m = copy.deepcopy(model)
-        for b in blocks_of(m):
-            if min(k, b.unit.basis.n_basis) != b.unit.basis.n_basis:
-                project(b, min(k, b.unit.basis.n_basis))
-        for scheme, tableau in zip(schemes, tableaux):
-            for n in step_counts:
-                set_manifestation(blocks_of(m), scheme, n)
-                cand = {**_describe(blocks_of(m)), "scheme": tableau.name, **measure(m)}
-                cand["rate_evals"] = sum(tableau.stages * b.n_steps for b in blocks_of(m))
-                cand["drop_points"] = 100 * (original["val"] - cand["val"])
-                candidates.append(cand)
-                runs.append((m, scheme, n))
-                log(
-                    f"  K={cand['n_basis']!s:<4} {tableau.name:<9s} n_steps={cand['n_steps']!s:<4} "
-                    f"params {cand['parameters']:>9,d}  val {cand['val']:.4f}  "
-                    f"latency {cand['latency_ms']:.2f} ms"
-                )
-    best = _choose(candidates, float(max_drop))
+    candidates, copies = [], {}
+    for cand in cands:
+        ks = tuple(k for k, _, _ in cand)
+        if not candidates:
+            m = model
+        elif ks not in copies:
+            m = copies[ks] = copy.deepcopy(model)
+            for (_, b), k in zip(named_blocks(m), ks):
+                if k != b.unit.basis.n_basis:
+                    project(b, k, steps=False)
+        else:
+            m = copies[ks]
+        saved = [(b.scheme, b.n_steps) for _, b in named_blocks(m)]
+        for (_, b), (_, s, n) in zip(named_blocks(m), cand):
+            b.scheme, b.n_steps = s, n
+        try:
+            c = measure(m, cand, candidates[0]["val"] if candidates else None)
+        finally:
+            for (_, b), (s, n) in zip(named_blocks(m), saved):
+                b.scheme, b.n_steps = s, n
+        candidates.append(c)
+        log(
+            f"  K={c['n_basis']!s:<6} {c['scheme']!s:<9} n_steps={c['n_steps']!s:<6} "
+            f"params {c['parameters']:>9,d}  val {c['val']:.4f}  "
+            f"latency {c['latency_ms']:.2f} ms"
+        )
+    original = candidates[0]
+    best = _choose(candidates, max_drop, max_rel_drop)
     choice = None if best is None else candidates[best]
     if test is not None:  # read only now, after choosing
         original["test"] = metric_on(model, test, metric, device=device, name="test")
-        if choice is not None:
-            m, scheme, n = runs[best]
-            set_manifestation(blocks_of(m), scheme, n)
+        if choice is not None and choice is not original:
+            m = apply_manifestation(copy.deepcopy(model), choice)
             choice["test"] = metric_on(m, test, metric, device=device, name="test")
     return {
         "original": original,
         "metric": getattr(metric, "__name__", type(metric).__name__),
-        "max_drop_points": float(max_drop),
+        "higher_is_better": higher_is_better,
+        "max_drop_points": max_drop,
+        "max_rel_drop": max_rel_drop,
         "latency_batch": len(xb),
         "candidates": candidates,
         "choice": choice,

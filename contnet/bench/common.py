@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import datetime
 import os
 import pathlib
-import platform
 import statistics
-import subprocess
 
 import torch
 import torch.utils.benchmark as tb
 
-from .. import ops
+from ..provenance import CHECKOUT, provenance
 from ..report import write_json
-from ..version import __version__
-
-# the checkout this package lies in, if it does (the benchmarks write to its bench/results)
-CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def results_dir() -> pathlib.Path:
@@ -58,55 +51,9 @@ def keep_freed_memory() -> str:
     return "glibc malloc: mmap/trim thresholds 1 GiB" if ok else "system allocator defaults"
 
 
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu} ({torch.get_num_threads()} threads)"
-
-
-def git_commit() -> str:
-    """The checkout's commit (``+dirty`` if contnet/, csrc/ or bench/ differ from it, the
-    results folder apart); outside a git
-    checkout, ``CONTNET_COMMIT`` if set, else ``unknown``."""
-    root = CHECKOUT
-    fallback = os.environ.get("CONTNET_COMMIT", "unknown")
-
-    def git(*args):
-        r = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-        return r.stdout.strip() if r.returncode == 0 else None
-
-    try:
-        sha = git("rev-parse", "--verify", "HEAD")
-        if not sha:
-            return fallback
-        dirty = git("status", "--porcelain", "--", "contnet", "csrc", "bench", ":!bench/results")
-        return sha + ("+dirty" if dirty else "")
-    except OSError:
-        return fallback
-
-
 def environment(device: str) -> dict:
-    return {
-        "device": device,
-        "device_name": device_name(device),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "contnet": __version__,
-        "backend": ops.backend(),
-        "threads": torch.get_num_threads(),
-        "commit": git_commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "allocator": ALLOCATOR,
-    }
+    """The result's provenance (:func:`contnet.provenance.provenance`) and the allocator."""
+    return {**provenance(device), "allocator": ALLOCATOR}
 
 
 def setup(device: str, pin_allocator: bool = True) -> None:

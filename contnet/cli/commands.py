@@ -7,17 +7,16 @@ import os
 import pathlib
 
 from .. import ops, schemes
-from ..block import blocks_of
 from ..evaluation import (
+    apply_manifestation,
     compress,
     corruption_table,
     manifestation_table,
     metric_on,
     plots,
     schemes_to_try,
-    set_manifestation,
 )
-from ..models import project
+from ..provenance import provenance
 from ..report import write_json
 from ..training import (
     CheckpointError,
@@ -50,6 +49,7 @@ def run_train(args, cfg=None, out=None, dataset=None, log=print) -> dict:
     result = train(cfg, out, dataset, resume=getattr(args, "resume", False), log=log)
     hist = result["history"]
     summary = {
+        "provenance": provenance(cfg.device),
         "config": cfg.to_json(),
         "history": hist,
         "test_acc": result["test_acc"],
@@ -202,6 +202,7 @@ def run_compress(
     device="cpu",
     train_cfg=None,
     val_fraction=None,
+    max_rel_drop=None,
 ) -> dict:
 
     val, test = split_for_compression(dataset, train_cfg or {}, val_fraction, log)
@@ -211,15 +212,19 @@ def run_compress(
         val,
         test=test,
         max_drop=max_drop,
+        max_rel_drop=max_rel_drop,
         n_basis=n_basis,
         schemes=schemes_,
         steps=steps,
         log=log,
         device=device,
     )
+    result["validation_images"], result["test_images"] = len(val[0]), len(test[0])
     log("\n" + compress_table(result))
     c, o = result["choice"], result["original"]
-    if c:
+    if c is o:
+        log(f"no candidate within {max_drop} point(s) on validation is faster: the original stays")
+    elif c:
         log(
             f"fastest within {max_drop} point(s) on validation: K={c['n_basis']} {c['scheme']} "
             f"n_steps={c['n_steps']}: {c['latency_ms']:.2f} ms vs {o['latency_ms']:.2f} ms "
@@ -253,14 +258,12 @@ def cmd_compress(args) -> int:
             device=args.device,
             train_cfg=payload["meta"].get("train") or {},
             val_fraction=args.val_fraction,
+            max_rel_drop=args.max_rel_drop,
         )
     except ValueError as e:  # a scheme the model cannot take (lm without its learned k)
         raise SystemExit(f"contnet compress: {e}") from None
     if args.save and result["choice"]:
-        c = result["choice"]
-        if c["n_basis"] != result["original"]["n_basis"]:
-            project(model, c["n_basis"])
-        set_manifestation(blocks_of(model), c["scheme"], c["n_steps"])
+        apply_manifestation(model, result["choice"])
         save_checkpoint(
             args.save,
             model,

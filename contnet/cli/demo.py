@@ -9,6 +9,7 @@ import torch
 
 from .. import ops
 from ..evaluation import plots
+from ..provenance import provenance
 from ..report import format_table, write_json
 from .commands import load_dataset, run_compress, run_eval, run_train
 from .options import config_from
@@ -44,6 +45,7 @@ def cmd_demo(args) -> int:
     comp, half = _compression(args, model, dataset, out, refined, table)
     plots.theta_over_depth(model, out / "theta.png")
     summary = {
+        "provenance": provenance(args.device),
         "data": dataset.describe(),
         "backend": ops.backend(),
         "threads": threads,

@@ -1,8 +1,10 @@
 """A trained model evaluated: its manifestations (schemes x step counts, drift, order),
 its accuracy on corrupted images, compression into cheaper ones, and plots."""
 
-from .compression import accuracy, compress, measure_latency, metric_on
+from .candidates import named_blocks
+from .compression import accuracy, apply_manifestation, compress, measure_latency, metric_on
 from .corruptions import CORRUPTIONS, SEVERITIES, corrupt, corruption_table
+from .corruptions import VERSION as CORRUPTION_VERSION
 from .manifestation import (
     fitted_order,
     manifestation_drift,
@@ -15,9 +17,12 @@ from .manifestation import (
 __all__ = [
     "CORRUPTIONS",
     "SEVERITIES",
+    "CORRUPTION_VERSION",
     "corrupt",
     "corruption_table",
     "compress",
+    "apply_manifestation",
+    "named_blocks",
     "accuracy",
     "metric_on",
     "measure_latency",

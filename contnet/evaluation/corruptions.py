@@ -17,9 +17,14 @@ import zlib
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CORRUPTIONS", "SEVERITIES", "corrupt", "corruption_table"]
+__all__ = ["CORRUPTIONS", "SEVERITIES", "VERSION", "corrupt", "corruption_table"]
 
 SEVERITIES = (1, 2, 3, 4, 5)
+
+#: the version of the corrupted images: the same images for a given seed within a version,
+#: recorded in every table; raised with any change to what a corruption draws or computes
+#: (tests/test_corruptions.py pins the images of this version)
+VERSION = 1
 
 
 def _gaussian_noise(x, s, g):
@@ -137,7 +142,8 @@ def corruption_table(evaluate, x_pixels, y, *, names=None, seed: int = 0) -> dic
     """Accuracy under every corruption and severity: ``evaluate(x_pixels, y) -> accuracy``
     (in [0, 1]) on the clean images and on each corrupted copy. Returns ``{"clean": a,
     "accuracy": {name: [a per severity]}, "mean_corruption_accuracy": mean of them all,
-    "relative": {name: mean over severities / clean}, "seed": seed}``."""
+    "relative": {name: mean over severities / clean}, "seed": seed, "version":
+    VERSION}``."""
     names = list(CORRUPTIONS) if names is None else list(names)
     clean = float(evaluate(x_pixels, y))
     acc = {
@@ -152,4 +158,5 @@ def corruption_table(evaluate, x_pixels, y, *, names=None, seed: int = 0) -> dic
         "relative": {n: sum(r) / len(r) / clean if clean else 0.0 for n, r in acc.items()},
         "severities": list(SEVERITIES),
         "seed": seed,
+        "version": VERSION,
     }

@@ -3,11 +3,12 @@
 # make fuzz : the property-based tests with fresh seeds and many cases (FUZZ_SEED=n replays)
 # make lint : ruff check and format check, and the layer contract (lint-imports)
 # make bench: the microbenchmarks (JSON under bench/results/)
+# make figures: rerun the published results, their miniatures, and the README blocks made from them
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.contnet-installed
-LINTED := contnet tests setup.py
+LINTED := contnet tests setup.py bench/figures.py
 SOURCES := setup.py pyproject.toml contnet/ops/activations.def $(wildcard csrc/*.cpp csrc/autograd/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu csrc/include/contnet/*)
 
 export PATH := $(BIN):$(PATH)
@@ -15,7 +16,7 @@ export MAX_JOBS ?= 2
 
 PROPERTIES := tests/test_properties_ops.py tests/test_properties_api.py tests/test_properties_checkpoint.py
 
-.PHONY: all test fuzz demo lint format bench clean
+.PHONY: all test fuzz demo lint format bench figures clean
 
 all: test
 
@@ -49,6 +50,10 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m contnet.bench
+
+figures: $(STAMP)
+	$(BIN)/python bench/figures.py run
+	$(BIN)/python bench/figures.py readme
 
 clean:
 	rm -rf build *.egg-info contnet/_C*.so

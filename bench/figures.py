@@ -30,7 +30,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 MINI = RESULTS / "mini"
 README = ROOT / "README.md"
-RUNS = ROOT / "runs" / "figures"
+RUNS = pathlib.Path("runs") / "figures"  # under ROOT, where the commands run
 
 #: what every published result records of where it comes from
 PROVENANCE = ("command", "commit", "date", "threads", "device_name", "python", "torch", "contnet")
@@ -69,14 +69,15 @@ def _write(path: pathlib.Path, payload) -> None:
 
 def run_demo() -> None:
     _contnet("demo", "--out", str(RUNS / "demo"))
-    shutil.copy(RUNS / "demo" / "demo.json", RESULTS / "demo-digits.json")
+    shutil.copy(ROOT / RUNS / "demo" / "demo.json", RESULTS / "demo-digits.json")
 
 
 def run_transformer() -> None:
     _contnet(*TRANSFORMER, "--refine-at", "10", "20", "--out", str(RUNS / "t-refined"))
     _contnet(*TRANSFORMER, "--n-basis", "4", "--out", str(RUNS / "t-direct"))
     runs = {
-        k: json.loads((RUNS / f"t-{k}" / "train.json").read_text()) for k in ("refined", "direct")
+        k: json.loads((ROOT / RUNS / f"t-{k}" / "train.json").read_text())
+        for k in ("refined", "direct")
     }
     _write(
         RESULTS / "transformer-digits.json",
@@ -87,7 +88,7 @@ def run_transformer() -> None:
 def run_study() -> None:
     _contnet("study", "--out", str(RUNS / "study"))
     for ext in ("json", "md"):
-        shutil.copy(RUNS / "study" / f"study.{ext}", RESULTS / f"study-digits.{ext}")
+        shutil.copy(ROOT / RUNS / "study" / f"study.{ext}", RESULTS / f"study-digits.{ext}")
 
 
 def run_backprop() -> None:

@@ -148,7 +148,9 @@ class ContinuousBlock(nn.Module):
                 tables = rate.tensors()
                 behind = {id(t) for t in _stacks(self.unit.basis_tensors())}
             params = tables + [p for p in self.unit.parameters() if id(p) not in behind]
-            kw["params"] = params + _keyword_tensors(kwargs, params)
+            if torch.is_grad_enabled():
+                params += _keyword_tensors(kwargs, params)
+            kw["params"] = params
             kw["recompute"] = lambda: frozen_batch_stats(self.unit)
         return odeint(
             rate, x, scheme=self.scheme, n_steps=self.n_steps, backprop=self.backprop, **kw

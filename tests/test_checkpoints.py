@@ -145,3 +145,24 @@ def test_a_module_that_is_not_a_continuous_net_round_trips(tmp_path):
     wrong = torch.nn.Sequential(contnet.ContinuousBlock(contnet.ConvUnit(4, n_basis=2)))
     with pytest.raises(checkpoint.CheckpointError, match=r"mine\.pt weights do not fit"):
         checkpoint.load_model_state(payload, wrong)
+
+
+def test_a_checkpoint_that_does_not_fit_leaves_the_users_module_as_it_was(tmp_path):
+    # the saved model was refined (K 1 -> 2) and has another head: loading it into a fresh
+    # module would refine that module's layers, then fail on the head
+    torch.manual_seed(0)
+    saved = torch.nn.Sequential(
+        contnet.ContinuousBlock(contnet.MLPUnit(4, n_basis=1)), torch.nn.Linear(4, 3)
+    )
+    contnet.refine(saved)
+    path = train.save_checkpoint(tmp_path / "ck.pt", saved)
+    mine = torch.nn.Sequential(
+        contnet.ContinuousBlock(contnet.MLPUnit(4, n_basis=1)), torch.nn.Linear(4, 5)
+    )
+    params = list(mine.parameters())
+    values = [p.detach().clone() for p in params]
+    with pytest.raises(train.CheckpointError, match="do not fit"):
+        train.load_model_state(train.load_checkpoint(path), mine)
+    assert mine[0].unit.n_basis == 1 and mine[0].n_steps == 1
+    assert all(p is q for p, q in zip(params, mine.parameters()))
+    assert all(torch.equal(p, v) for p, v in zip(params, values))

@@ -12,6 +12,7 @@ the reason."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import pathlib
@@ -285,10 +286,19 @@ def load_model_state(payload: dict, model: nn.Module) -> nn.Module:
     """Load a checkpoint into ``model``, a module built as the saved one was (any module):
     its time-dependent layers are first brought to the bases they were saved with (refined
     or projected, by name), its blocks to the saved manifestations, then the state dict is
-    loaded. Returns ``model``; raises :class:`CheckpointError` if they do not match."""
+    loaded. Returns ``model``; raises :class:`CheckpointError` if they do not match, leaving
+    ``model`` as it was (the load is tried on a copy first)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    _load(model, payload, _where(payload))
+    where = _where(payload)
+    try:
+        trial = copy.deepcopy(model)
+    except Exception:  # noqa: BLE001  (a module that cannot be copied is loaded in place)
+        trial = None
+    if trial is not None:
+        _load(trial, payload, where)
+        del trial
+    _load(model, payload, where)
     return model
 
 

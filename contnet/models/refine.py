@@ -62,6 +62,24 @@ def _distinct(values) -> tuple:
     return tuple(sorted(set(values)))
 
 
+def _change(what: str, module: nn.Module, move, steps) -> BasisChange:
+    """``move()`` the bases of ``module`` (it returns the maps), then give every block the
+    step count ``steps(block, n_steps, K_old)`` (``K_old`` None for a unit without a
+    basis), or keep them where ``steps`` is None; the summary of both."""
+    before, blocks = _state(module)
+    old = [(b.n_steps, b.unit.n_basis if conforms(b.unit, Unit) else None) for b in blocks]
+    maps = move()
+    if steps is not None:
+        for b, (n, k) in zip(blocks, old):
+            b.n_steps = steps(b, n, k)
+    return BasisChange(
+        what,
+        maps,
+        (_distinct(before), _distinct(_state(module)[0])),
+        (_distinct(n for n, _ in old), _distinct(b.n_steps for b in blocks)),
+    )
+
+
 def refine(module: nn.Module, *, steps: bool = True, optimizer=None) -> BasisChange:
     """Refine every time-dependent layer of ``module`` to the next finer basis (exact:
     ``theta(t)`` is unchanged) and, with ``steps``, double every block's ``n_steps``. The
@@ -74,19 +92,8 @@ def refine(module: nn.Module, *, steps: bool = True, optimizer=None) -> BasisCha
     :class:`BasisChange`, ``{new_tensor: R}`` with ``new = R @ old`` along the node
     dimension.
     """
-    before, blocks = _state(module)
-    steps_before = [b.n_steps for b in blocks]
-    maps = refine_bases(module, optimizer)
-    if steps:
-        for b in blocks:
-            b.n_steps = 2 * b.n_steps
-    after = _state(module)[0]
-    return BasisChange(
-        "refined",
-        maps,
-        (_distinct(before), _distinct(after)),
-        (_distinct(steps_before), _distinct(b.n_steps for b in blocks)),
-    )
+    doubled = (lambda b, n, k: 2 * n) if steps else None
+    return _change("refined", module, lambda: refine_bases(module, optimizer), doubled)
 
 
 def project(
@@ -99,18 +106,13 @@ def project(
     ``round(n_steps * K_new / K_old)`` (at least 1), as :func:`refine` doubles it. Every
     argument is checked before anything changes. Returns a :class:`BasisChange`
     (``new = P @ old``)."""
-    before, blocks = _state(module)
-    steps_before = [b.n_steps for b in blocks]
-    nodes = [b.unit.n_basis if conforms(b.unit, Unit) else None for b in blocks]
-    maps = project_bases(module, n_basis, basis, optimizer=optimizer)
-    if steps:
-        for b, k in zip(blocks, nodes):
-            if k is not None and b.unit.n_basis != k:
-                b.n_steps = max(1, round(b.n_steps * b.unit.n_basis / k))
-    after = _state(module)[0]
-    return BasisChange(
-        "projected",
-        maps,
-        (_distinct(before), _distinct(after)),
-        (_distinct(steps_before), _distinct(b.n_steps for b in blocks)),
-    )
+
+    def scaled(b, n, k):
+        if k is None or b.unit.n_basis == k:
+            return n
+        return max(1, round(n * b.unit.n_basis / k))
+
+    def move():
+        return project_bases(module, n_basis, basis, optimizer=optimizer)
+
+    return _change("projected", module, move, scaled if steps else None)

@@ -122,12 +122,10 @@ class TimeModule(TimeDependent):
         stats = []
         with torch.no_grad():
             for name, old in self._stat_tensors():
-                new = (
-                    basis_lib.apply_matrix(C, old.double()).round()
-                    if not old.is_floating_point()
-                    else None
-                )
-                new = basis_lib.apply_matrix(C, old) if new is None else new.to(old.dtype)
+                if old.is_floating_point():
+                    new = basis_lib.apply_matrix(C, old)
+                else:  # counts (num_batches_tracked)
+                    new = basis_lib.apply_matrix(C, old.double()).round().to(old.dtype)
                 stats.append((name, old, new))
         changes = super()._apply_basis_map(new_basis, M)
         for name, old, new in stats:

@@ -61,11 +61,26 @@ def test_keyword_tensors_get_their_gradients_in_every_mode(scheme):
             assert ((b - a).norm() / a.norm()).item() < bound
 
 
+def test_a_keyword_computed_from_another_keyword_is_refused():
+    # a cross-attention memory h and a conditioning vector pooled from it: the gradient
+    # through the pooled one would reach h twice
+    x, _, mem = _inputs()
+    enc = nn.Linear(6, 6).double()
+    block = contnet.ContinuousBlock(Conditioned(6).double(), n_steps=2, backprop="checkpoint")
+    h = enc(mem)
+    with pytest.raises(ValueError, match="'c' is computed from another tensor"):
+        block(x, c=h.mean(1), memory=(h, h))
+    k, v = enc(mem).chunk(2, -1)  # outputs of one operation, neither computed from the other
+    block = contnet.ContinuousBlock(Conditioned(3).double(), n_steps=2, backprop="checkpoint")
+    block(x[..., :3], c=torch.zeros(2, 3, dtype=torch.float64), memory=(k, v)).sum().backward()
+    assert enc.weight.grad is not None
+
+
 def test_a_keyword_computed_from_the_units_own_weights_is_refused():
     block = contnet.ContinuousBlock(Conditioned(6).double(), n_steps=2, backprop="checkpoint")
     x, _, mem = _inputs()
     c = block.unit.fc.bias.expand(2, 6) * 2
-    with pytest.raises(ValueError, match="keyword argument 'c' is computed from the unit"):
+    with pytest.raises(ValueError, match="keyword argument 'c' is computed from another tensor"):
         block(x, c=c, memory=(mem, mem))
     block.backprop = "direct"
     block(x, c=c, memory=(mem, mem)).sum().backward()  # direct differentiates it whole
@@ -130,3 +145,37 @@ def test_forward_mode_ad_runs_through_every_mode(mode, unit):
     with torch.no_grad():
         fd = (block(x + eps * v) - block(x - eps * v)) / (2 * eps)
     torch.testing.assert_close(jvp, fd, rtol=1e-6, atol=1e-7)
+
+
+def test_a_keyword_holding_tensors_inside_an_object_is_refused():
+    # checkpoint and adjoint differentiate the tensors they can see (alone, or in tuples,
+    # lists and dicts); one inside a dataclass or a module would silently get no gradient
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Memory:
+        keys: torch.Tensor
+
+    class Reads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 6)
+
+        def forward(self, t, x, mem=None):
+            return torch.tanh(self.fc(x) + mem.keys)
+
+    x = torch.randn(2, 6)
+    enc = nn.Linear(3, 6)
+    mem = Memory(enc(torch.randn(2, 3)))
+    for mode in ("checkpoint", "adjoint"):
+        block = contnet.ContinuousBlock(Reads(), n_steps=2, backprop=mode)
+        with pytest.raises(
+            ValueError, match="'mem' holds tensors that need a gradient inside a Memory"
+        ):
+            block(x, mem=mem)
+        with torch.no_grad():
+            block(x, mem=mem)  # nothing to differentiate
+        block(x, mem=Memory(mem.keys.detach())).sum().backward()
+    block.backprop = "direct"
+    block(x, mem=mem).sum().backward()
+    assert enc.weight.grad is not None

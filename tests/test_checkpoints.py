@@ -166,3 +166,11 @@ def test_a_checkpoint_that_does_not_fit_leaves_the_users_module_as_it_was(tmp_pa
     assert mine[0].unit.n_basis == 1 and mine[0].n_steps == 1
     assert all(p is q for p, q in zip(params, mine.parameters()))
     assert all(torch.equal(p, v) for p, v in zip(params, values))
+
+
+def test_loading_something_that_is_not_a_checkpoint_raises_checkpoint_error():
+    for payload in (None, {}, {"meta": "x", "model": {}}):
+        with pytest.raises(train.CheckpointError, match="as load_checkpoint returns it"):
+            train.load_model_state(payload, torch.nn.Linear(2, 2))
+        with pytest.raises(train.CheckpointError, match="as load_checkpoint returns it"):
+            train.model_from_checkpoint(payload)

@@ -112,6 +112,11 @@ def test_a_users_metric_and_batches():
         ({"schemes": [["rk4"]]}, ValueError, "schemes"),  # one per block: two blocks
         ({"schemes": ["lm"]}, ValueError, "schemes"),  # no block owns a learned k(t)
         ({"steps": [[2, 0]]}, ValueError, "steps"),
+        ({"schemes": []}, ValueError, "schemes"),
+        ({"steps": []}, ValueError, "steps"),
+        ({"val": []}, ValueError, "val"),
+        ({"val": (b for b in [(torch.zeros(2, 1, 6, 6), torch.zeros(2))])}, TypeError, "val"),
+        ({"min_run_time": -1}, ValueError, "min_run_time"),
         ({"n_basis": [1]}, ValueError, "n_basis"),  # fem_linear needs 2 nodes
         ({"n_basis": 2}, TypeError, "n_basis"),
         ({"steps": [0]}, ValueError, "steps"),
@@ -199,7 +204,7 @@ def test_per_block_candidates_and_applying_the_choice():
         max_drop=100,
         schemes=[["midpoint", None]],
         steps=[[2, None]],
-        n_basis=[],
+        n_basis=[4],
         log=lambda *a: None,
     )
     assert [c["blocks"][0]["scheme"] for c in r["candidates"]] == ["rk4", "midpoint"]
@@ -247,3 +252,19 @@ def test_a_lower_is_better_metric_and_a_relative_budget():
     )
     wrong = compression.compress(model, (x, target), metric=mse, max_drop=0, log=lambda *a: None)
     assert right["choice"]["val"] <= o["val"] < wrong["choice"]["val"]
+
+
+def test_a_choice_that_does_not_fit_leaves_the_model_as_it_was():
+    model = _mixed(3)
+    blocks = [b for _, b in compression.named_blocks(model)]
+    before = [(b.unit.n_basis, b.scheme, b.n_steps) for b in blocks]
+    good = {"block": "1", "basis": "fem_linear", "n_basis": 2, "scheme": "rk4", "n_steps": 1}
+    for bad in (
+        {**good, "block": "4", "scheme": "bogus"},
+        {**good, "block": "4", "n_steps": 0},
+        {**good, "block": "nosuch"},
+        {"block": "4", "n_basis": 2},
+    ):
+        with pytest.raises(ValueError):
+            compression.apply_manifestation(model, {"blocks": [good, bad]})
+        assert [(b.unit.n_basis, b.scheme, b.n_steps) for b in blocks] == before

@@ -122,3 +122,11 @@ def test_a_block_takes_one_positional_argument():
     block = contnet.ContinuousBlock(contnet.MLPUnit(4))
     with pytest.raises(TypeError, match="one positional argument, the state x, got 2: pass the"):
         block(torch.randn(2, 4), torch.ones(2, 4))
+
+
+def test_a_rate_of_integers_is_refused():
+    for scheme in ("rk4", "euler", "ab2"):
+        with pytest.raises(TypeError, match="must return a floating-point tensor, got torch.int64"):
+            contnet.odeint(
+                lambda t, x: torch.tanh(x).to(torch.int64), torch.randn(3), scheme=scheme
+            )

@@ -189,3 +189,82 @@ def test_refine_and_project_take_the_steps_with_the_nodes_and_say_what_they_did(
     assert [b.n_steps for b in blocks] == [2, 6]
     contnet.project(net, 1)  # 2 -> 1 nodes: half the steps, at least one
     assert [b.n_steps for b in blocks] == [1, 3]
+
+
+def test_refine_and_project_check_steps():
+    net = contnet.ContinuousNet(1, 4, widths=(4,), n_basis=2)
+    for bad in ("no", 0, None, 4):
+        with pytest.raises(TypeError, match="steps must be True or False"):
+            contnet.refine(net, steps=bad)
+        with pytest.raises(TypeError, match="steps must be True or False"):
+            contnet.project(net, 1, steps=bad)
+    assert net.stages[0].unit.n_basis == 2 and net.stages[0].n_steps == 2
+
+
+def test_an_optimizer_with_factored_state_follows_the_nodes_or_is_refused():
+    # Adafactor keeps per-row and per-column second moments of a matrix: those along the
+    # nodes are mapped, those shared by every node kept; the next step runs
+    torch.manual_seed(0)
+    block = contnet.ContinuousBlock(contnet.MLPUnit(4, hidden=8, n_basis=2), n_steps=2)
+    opt = torch.optim.Adafactor(block.parameters(), lr=1e-2)
+    x = torch.randn(8, 4)
+    block(x).square().mean().backward()
+    opt.step()
+    contnet.refine(block, optimizer=opt)
+    for p in block.parameters():
+        for k, v in opt.state[p].items():
+            assert v.dim() == 0 or v.shape[0] in (1, p.shape[0]), k
+            assert (v >= 0).all() or k not in ("row_var", "col_var", "variance"), k
+    block.zero_grad()
+    block(x).square().mean().backward()
+    opt.step()
+    # state that follows no node layout is refused before anything changes
+    p = next(block.parameters())
+    opt.state[p]["odd"] = torch.zeros(3)
+    weights = [q for q in block.parameters()]
+    with pytest.raises(ValueError, match="holds state 'odd' of shape \\(3,\\)"):
+        contnet.refine(block, optimizer=opt)
+    assert all(a is b for a, b in zip(weights, block.parameters())) and block.n_steps == 4
+
+
+def test_a_parametrized_weight_is_refused_and_the_module_left_as_it_was():
+    from torch.nn.utils import parametrizations
+
+    for attach in (parametrizations.weight_norm, parametrizations.spectral_norm):
+        unit = contnet.ConvUnit(4, n_basis=2)
+        attach(unit.conv1)
+        block = contnet.ContinuousBlock(unit, n_steps=2)
+        before = {n: p.detach().clone() for n, p in block.named_parameters()}
+        for change, args in ((contnet.refine, ()), (contnet.project, (1,))):
+            with pytest.raises(ValueError, match="computed by a parametrization or a hook"):
+                change(block, *args)
+            assert unit.n_basis == 2 and block.n_steps == 2
+            for n, p in block.named_parameters():
+                assert torch.equal(p, before[n]), n
+
+
+def test_lbfgs_follows_a_refinement_before_its_first_step_and_is_refused_after():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 6),
+        contnet.ContinuousBlock(contnet.MLPUnit(6, hidden=8, n_basis=2), n_steps=2),
+        torch.nn.Linear(6, 2),
+    )
+    x, y = torch.randn(16, 4), torch.randn(16, 2)
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=3)
+
+    def closure():
+        opt.zero_grad()
+        loss = (model(x) - y).square().mean()
+        loss.backward()
+        return loss
+
+    contnet.refine(model, optimizer=opt)  # no state yet: its parameter list follows in place
+    before = [p.detach().clone() for p in model[1].parameters()]
+    opt.step(closure)
+    assert all(not torch.equal(a, p) for a, p in zip(before, model[1].parameters()))
+    with pytest.raises(ValueError, match="state kept across its parameters"):
+        contnet.refine(model, optimizer=opt)  # its history is flat over every parameter
+    assert model[1].unit.n_basis == 4
+    with pytest.raises(ValueError, match="holds none of the parameters"):
+        contnet.refine(model, optimizer=torch.optim.SGD(model[0].parameters(), lr=0.1))

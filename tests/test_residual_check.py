@@ -49,6 +49,36 @@ def _inverted_residual():
     return torchvision.models.mobilenet_v2().features[3].eval()  # 24 -> 24, residual
 
 
+def _realistic(kind):
+    """A block of a model and its branch, with the input the model gives it (post-ReLU
+    activations, not white noise), at random init."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        if kind == "resnet18":
+            rn = torchvision.models.resnet18().eval()
+            x = rn.layer1[0](rn.maxpool(rn.relu(rn.bn1(rn.conv1(torch.randn(2, 3, 64, 64))))))
+            b = rn.layer1[1]
+            return b, nn.Sequential(b.conv1, b.bn1, b.relu, b.conv2, b.bn2), x
+        if kind == "resnetv2_50":
+            m = timm.create_model("resnetv2_50", pretrained=False).eval()
+            x = m.stages[0].blocks[0](m.stem(torch.randn(2, 3, 64, 64)))
+            b = m.stages[0].blocks[1]
+            return b, nn.Sequential(b.norm1, b.conv1, b.norm2, b.conv2, b.norm3, b.conv3), x
+        mb = torchvision.models.mobilenet_v2()  # training mode: batch statistics
+        x = mb.features[:3](torch.randn(4, 3, 64, 64))
+        return mb.features[3], mb.features[3].conv, x
+
+
+@pytest.mark.parametrize("kind", ["resnet18", "resnetv2_50", "mobilenet_v2 in training"])
+def test_whole_blocks_on_their_models_inputs_are_warned_about_and_branches_not(kind):
+    whole, branch, x = _realistic(kind)
+    with pytest.warns(UserWarning, match="whole residual block"), torch.no_grad():
+        contnet.time_dependent(whole)(0.0, x)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("error")
+        contnet.time_dependent(branch)(0.0, x)
+
+
 WHOLE = {
     "timm ViT Block": (_vit_block, (2, 5, 192)),
     "timm ConvNeXt block": (

@@ -252,6 +252,8 @@ def test_a_module_with_weight_norm_hooks_is_copied():
 def test_lazy_modules_are_refused_until_materialized():
     with pytest.raises(ValueError, match="lazy"):
         contnet.time_dependent(nn.LazyLinear(4))
+    with pytest.raises(TypeError, match="residual_check must be True or False"):
+        contnet.time_dependent(nn.Linear(2, 2), residual_check="yes")
 
 
 # -- layouts --------------------------------------------------------------------------
@@ -357,3 +359,16 @@ def test_statistics_round_trip_a_state_dict_and_a_checkpoint(tmp_path):
     fresh = load_model_state(load_checkpoint(tmp_path / "ck.pt"), build())
     for (n, a), (_, b) in zip(block.state_dict().items(), fresh.state_dict().items()):
         assert torch.equal(a, b), n
+
+
+def test_odd_devices_modes_and_layouts_after_refinement():
+    # the first call on the meta device (shape inference) runs; the copy takes the
+    # module's mode; channels_last filter banks stay so through refinement and projection
+    m = contnet.time_dependent(mlp_branch(4)).to("meta")
+    assert m(0.5, torch.empty(2, 4, device="meta")).shape == (2, 4)
+    assert not contnet.time_dependent(mlp_branch(4).eval()).training
+    conv = contnet.time_dependent(nn.Conv2d(3, 3, 3, padding=1), n_basis=2)
+    conv.to(memory_format=torch.channels_last)
+    contnet.refine(conv)
+    contnet.project(conv, 2)
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in conv.module.weight)

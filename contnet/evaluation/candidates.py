@@ -35,9 +35,14 @@ def _key(scheme):
 
 
 def _listed(value, name: str) -> list:
+    """``value`` as a list of candidates, at least one (nothing to try is not a request to
+    compress)."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         raise TypeError(f"{name} must be a list of candidates, got {type(value).__name__}")
-    return list(value)
+    out = list(value)
+    if not out:
+        raise ValueError(f"{name} must hold at least one candidate, got none")
+    return out
 
 
 def _per_block(entry, n_blocks: int, name: str) -> list:

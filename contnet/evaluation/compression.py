@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from .. import basis as basis_lib
 from .. import schemes as schemes_lib
 from ..models import project
 from .candidates import describe, named_blocks, plan
@@ -48,6 +49,12 @@ def _batches(data, batch_size: int, name: str = "data"):
             (x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)
         ]
     if isinstance(data, Iterable) and not isinstance(data, (torch.Tensor, str)):
+        if iter(data) is data:
+            raise TypeError(
+                f"{name} must be readable more than once (a DataLoader, a list of batches, a "
+                f"pair of tensors): every candidate reads it, got a {type(data).__name__} "
+                "that reads once"
+            )
         return _checked_pairs(data, name)
     raise TypeError(
         f"{name} must be a pair (inputs, targets) of tensors or an iterable of such batches, "
@@ -164,8 +171,11 @@ def _checked(model, val, test, metric, higher_is_better, schemes, n_basis, steps
     val_batches = _batches(val, batch, "val")
     if test is not None:
         _batches(test, batch, "test")
+    first = next(iter(val_batches), None)
+    if first is None:
+        raise ValueError("val holds no batch to evaluate")
     if x is None:
-        x = next(iter(val_batches), (None,))[0]
+        x = first[0]
     if not isinstance(x, torch.Tensor):
         raise TypeError(
             f"latency_input must be a tensor (default: the first validation inputs), got "
@@ -195,15 +205,37 @@ def _choose(candidates, max_drop, max_rel_drop):
 def apply_manifestation(model: nn.Module, choice: dict) -> nn.Module:
     """Give ``model`` (as it was when compressed) the manifestation of a candidate of
     :func:`compress` (its ``blocks`` entry): each block projected onto its node count and
-    run with its scheme and step count. Returns ``model``."""
-    blocks = dict(named_blocks(model))
-    for entry in choice["blocks"]:
-        b = blocks.get(entry["block"])
+    run with its scheme and step count. Every entry is checked before any block changes.
+    Returns ``model``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    entries = choice.get("blocks") if isinstance(choice, dict) else None
+    if not isinstance(entries, list):
+        raise TypeError("choice must be a candidate of compress (a dict with 'blocks')")
+    blocks, plan = dict(named_blocks(model)), []
+    for entry in entries:
+        try:
+            name, k, scheme, n = (entry[f] for f in ("block", "n_basis", "scheme", "n_steps"))
+        except (KeyError, TypeError):
+            raise ValueError(
+                f"choice's blocks entries must give block, n_basis, scheme and n_steps, got "
+                f"{entry!r}"
+            ) from None
+        b = blocks.get(name)
         if b is None:
-            raise ValueError(f"choice names block {entry['block']!r}, which model does not hold")
-        if b.unit.basis.n_basis != entry["n_basis"]:
-            project(b, entry["n_basis"], steps=False)
-        b.scheme, b.n_steps = entry["scheme"], entry["n_steps"]
+            raise ValueError(f"choice names block {name!r}, which model does not hold")
+        tab = schemes_lib.get(scheme)
+        if isinstance(tab, schemes_lib.LMResNet) and b.lm is None:
+            raise ValueError(
+                f"choice gives block {name!r} scheme 'lm', which it was not built with"
+            )
+        schemes_lib.check_n_steps(n)
+        basis_lib.get(b.unit.basis.family, k)
+        plan.append((b, k, scheme, n))
+    for b, k, scheme, n in plan:
+        if b.unit.basis.n_basis != k:
+            project(b, k, steps=False)
+        b.scheme, b.n_steps = scheme, n
     return model
 
 
@@ -256,6 +288,10 @@ def compress(
     choice ``test``).
     """
     max_drop, max_rel_drop = _budget(max_drop, max_rel_drop)
+    if isinstance(min_run_time, bool) or not isinstance(min_run_time, (int, float)):
+        raise TypeError(f"min_run_time must be a number of seconds, got {min_run_time!r}")
+    if not min_run_time > 0 or not math.isfinite(min_run_time):
+        raise ValueError(f"min_run_time must be a finite number of seconds > 0, got {min_run_time}")
     blocks, cands, xb = _checked(
         model,
         val,

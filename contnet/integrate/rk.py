@@ -22,6 +22,8 @@ def check_rate(k, x: torch.Tensor, t: float) -> torch.Tensor:
         raise ValueError(
             f"f(t, x) must return a tensor of x's shape {tuple(x.shape)}, got {tuple(k.shape)} at t={t}"
         )
+    if not k.is_floating_point():
+        raise TypeError(f"f(t, x) must return a floating-point tensor, got {k.dtype} at t={t}")
     if (
         k.dtype != x.dtype
         and torch.promote_types(k.dtype, x.dtype) != x.dtype

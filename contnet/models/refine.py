@@ -36,9 +36,11 @@ class BasisChange(Mapping):
         return len(self._maps)
 
     def __repr__(self) -> str:
+        def one(v):  # a value, a few, or their range
+            return v[0] if len(v) == 1 else list(v) if len(v) <= 4 else f"{v[0]}..{v[-1]}"
+
         def span(pair):
-            a, b = (v[0] if len(v) == 1 else list(v) for v in pair)
-            return f"{a} -> {b}"
+            return f"{one(pair[0])} -> {one(pair[1])}"
 
         steps = f", n_steps {span(self.n_steps)}" if self.n_steps[0] else ""
         return f"BasisChange({self.what} {len(self)} tensors, n_basis {span(self.n_basis)}{steps})"
@@ -60,6 +62,11 @@ def _state(module: nn.Module) -> tuple[list, list]:
 
 def _distinct(values) -> tuple:
     return tuple(sorted(set(values)))
+
+
+def _check_steps(steps) -> None:
+    if not isinstance(steps, bool):
+        raise TypeError(f"steps must be True or False, got {steps!r}")
 
 
 def _change(what: str, module: nn.Module, move, steps) -> BasisChange:
@@ -92,6 +99,7 @@ def refine(module: nn.Module, *, steps: bool = True, optimizer=None) -> BasisCha
     :class:`BasisChange`, ``{new_tensor: R}`` with ``new = R @ old`` along the node
     dimension.
     """
+    _check_steps(steps)
     doubled = (lambda b, n, k: 2 * n) if steps else None
     return _change("refined", module, lambda: refine_bases(module, optimizer), doubled)
 
@@ -106,6 +114,7 @@ def project(
     ``round(n_steps * K_new / K_old)`` (at least 1), as :func:`refine` doubles it. Every
     argument is checked before anything changes. Returns a :class:`BasisChange`
     (``new = P @ old``)."""
+    _check_steps(steps)
 
     def scaled(b, n, k):
         if k is None or b.unit.n_basis == k:

@@ -221,6 +221,17 @@ def load_checkpoint(path) -> dict:
 
 
 def _where(payload) -> str:
+    """The checkpoint in words, for messages; a payload that is not what
+    :func:`load_checkpoint` returns is refused here."""
+    if not (
+        isinstance(payload, dict)
+        and isinstance(payload.get("meta"), dict)
+        and isinstance(payload.get("model"), dict)
+    ):
+        raise CheckpointError(
+            "payload must be a checkpoint as load_checkpoint returns it (a dict with its "
+            f"'meta' and 'model'), got {type(payload).__name__}"
+        )
     return f"checkpoint {payload.get('path', '')}".rstrip()
 
 
@@ -231,7 +242,8 @@ def model_from_checkpoint(payload: dict, *, n_basis: int | None = None, device="
     the weights are refined (if ``n_basis`` is reached by refining) or projected (if
     smaller). A checkpoint of another module is refused: build it and use
     :func:`load_model_state`."""
-    meta, where = payload["meta"], _where(payload)
+    where = _where(payload)
+    meta = payload["meta"]
     if meta["model"] is None:
         raise CheckpointError(
             f"{where} holds a {meta.get('class', 'module')}, not a network of contnet that it "
@@ -288,9 +300,9 @@ def load_model_state(payload: dict, model: nn.Module) -> nn.Module:
     or projected, by name), its blocks to the saved manifestations, then the state dict is
     loaded. Returns ``model``; raises :class:`CheckpointError` if they do not match, leaving
     ``model`` as it was (the load is tried on a copy first)."""
+    where = _where(payload)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    where = _where(payload)
     try:
         trial = copy.deepcopy(model)
     except Exception:  # noqa: BLE001  (a module that cannot be copied is loaded in place)

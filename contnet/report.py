@@ -1,13 +1,16 @@
 """Presenting results, for the commands, the plots and the benchmarks alike: plain-text
-tables with right-aligned columns, JSON files, and matplotlib figures drawn without a
-display and saved at one resolution."""
+tables with right-aligned columns, strict JSON files, and matplotlib figures drawn without
+a display and saved at one resolution; every file written atomically."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import os
 import pathlib
 
-__all__ = ["format_table", "write_json", "pyplot", "save_figure"]
+__all__ = ["atomic_write", "format_table", "strict", "write_json", "pyplot", "save_figure"]
 
 
 def format_table(rows, header) -> str:
@@ -20,12 +23,52 @@ def format_table(rows, header) -> str:
     )
 
 
+def atomic_write(path, write) -> pathlib.Path:
+    """``write(tmp)`` into a temporary file beside ``path`` (``.NAME.tmp-PID``), synced to
+    disk, renamed over ``path``, and the folder synced: a reader sees the previous file or
+    the new one, never a part; if anything fails the previous file stays and the temporary
+    one is removed (one a kill leaves is named by its process, for the next run to clear)."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        with contextlib.suppress(OSError):  # not every file system syncs a folder
+            fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return path
+
+
+def strict(obj):
+    """``obj`` with every non-finite float (NaN, +-inf) as None: JSON that strict parsers
+    read (``json.dumps`` would write the non-standard ``NaN``)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    return obj
+
+
 def write_json(path, payload) -> pathlib.Path:
-    """``payload`` as indented JSON at ``path`` (folders made; other objects as ``str``)."""
+    """``payload`` as indented strict JSON (:func:`strict`; other objects as ``str``) at
+    ``path``, written atomically (folders made)."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=1, default=str) + "\n")
-    return path
+    text = json.dumps(strict(payload), indent=1, default=str, allow_nan=False) + "\n"
+    return atomic_write(path, lambda p: p.write_text(text))
 
 
 def pyplot():
@@ -41,9 +84,11 @@ def pyplot():
 
 
 def save_figure(fig, path) -> pathlib.Path:
-    """Save ``fig`` as ``path`` (110 dpi; folders made) and close it."""
+    """Save ``fig`` as ``path`` (110 dpi; folders made; atomically) and close it."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    pyplot().close(fig)
+    try:
+        atomic_write(path, lambda p: fig.savefig(p, dpi=110, format=path.suffix[1:] or "png"))
+    finally:
+        pyplot().close(fig)
     return path

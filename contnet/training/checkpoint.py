@@ -13,8 +13,6 @@ the reason."""
 from __future__ import annotations
 
 import copy
-import json
-import os
 import pathlib
 
 import torch
@@ -25,9 +23,18 @@ from .. import schemes as schemes_lib
 from ..block import ContinuousBlock, blocks_of
 from ..models import NETWORKS, ContinuousNet, project, refine
 from ..nn import TimeDependent, map_bases
+from .checkpoint_file import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    CheckpointError,
+    check_finite,
+    load_checkpoint,
+    write_checkpoint,
+)
 
 __all__ = [
     "CheckpointError",
+    "check_finite",
     "save_checkpoint",
     "load_checkpoint",
     "model_from_checkpoint",
@@ -35,14 +42,8 @@ __all__ = [
     "model_state",
 ]
 
-CHECKPOINT_FORMAT = "contnet-checkpoint"
-CHECKPOINT_VERSION = 1
 # what loading a checkpoint's contents can raise when they are not what they should be
 _CONTENT_ERRORS = (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: missing, truncated, tampered with or mismatched."""
 
 
 def model_state(model: nn.Module) -> dict:
@@ -70,16 +71,6 @@ def model_state(model: nn.Module) -> dict:
     }
 
 
-def _atomic_write(path: pathlib.Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_checkpoint(
     path,
     model,
@@ -93,9 +84,10 @@ def save_checkpoint(
     extra=None,
     loader_states=None,
 ) -> pathlib.Path:
-    """Write a checkpoint of any ``nn.Module`` atomically (temporary file, then rename):
+    """Write a checkpoint of any ``nn.Module`` atomically (temporary file, synced, renamed):
     the previous file stays intact if anything fails. A human-readable ``.json`` of the
-    metadata goes beside it. A network of :data:`contnet.models.NETWORKS` is rebuilt from it by
+    metadata goes beside it (:func:`contnet.training.checkpoint_file.sync_summary` derives
+    it again from the checkpoint). A network of :data:`contnet.models.NETWORKS` is rebuilt from it by
     :func:`model_from_checkpoint`; another module is built by the user and loaded with
     :func:`load_model_state`."""
     if not isinstance(model, nn.Module):
@@ -123,7 +115,6 @@ def save_checkpoint(
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
-        "meta": json.dumps(meta),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -133,91 +124,8 @@ def save_checkpoint(
             "loader_ranks": loader_states,
         },
     }
-    _atomic_write(path, lambda p: torch.save(payload, p))
-    _atomic_write(
-        path.with_suffix(".json"), lambda p: p.write_text(json.dumps(meta, indent=1) + "\n")
-    )
+    write_checkpoint(path, payload, meta)
     return path
-
-
-def _require(ok: bool, path, what: str) -> None:
-    if not ok:
-        raise CheckpointError(f"checkpoint {path} {what}")
-
-
-def _check_meta(meta, path) -> None:
-    """The metadata's structure: what the loaders read, of the types they read it as."""
-    _require(isinstance(meta, dict), path, "has metadata that is not a JSON object")
-    for key in ("model", "state"):
-        _require(key in meta, path, f"metadata lacks {key!r}")
-    _require(meta["model"] is None or isinstance(meta["model"], dict), path, "has a bad 'model'")
-    state = meta["state"]
-    _require(isinstance(state, dict), path, "has a 'state' that is not a JSON object")
-    lists = [state.get(k) for k in ("n_basis", "basis", "scheme", "n_steps")]
-    _require(
-        all(isinstance(v, list) for v in lists) and len({len(v) for v in lists}) == 1,
-        path,
-        "has a 'state' without equal lists n_basis, basis, scheme and n_steps",
-    )
-    for key in ("layers", "blocks"):
-        entries = state.get(key, {})
-        _require(
-            isinstance(entries, dict)
-            and all(isinstance(v, list) and len(v) == 2 for v in entries.values()),
-            path,
-            f"has a state {key!r} that is not a map of pairs",
-        )
-    epoch = meta.get("epoch", 0)
-    _require(isinstance(epoch, int) and epoch >= 0, path, f"has a bad epoch {epoch!r}")
-    history = meta.get("history", [])
-    _require(
-        isinstance(history, list) and all(isinstance(h, dict) for h in history),
-        path,
-        "has a history that is not a list of epochs",
-    )
-    train = meta.get("train")
-    _require(train is None or isinstance(train, dict), path, "has a 'train' that is not a map")
-
-
-def load_checkpoint(path) -> dict:
-    """Read a checkpoint with ``weights_only=True``; returns the payload with ``meta``
-    parsed and checked. Raises :class:`CheckpointError` naming the file and the problem."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for truncated or foreign files
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise CheckpointError(
-            f"checkpoint {path} cannot be read safely (truncated, corrupt, or holding code that "
-            f"weights_only loading refuses): {type(e).__name__}: {first}"
-        ) from e
-    tag = payload.get("format") if isinstance(payload, dict) else None
-    if not (isinstance(tag, str) and tag == CHECKPOINT_FORMAT):
-        raise CheckpointError(
-            f"{path} is not a contnet checkpoint (no '{CHECKPOINT_FORMAT}' format tag)"
-        )
-    version = payload.get("version")
-    if not (type(version) is int and version == CHECKPOINT_VERSION):
-        raise CheckpointError(
-            f"checkpoint {path} has format version {version!r}; this contnet "
-            f"reads version {CHECKPOINT_VERSION}"
-        )
-    try:
-        payload["meta"] = json.loads(payload["meta"])
-    except (KeyError, TypeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"checkpoint {path} has no readable metadata: {e}") from e
-    _check_meta(payload["meta"], path)
-    weights = payload.get("model")
-    _require(
-        isinstance(weights, dict)
-        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()),
-        path,
-        "has no state dict of tensors under 'model'",
-    )
-    payload["path"] = str(path)  # for the errors of the loaders
-    return payload
 
 
 def _where(payload) -> str:

@@ -1,0 +1,199 @@
+"""The output folder of a run: checked before any work is done, never replaced unless asked,
+written by one process at a time, and cleared of what a killed writer left half-written.
+
+A folder holds a run when any file a run writes is in it (:data:`RUN_FILES`). Starting a
+run there needs ``resume`` (continue it) or ``overwrite`` (replace it: its files are
+removed first). The lock is an exclusive ``flock`` on ``.lock`` in the folder, which the
+system releases when its holder ends however it ends (a kill included); the file names
+the holder for the message another run gets."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import json
+import os
+import pathlib
+import re
+import socket
+
+from ..provenance import command_line
+
+__all__ = ["OutputError", "RunLock", "RUN_FILES", "check_writable", "leftovers", "prepare_run"]
+
+#: the files a run writes into its folder
+RUN_FILES = (
+    "checkpoint.pt",
+    "checkpoint.json",
+    "train.json",
+    "training_curves.png",
+    "theta.png",
+    "eval.json",
+    "manifestations.png",
+    "corruptions.json",
+    "corruptions.png",
+    "compress.json",
+)
+LOCK = ".lock"
+#: a file being written atomically: ``.NAME.tmp-PID`` beside ``NAME``
+_PARTIAL = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")
+
+
+class OutputError(OSError):
+    """An output location that cannot be used, or a run there that is not to be replaced;
+    the message says which and what to do."""
+
+
+def describe_os_error(e: OSError) -> str:
+    """An ``OSError`` in words: what happened (disk full, read-only, not a folder, ...)."""
+    what = {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is exceeded",
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.ENOTDIR: "a part of the path is a file, not a folder",
+        errno.EISDIR: "it is a folder",
+        errno.ENOENT: "no such file or folder",
+    }.get(e.errno)
+    return what or (e.strerror or str(e))
+
+
+def check_writable(folder, what: str = "--out") -> pathlib.Path:
+    """Make ``folder`` if it is missing and check that files can be written in it (a probe
+    file is written, synced and removed); raise :class:`OutputError` naming the problem
+    (``what``: the option it came from, for the message)."""
+    folder = pathlib.Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{what} {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe-{os.getpid()}"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, b"probe")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                probe.unlink()
+    except OSError as e:
+        raise OutputError(f"{what} {folder} cannot be written: {describe_os_error(e)}") from None
+    return folder
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def leftovers(folder, *, remove: bool = True) -> list[pathlib.Path]:
+    """The files a writer killed mid-write left in ``folder`` (``.NAME.tmp-PID`` whose
+    process is gone), removed unless ``remove`` is false; the previous ``NAME`` is intact."""
+    folder = pathlib.Path(folder)
+    found = []
+    if not folder.is_dir():
+        return found
+    for p in sorted(folder.iterdir()):
+        m = _PARTIAL.match(p.name)
+        if m and int(m["pid"]) != os.getpid() and not _alive(int(m["pid"])):
+            found.append(p)
+            if remove:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+    return found
+
+
+class RunLock:
+    """The exclusive right to write a run's folder (see the module doc)."""
+
+    def __init__(self, folder):
+        self.path = pathlib.Path(folder) / LOCK
+        self.fd = None
+
+    def acquire(self) -> RunLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise OutputError(
+                f"{self.path.parent} is being written by another run ({holder}); wait for it "
+                "to end, or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": command_line(),
+            "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        os.write(fd, (json.dumps(record) + "\n").encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self):
+        return self.acquire() if self.fd is None else self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        r = json.loads(os.read(fd, 4096).decode() or "{}")
+        return f"pid {r['pid']} on {r['host']} since {r['since']}: {r['command']}"
+    except (OSError, ValueError, KeyError):
+        return "a process holds its lock"
+
+
+def _describe_run(folder: pathlib.Path, files: list[str]) -> str:
+    try:
+        meta = json.loads((folder / "checkpoint.json").read_text())
+        total = (meta.get("train") or {}).get("epochs")
+        done = f"epoch {meta['epoch'] + 1}" + (f" of {total}" if total else "")
+        return f"{done}; {', '.join(files)}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ", ".join(files)
+
+
+def prepare_run(folder, *, resume: bool, overwrite: bool, log=print) -> RunLock:
+    """Before any work: ``folder`` checked writable, locked, cleared of a killed writer's
+    partial files (each reported), and refused if it holds a run that is neither resumed
+    nor to be overwritten (``overwrite`` removes that run's files). Returns the held lock."""
+    folder = check_writable(folder)
+    lock = RunLock(folder).acquire()
+    try:
+        for p in leftovers(folder):
+            log(f"removed {p.name}, a file left half-written by a run that was killed")
+        present = [f for f in RUN_FILES if (folder / f).exists()]
+        if present and not resume and not overwrite:
+            raise OutputError(
+                f"{folder} holds a run ({_describe_run(folder, present)}): pass --resume to "
+                "continue it, or --overwrite to replace it"
+            )
+        if present and overwrite and not resume:
+            for f in present:
+                (folder / f).unlink()
+            log(f"--overwrite: removed the run in {folder} ({', '.join(present)})")
+    except BaseException:
+        lock.release()
+        raise
+    return lock

@@ -16,6 +16,8 @@ shift
 mkdir -p "$out"
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-$(nproc)}
+# the benchmarks write where they are told: the results this script publishes
+export CONTNET_BENCH_RESULTS=${CONTNET_BENCH_RESULTS:-bench/results}
 if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
     TORCH_CUDA_ARCH_LIST=$($py -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')
     export TORCH_CUDA_ARCH_LIST

@@ -20,12 +20,15 @@ from ..provenance import provenance
 from ..report import write_json
 from ..training import (
     CheckpointError,
+    OutputError,
+    check_finite,
     load_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
     train,
 )
 from ..training import data as data_lib
+from ..training.rundir import check_writable
 from .options import config_from
 from .tables import compress_table, corruption_tables, history_table, manifestation_tables
 
@@ -33,7 +36,7 @@ from .tables import compress_table, corruption_tables, history_table, manifestat
 def load_dataset(args):
     try:
         return data_lib.load(args.data, args.data_dir, seed=0)
-    except (FileNotFoundError, ValueError, ImportError) as e:
+    except (OSError, ValueError, ImportError) as e:
         raise SystemExit(f"contnet: cannot load data: {e}") from None
 
 
@@ -41,12 +44,23 @@ def run_train(args, cfg=None, out=None, dataset=None, log=print) -> dict:
 
     cfg = cfg or config_from(args)
     out = pathlib.Path(out or args.out)
+    if int(os.environ.get("RANK", "0")) == 0:
+        check_writable(out, "--out")  # before the data are read
     dataset = dataset or load_dataset(args)
-    main_rank = int(os.environ.get("RANK", "0")) == 0
-    if main_rank:
+    try:
         held = dataset.with_validation(cfg.val_fraction).describe()
+    except ValueError as e:
+        raise SystemExit(f"contnet train: --val-fraction: {e}") from None
+    if int(os.environ.get("RANK", "0")) == 0:
         log(f"training on {held}; kernels: {ops.backend()}; output: {out}")
-    result = train(cfg, out, dataset, resume=getattr(args, "resume", False), log=log)
+    result = train(
+        cfg,
+        out,
+        dataset,
+        resume=getattr(args, "resume", False),
+        overwrite=getattr(args, "overwrite", False),
+        log=log,
+    )
     hist = result["history"]
     summary = {
         "provenance": provenance(cfg.device),
@@ -99,6 +113,7 @@ def model_from(args):
 
     try:
         payload = load_checkpoint(args.checkpoint)
+        check_finite(payload)
         model = model_from_checkpoint(
             payload, n_basis=getattr(args, "n_basis", None), device=args.device
         )
@@ -127,9 +142,9 @@ def reference_pair(pair) -> tuple[str, int]:
 def cmd_eval(args) -> int:
 
     reference = reference_pair(args.reference)
+    out = check_writable(args.out or pathlib.Path(args.checkpoint).parent, "--out")
     model, _ = model_from(args)
     dataset = load_dataset(args)
-    out = pathlib.Path(args.out or pathlib.Path(args.checkpoint).parent)
     try:
         run_eval(
             model,
@@ -225,11 +240,17 @@ def run_compress(
     if c is o:
         log(f"no candidate within {max_drop} point(s) on validation is faster: the original stays")
     elif c:
+        ratio = o["latency_ms"] / c["latency_ms"]
+        speed = (
+            f"{ratio:.2f}x faster"
+            if ratio >= 1.05
+            else "as fast within the timing noise (5%): chosen for its fewer parameters"
+        )
         log(
             f"fastest within {max_drop} point(s) on validation: K={c['n_basis']} {c['scheme']} "
             f"n_steps={c['n_steps']}: {c['latency_ms']:.2f} ms vs {o['latency_ms']:.2f} ms "
-            f"({o['latency_ms'] / c['latency_ms']:.2f}x faster), validation accuracy "
-            f"{100 * c['val']:.2f}% ({c['drop_points']:+.2f} points)"
+            f"({speed}), validation accuracy {100 * c['val']:.2f}% "
+            f"({c['drop_points']:+.2f} points)"
         )
         log(
             f"test accuracy of the choice {100 * c['test']:.2f}% (original {100 * o['test']:.2f}%; "
@@ -243,9 +264,11 @@ def run_compress(
 
 
 def cmd_compress(args) -> int:
+    out = check_writable(args.out or pathlib.Path(args.checkpoint).parent, "--out")
+    if args.save:
+        _check_save(args.save, args.checkpoint)
     model, payload = model_from(args)
     dataset = load_dataset(args)
-    out = pathlib.Path(args.out or pathlib.Path(args.checkpoint).parent)
     try:
         result = run_compress(
             model,
@@ -275,6 +298,19 @@ def cmd_compress(args) -> int:
     elif args.save:
         print(f"no candidate within {args.max_drop} point(s): nothing saved to {args.save}")
     return 0
+
+
+def _check_save(save, checkpoint) -> None:
+    """``compress --save`` writes a new checkpoint: never over the one it compresses (the
+    training checkpoint, with its optimizer, RNG states and history), into a writable
+    folder."""
+    save, src = pathlib.Path(save), pathlib.Path(checkpoint)
+    if save.resolve() == src.resolve() or (save.exists() and src.exists() and save.samefile(src)):
+        raise OutputError(
+            f"--save {save} is the checkpoint being compressed: it would replace the training "
+            "checkpoint (its optimizer, RNG states and history); save to another file"
+        )
+    check_writable(save.parent, "--save's folder")
 
 
 def cmd_bench(args) -> int:

@@ -28,6 +28,7 @@ def cmd_demo(args) -> int:
             f"got {args.epochs}"
         )
     args.data, args.data_dir = "digits", None
+    args.overwrite = True  # the demo replaces its own runs (runs/demo by default)
     dataset = load_dataset(args)
     threads = torch.get_num_threads()
     print(f"contnet demo -- {dataset.describe()}; kernels: {ops.backend()}; {threads} threads\n")

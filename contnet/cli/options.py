@@ -185,3 +185,12 @@ def add_checkpoint(p: argparse.ArgumentParser) -> None:
         choices=schemes.names(),
         help="schemes to try (default: the model's own, euler, midpoint, rk4)",
     )
+
+
+def add_run_flags(p) -> None:
+    """``--resume`` and ``--overwrite`` of a command that trains several runs under OUT:
+    without either, a run already there is refused."""
+    p.add_argument(
+        "--resume", action="store_true", help="continue the runs OUT holds (finished ones stay)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace the runs OUT holds")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from ..training import presets
+from ..training import CheckpointError, DivergenceError, OutputError, StalledError, presets
 from ..training.presets import PRESETS
+from ..training.rundir import describe_os_error
 from .commands import cmd_bench, cmd_compress, cmd_eval, cmd_train
 from .demo import cmd_demo
 from .options import (
@@ -57,6 +59,11 @@ def _train(sub) -> None:
     )
     t.set_defaults(parser=t)
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run OUT holds (without it, or --resume, an existing run is refused)",
+    )
     t.set_defaults(func=cmd_train)
 
 
@@ -184,4 +191,18 @@ def main(argv=None) -> int:
         # the preset's settings become the defaults, so options given beside it win
         args.parser.set_defaults(**presets.get(args.preset).settings)
         args = parser.parse_args(argv)
-    return args.func(args)
+    command = f"contnet {args.command}"
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(
+            f"\n{command}: interrupted; what was written stays intact (a training run's last "
+            "checkpoint too: --resume continues it)",
+            file=sys.stderr,
+        )
+        return 130
+    except (CheckpointError, DivergenceError, OutputError, StalledError) as e:
+        raise SystemExit(f"{command}: {e}") from None
+    except OSError as e:  # a write that failed: the disk, the file system, a path
+        where = f" {e.filename}" if e.filename else ""
+        raise SystemExit(f"{command}: cannot write{where}: {describe_os_error(e)}") from None

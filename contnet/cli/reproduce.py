@@ -13,6 +13,7 @@ from ..report import write_json
 from ..training import TrainConfig, presets, train
 from ..training.loop import count_parameters
 from .commands import load_dataset
+from .options import add_run_flags
 from .tables import manifestation_tables
 
 
@@ -32,7 +33,9 @@ def _train_arms(preset, args, dataset, out, log) -> dict:
     for arm in preset.arms:
         cfg = _arm_config(preset, arm, args)
         log(f"\n== {preset.name} / {arm.name}: {arm.paper}")
-        run = train(cfg, out / arm.name, dataset, log=log)
+        run = train(
+            cfg, out / arm.name, dataset, resume=args.resume, overwrite=args.overwrite, log=log
+        )
         results[arm.name] = {
             "model": run["model"],
             "history": run["history"],
@@ -182,6 +185,7 @@ def add_reproduce(sub, add_device) -> None:
         + "; ".join(p.help_line() for p in presets.PRESETS.values()).replace("%", "%%"),
     )
     r.add_argument("--preset", required=True, choices=list(presets.PRESETS))
+    add_run_flags(r)
     r.add_argument("--data-dir", required=True, help="folder of the data set's binary files")
     r.add_argument(
         "--epochs",

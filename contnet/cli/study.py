@@ -22,6 +22,7 @@ from ..provenance import provenance
 from ..report import write_json
 from ..training import TrainConfig, train
 from .commands import corruption_scores, load_dataset
+from .options import add_run_flags
 
 
 def _arms(K: int, epochs: int) -> dict:
@@ -178,7 +179,14 @@ def cmd_study(args, log=print) -> int:
                 progress=False,
                 **arm,
             )
-            run = train(cfg, out / f"seed{seed}" / name, dataset, log=lambda *a: None)
+            run = train(
+                cfg,
+                out / f"seed{seed}" / name,
+                dataset,
+                resume=args.resume,
+                overwrite=args.overwrite,
+                log=lambda *a: None,
+            )
             rows[name] = {
                 **_scores(run["model"], dataset, seed, args.device),
                 "wall_time_s": run["wall_time_s"],
@@ -226,5 +234,6 @@ def add_study(sub, add_device) -> None:
     s.add_argument("--n-basis", type=int, default=4, help="the final depth K (a power of 2)")
     s.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64])
     s.add_argument("--out", default="runs/study")
+    add_run_flags(s)
     add_device(s)
     s.set_defaults(func=cmd_study)

@@ -133,6 +133,11 @@ def _basis_options(blocks, n_basis) -> list[list[int]]:
     else:
         counts = _listed(n_basis, "n_basis")
         for k in counts:
+            if isinstance(k, int) and not isinstance(k, bool) and k > max(own):
+                raise ValueError(
+                    f"n_basis candidate {k} is more nodes than any block has ({max(own)}): "
+                    "a projection only reduces them"
+                )
             for b in bases:  # every block can take it (checked before anything is evaluated)
                 try:
                     basis_lib.get(b.family, min(k, b.n_basis))

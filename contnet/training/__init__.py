@@ -3,6 +3,7 @@ depth, checkpoints, data parallel training."""
 
 from .checkpoint import (
     CheckpointError,
+    check_finite,
     load_checkpoint,
     load_model_state,
     model_from_checkpoint,
@@ -11,12 +12,15 @@ from .checkpoint import (
 )
 from .config import TrainConfig, build_model, make_optimizer, make_scheduler
 from .data import Dataset, Loader, load
-from .distributed import Distributed
-from .loop import count_parameters, evaluate, train
+from .distributed import Distributed, StalledError
+from .loop import DivergenceError, count_parameters, evaluate, train
+from .rundir import OutputError
 
 __all__ = [
     "TrainConfig",
     "train",
+    "DivergenceError",
+    "OutputError",
     "evaluate",
     "build_model",
     "make_optimizer",
@@ -26,7 +30,9 @@ __all__ = [
     "Loader",
     "load",
     "Distributed",
+    "StalledError",
     "CheckpointError",
+    "check_finite",
     "save_checkpoint",
     "load_checkpoint",
     "model_from_checkpoint",

@@ -30,6 +30,15 @@ def option(group: str, help: str, kind: str | None = None, choices=None, depth: 
     return {"cli": {"group": group, "help": help, "kind": kind, "choices": choices, "depth": depth}}
 
 
+def _increasing(name: str, epochs) -> tuple[int, ...]:
+    """Epochs given in increasing order, each once (a repeat or a wrong order is a typo that
+    would otherwise refine once less or at another time than asked)."""
+    out = tuple(int(e) for e in epochs)
+    if any(b <= a for a, b in zip(out, out[1:])):
+        raise ValueError(f"{name} must be increasing epochs, each once, got {list(out)}")
+    return out
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run depends on (saved in every checkpoint). The fields with
@@ -153,12 +162,21 @@ class TrainConfig:
     seed: int = field(default=0, metadata=option("run", "random seed", "int"))
     device: str = field(default="cpu", metadata=option("run", "cpu or cuda", "device"))
     progress: bool = field(default=True, metadata=option("run", "no progress bars", "no_flag"))
+    dist_timeout: float = field(
+        default=600.0,
+        metadata=option(
+            "run",
+            "data parallel: seconds a process waits for the others (a stalled or killed "
+            "one) before the run stops with a message",
+            "float",
+        ),
+    )
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.widths = tuple(int(w) for w in self.widths)
-        self.refine_at = tuple(sorted(int(e) for e in self.refine_at))
-        self.lr_milestones = tuple(sorted(int(e) for e in self.lr_milestones))
+        self.refine_at = _increasing("refine_at", self.refine_at)
+        self.lr_milestones = _increasing("lr_milestones", self.lr_milestones)
         if any(e <= 0 or e >= self.epochs for e in self.lr_milestones):
             raise ValueError(
                 f"lr_milestones must lie in 1..{self.epochs - 1}, got {list(self.lr_milestones)}"
@@ -180,6 +198,10 @@ class TrainConfig:
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a number >= 0, got {v}")
+        if not (math.isfinite(self.dist_timeout) and self.dist_timeout > 0):
+            raise ValueError(
+                f"dist_timeout must be a number of seconds > 0, got {self.dist_timeout}"
+            )
         if not (math.isfinite(self.val_fraction) and 0 <= self.val_fraction < 1):
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.backprop not in BACKPROP_MODES:
@@ -244,11 +266,12 @@ class TrainConfig:
 
 
 # what a resumed run must share with the saved one (all but where the data lie, the device,
-# progress bars and free-form notes): the rest decides the weights' trajectory
+# progress bars, how long processes wait for each other and free-form notes): the rest
+# decides the weights' trajectory
 RESUME_KEYS = tuple(
     f.name
     for f in dataclasses.fields(TrainConfig)
-    if f.name not in ("data_dir", "device", "progress", "extra")
+    if f.name not in ("data_dir", "device", "progress", "dist_timeout", "extra")
 )
 
 

@@ -102,7 +102,13 @@ class Dataset:
         val = torch.zeros(len(self.y_train), dtype=torch.bool)
         for c in torch.unique(self.y_train).tolist():
             mine = order[self.y_train[order] == c]
-            val[mine[: round(fraction * len(mine))]] = True
+            take = round(fraction * len(mine))
+            if take >= len(mine):
+                raise ValueError(
+                    f"fraction {fraction} leaves class {c} no training image (it has "
+                    f"{len(mine)}): hold out less for validation"
+                )
+            val[mine[:take]] = True
         return dataclasses.replace(
             self,
             x_train=self.x_train[~val],
@@ -182,6 +188,8 @@ def _cifar_root(data_dir, name: str, folder: str, files) -> pathlib.Path:
     if data_dir is None:
         raise ValueError(f"--data {name} needs --data-dir: the folder of its binary files")
     root = pathlib.Path(data_dir)
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"data dir {root} is a file, not the folder of {name}'s files")
     if not root.is_dir():
         raise FileNotFoundError(f"data dir {root} does not exist")
     if not (root / files[-1]).is_file() and (root / folder).is_dir():

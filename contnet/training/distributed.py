@@ -3,11 +3,16 @@ it."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import time
 
 import torch
 from torch import nn
+
+
+class StalledError(RuntimeError):
+    """A data-parallel run stopped because another process stalled or died."""
 
 
 class Distributed:
@@ -16,7 +21,7 @@ class Distributed:
     are averaged by ``DistributedDataParallel``, which also keeps batch-norm statistics in
     step (rank 0's are broadcast every forward)."""
 
-    def __init__(self, device: str):
+    def __init__(self, device: str, timeout: float = 600.0):
         import torch.distributed as dist
 
         self.dist = dist
@@ -32,7 +37,8 @@ class Distributed:
                     "per node, or train with --device cpu (gloo)"
                 )
         if not dist.is_initialized():
-            dist.init_process_group(backend)
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+        self.timeout = timeout
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.local_rank = int(os.environ.get("LOCAL_RANK", self.rank))
         self.device = (
@@ -42,8 +48,47 @@ class Distributed:
             torch.cuda.set_device(self.device)
 
     @staticmethod
-    def from_env(device: str):
-        return Distributed(device) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    def from_env(device: str, timeout: float = 600.0):
+        """The process group of a ``torchrun`` launch, or None for one process. Every
+        collective waits at most ``timeout`` seconds for the other processes."""
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            return Distributed(device, timeout)
+        return None
+
+    def stalled(self, epoch: int, done: int, error: Exception) -> StalledError:
+        """The error to stop with when a collective failed (a process stalled past the
+        timeout, or died): which processes do not answer, if they can be told, and that
+        the last checkpoint is intact."""
+        who = ""
+        try:  # ask every process to check in, briefly: the error names those that do not
+            if self.dist.get_backend() == "gloo":
+                self.dist.monitored_barrier(timeout=datetime.timedelta(seconds=5))
+        except RuntimeError as e:
+            who = f" ({str(e).splitlines()[0]})"
+        kept = f"epoch {done}" if done else "none yet"
+        return StalledError(
+            f"data parallel: process {self.rank} stopped in epoch {epoch + 1}: the others did "
+            f"not answer within {self.timeout:g} s (--dist-timeout){who}: "
+            f"{str(error).splitlines()[0]}. The last checkpoint ({kept}) is intact: relaunch "
+            "with --resume"
+        )
+
+    def heartbeat(self, epoch: int) -> None:
+        """At an epoch's end, every process checks in: a process that does not within the
+        timeout (stalled, killed) stops the others with a message naming it (gloo's
+        monitored barrier), rather than leaving them waiting."""
+        try:
+            if self.dist.get_backend() == "gloo":
+                timeout = datetime.timedelta(seconds=self.timeout)
+                self.dist.monitored_barrier(timeout=timeout, wait_all_ranks=True)
+            else:
+                self.dist.barrier()
+        except RuntimeError as e:
+            raise StalledError(
+                f"data parallel: after epoch {epoch + 1}, the other processes did not answer "
+                f"within {self.timeout:g} s (--dist-timeout): {str(e).splitlines()[0]}. The "
+                "last checkpoint is intact: relaunch with --resume"
+            ) from e
 
     def wrap(self, model: nn.Module) -> nn.Module:
         from torch.nn.parallel import DistributedDataParallel

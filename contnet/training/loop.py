@@ -4,6 +4,7 @@ split held out, a checkpoint after every epoch, resumable, data parallel under
 
 from __future__ import annotations
 
+import math
 import pathlib
 import time
 
@@ -14,10 +15,18 @@ from torch import nn
 from ..block import blocks_of
 from ..models import refine
 from ..nn import Unit, conforms
-from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    check_finite,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
+from .checkpoint_file import sync_summary
 from .config import LEGACY, RESUME_KEYS, TrainConfig, build_model, make_optimizer, make_scheduler
 from .data import Dataset, Loader
-from .distributed import Distributed
+from .distributed import Distributed, StalledError
+from .rundir import prepare_run
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -57,7 +66,23 @@ def _progress(iterable, enabled: bool, **kw):
     return tqdm(iterable, leave=False, dynamic_ncols=True, disable=None, **kw)
 
 
-def train(cfg: TrainConfig, out_dir, dataset: Dataset, *, resume: bool = False, log=print) -> dict:
+class DivergenceError(RuntimeError):
+    """Training stopped at a non-finite loss or weight; the last finite checkpoint is kept."""
+
+
+#: fewer training images than this in a class get a warning
+MIN_PER_CLASS = 10
+
+
+def train(
+    cfg: TrainConfig,
+    out_dir,
+    dataset: Dataset,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    log=print,
+) -> dict:
     """Train the network of ``cfg`` (a ContinuousNet or a ContinuousTransformer) on
     ``dataset``; checkpoint to ``out_dir/checkpoint.pt`` after
     every epoch. At the start of each epoch in ``cfg.refine_at`` the model is refined in
@@ -66,23 +91,43 @@ def train(cfg: TrainConfig, out_dir, dataset: Dataset, *, resume: bool = False, 
     :meth:`contnet.data.Dataset.with_validation`): it is not trained on, its accuracy is
     recorded every epoch, and compression chooses on it.
 
-    ``resume``: continue from ``out_dir/checkpoint.pt`` (bitwise the same as an
-    uninterrupted run on the same machine). Under ``torchrun`` with several processes the
-    run is data parallel (see :class:`Distributed`): rank 0 logs and writes checkpoints;
-    after a refinement the DDP wrapper is built anew. Returns ``{"history", "model", ...}``.
+    ``out_dir`` is checked before any work and held for the run (see
+    :func:`contnet.training.rundir.prepare_run`): a folder holding a run is refused unless
+    ``resume`` (continue from ``out_dir/checkpoint.pt``, bitwise the same as an
+    uninterrupted run on the same machine) or ``overwrite`` (replace it). A non-finite
+    loss or weight stops training with :class:`DivergenceError` before anything is saved:
+    the last finite checkpoint stays. Under ``torchrun`` with several processes the run is
+    data parallel (see :class:`Distributed`): rank 0 logs, holds the folder and writes
+    checkpoints; after a refinement the DDP wrapper is built anew. Returns
+    ``{"history", "model", ...}``.
     """
-    ckpt_path = pathlib.Path(out_dir) / "checkpoint.pt"
-    ddp = Distributed.from_env(cfg.device)
+    ddp = Distributed.from_env(cfg.device, cfg.dist_timeout)
+    rank = ddp.rank if ddp else 0
+    lock = None
+    if rank == 0:
+        lock = prepare_run(out_dir, resume=resume, overwrite=overwrite, log=log)
+    try:
+        return _train(cfg, pathlib.Path(out_dir), dataset, resume, ddp, log)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg, out_dir: pathlib.Path, dataset: Dataset, resume: bool, ddp, log) -> dict:
+    ckpt_path = out_dir / "checkpoint.pt"
     rank, world = (ddp.rank, ddp.world_size) if ddp else (0, 1)
     device = ddp.device if ddp else torch.device(cfg.device)
     log = log if rank == 0 else _silent
     torch.manual_seed(cfg.seed)
     data = dataset.with_validation(cfg.val_fraction)
+    _warn_small_classes(data, log)
     loader = _loader(data, cfg, rank, world)
     if resume and not ckpt_path.exists():
         log(f"no checkpoint at {ckpt_path} to resume from: training from the start")
     if resume and ckpt_path.exists():
         model, optimizer, scheduler, history = _resume(ckpt_path, cfg, device, loader, world, rank)
+        if rank == 0 and sync_summary(ckpt_path):
+            log(f"rewrote {ckpt_path.with_suffix('.json').name} from {ckpt_path.name}")
         log(f"resumed from {ckpt_path} after epoch {len(history)}")
     else:
         kwargs = cfg.model_kwargs(data.in_channels, data.num_classes, data.x_train.shape[2:])
@@ -100,7 +145,18 @@ def train(cfg: TrainConfig, out_dir, dataset: Dataset, *, resume: bool = False, 
             net = ddp.wrap(model) if ddp else model  # the wrapper holds the old parameters
         lr = optimizer.param_groups[0]["lr"]
         bar = f"epoch {epoch + 1}/{cfg.epochs} K={_n_basis(model)}" if cfg.progress else None
-        entry = _train_epoch(net, loader, optimizer, device, ddp, bar if rank == 0 else None)
+        diverged = _Diverged(epoch, len(history), ckpt_path)
+        try:
+            entry = _train_epoch(
+                net, loader, optimizer, device, ddp, bar if rank == 0 else None, diverged
+            )
+            if ddp:
+                ddp.heartbeat(epoch)
+        except RuntimeError as e:
+            if ddp is None or isinstance(e, (DivergenceError, StalledError)):
+                raise
+            raise ddp.stalled(epoch, len(history), e) from e
+        diverged.check(entry["train_loss"], model)
         scheduler.step()
         entry = {"epoch": epoch + 1, "lr": lr, **entry, **_scores(model, data, device)}
         entry.update(n_basis=_n_basis(model), n_steps=blocks_of(model)[0].n_steps)
@@ -134,6 +190,47 @@ def train(cfg: TrainConfig, out_dir, dataset: Dataset, *, resume: bool = False, 
     return result
 
 
+class _Diverged:
+    """Stops an epoch's run at a non-finite loss or weight (every rank alike: the loss is
+    summed over ranks and the weights are the same on all)."""
+
+    def __init__(self, epoch: int, done: int, ckpt_path):
+        self.epoch, self.done, self.ckpt_path = epoch, done, ckpt_path
+
+    def check(self, loss: float, model: nn.Module) -> None:
+        if not math.isfinite(loss):
+            self.stop(f"the training loss is {loss}")
+        bad = [
+            n
+            for n, t in model.state_dict().items()
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())
+        ]
+        if bad:
+            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            self.stop(f"{len(bad)} weight tensors are not finite ({shown})")
+
+    def stop(self, what: str):
+        kept = (
+            f"the last finite checkpoint, epoch {self.done}, is kept at {self.ckpt_path}"
+            if self.done
+            else "no epoch had finished: nothing was saved"
+        )
+        raise DivergenceError(
+            f"training diverged in epoch {self.epoch + 1}: {what}; stopped, {kept} "
+            "(a smaller --lr may help)"
+        )
+
+
+def _warn_small_classes(data: Dataset, log) -> None:
+    counts = torch.bincount(data.y_train)
+    fewest = int(counts[counts > 0].min())
+    if fewest < MIN_PER_CLASS:
+        log(
+            f"warning: class {int((counts == fewest).nonzero()[0])} has only {fewest} training "
+            f"images (fewer than {MIN_PER_CLASS}): the validation split leaves little to train on"
+        )
+
+
 def _loader(data: Dataset, cfg: TrainConfig, rank: int, world: int) -> Loader:
     """This rank's share of the training data, shuffled by its own generator: every rank
     gets the same number of samples (DDP needs the same number of batches)."""
@@ -148,9 +245,10 @@ def _loader(data: Dataset, cfg: TrainConfig, rank: int, world: int) -> Loader:
     )
 
 
-def _train_epoch(net, loader, optimizer, device, ddp, bar: str | None) -> dict:
+def _train_epoch(net, loader, optimizer, device, ddp, bar: str | None, diverged) -> dict:
     """One pass over ``loader``: ``{"train_loss", "train_acc"}`` (summed over ranks); a
-    progress bar titled ``bar``, if given."""
+    progress bar titled ``bar``, if given. One process stops at the first non-finite loss
+    (``diverged``); several look at the epoch's, all alike."""
     net.train()
     tot_loss, tot_correct, seen = 0.0, 0, 0
     for xb, yb in _progress(loader, bar is not None, desc=bar, total=len(loader)):
@@ -160,7 +258,10 @@ def _train_epoch(net, loader, optimizer, device, ddp, bar: str | None) -> dict:
         loss = F.cross_entropy(out, yb)
         loss.backward()
         optimizer.step()
-        tot_loss += loss.item() * len(xb)
+        value = loss.item()
+        if ddp is None and not math.isfinite(value):
+            diverged.stop(f"the training loss is {value}")
+        tot_loss += value * len(xb)
         tot_correct += (out.argmax(1) == yb).sum().item()
         seen += len(xb)
     if ddp:
@@ -191,6 +292,7 @@ def _resume(path, cfg: TrainConfig, device, loader: Loader, world: int, rank: in
     """``(model, optimizer, scheduler, history)`` of the checkpoint at ``path``, with the
     RNG and ``loader`` states restored. Raises only :class:`CheckpointError`."""
     payload = load_checkpoint(path)
+    check_finite(payload)
     saved = payload["meta"].get("train") or {}
     mine = cfg.to_json()
     differ = [k for k in RESUME_KEYS if saved.get(k, LEGACY.get(k)) != mine[k]]

@@ -21,6 +21,11 @@ def main(argv=None):
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return
+    if argv and not argv[0].startswith("-"):
+        raise SystemExit(
+            f"contnet bench: unknown suite {argv[0]!r}; expected one of {', '.join(SUITES)} "
+            "(or none: every suite)"
+        )
     for run in SUITES.values():
         run(argv)
 

@@ -14,6 +14,7 @@ import argparse
 
 import torch
 
+from .. import basis as basis_lib
 from ..report import format_table, pyplot, save_figure
 from . import common
 from .block_problem import IMPLS, SHAPES, Problem, measure, register_classic_rk4
@@ -274,18 +275,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--batch",
-        type=int,
+        type=common.positive_int,
         default=None,
         help="override every shape's batch (the CPU default is 16 for the CIFAR and wide "
         "shapes; host keeps its batch 1 unless this is given)",
     )
-    p.add_argument("--bases", nargs="+", default=["piecewise_constant", "fem_linear"])
+    p.add_argument(
+        "--bases",
+        nargs="+",
+        default=["piecewise_constant", "fem_linear"],
+        choices=basis_lib.names(),
+    )
     p.add_argument(
         "--schemes", nargs="+", default=None, help="default: rk4 (CPU); euler midpoint rk4 (GPU)"
     )
     p.add_argument(
         "--K",
-        type=int,
+        type=common.positive_int,
         nargs="+",
         default=None,
         help="K = n_steps values (default: 16 on the CPU, 4 16 on a GPU)",
@@ -299,12 +305,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--rounds",
-        type=int,
+        type=common.positive_int,
         default=None,
         help="interleaved rounds (default: 9 on the CPU, whose rounds vary by 10-30%%; 5 on a "
         "GPU, whose eager passes wait on a host whose rounds vary by up to 60%%)",
     )
-    p.add_argument("--min-run-time", type=float, default=None, help="default: 0.3 s CPU, 0.5 s GPU")
+    p.add_argument(
+        "--min-run-time",
+        type=common.positive_float,
+        default=None,
+        help="default: 0.3 s CPU, 0.5 s GPU",
+    )
     p.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import datetime
+import math
 import os
 import pathlib
 import statistics
@@ -9,19 +12,50 @@ import statistics
 import torch
 import torch.utils.benchmark as tb
 
-from ..provenance import CHECKOUT, provenance
+from ..provenance import provenance
 from ..report import write_json
+
+_RUN_DIR: pathlib.Path | None = None
 
 
 def results_dir() -> pathlib.Path:
-    """Where the JSON goes: ``CONTNET_BENCH_RESULTS`` if set; else ``bench/results`` of the
-    checkout the package lies in; else (an installed package) ``contnet-bench-results``
-    in the working folder."""
+    """Where the JSON goes: ``CONTNET_BENCH_RESULTS`` if set (``bench/results`` to publish,
+    as ``make figures`` and ``bench/gpu.sh`` do); else a fresh folder of this run,
+    ``runs/bench/<UTC date and time>`` in the working folder, so that a benchmark never
+    replaces a result unless told where to write."""
+    global _RUN_DIR
     if os.environ.get("CONTNET_BENCH_RESULTS"):
         return pathlib.Path(os.environ["CONTNET_BENCH_RESULTS"])
-    if (CHECKOUT / "bench" / "README.md").is_file():
-        return CHECKOUT / "bench" / "results"
-    return pathlib.Path.cwd() / "contnet-bench-results"
+    if _RUN_DIR is None:
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        base = pathlib.Path.cwd() / "runs" / "bench" / stamp
+        _RUN_DIR, n = base, 1
+        while _RUN_DIR.exists():
+            n += 1
+            _RUN_DIR = base.with_name(f"{stamp}-{n}")
+    return _RUN_DIR
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an int >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return v
 
 
 # torch.profiler's tracer (kineto) prints a line to stderr at every start and stop of a

@@ -72,7 +72,7 @@ def inference(
 def inference_main(argv=None):
     p = argparse.ArgumentParser(prog="contnet bench inference", description=inference.__doc__)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--batch", type=common.positive_int, default=8)
+    p.add_argument("--rounds", type=common.positive_int, default=5)
     a = p.parse_args(argv)
     inference(a.device, batch=a.batch, rounds=a.rounds)

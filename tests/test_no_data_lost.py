@@ -1,0 +1,343 @@
+"""Nothing a run has made is lost: divergence stops training and keeps the last finite
+checkpoint; a run is never replaced unless asked, and one writer holds its folder; output
+locations are checked before any work and failed writes say what happened; every file is
+written atomically, as strict JSON, and a killed writer's leftovers are cleared; edge
+cases of the options are refused by name."""
+
+import errno
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import contnet
+from contnet import cli
+from contnet import training as train
+from contnet.report import atomic_write, write_json
+from contnet.training import rundir
+
+QUICK = ["--widths", "4", "4", "--batch-size", "128", "--no-progress"]
+
+
+def _train(out, *extra):
+    return cli.main(["train", "--epochs", "2", *QUICK, "--out", str(out), *extra])
+
+
+# -- divergence ---------------------------------------------------------------------------
+
+
+def test_divergence_stops_training_and_keeps_the_last_finite_checkpoint(tmp_path, monkeypatch):
+    out = tmp_path / "d"
+    args = ["train", "--widths", "8", "8", "--epochs", "3", "--lr", "1000"]
+    args += ["--schedule", "constant", "--no-progress", "--out", str(out)]
+    with pytest.raises(SystemExit, match="diverged in epoch 1: the training loss is nan; "
+                       "stopped, no epoch had finished: nothing was saved"):  # fmt: skip
+        cli.main(args)
+    assert not (out / "checkpoint.pt").exists()
+    # epoch 1 finite, then the loss turns NaN (injected at the second epoch's first batch)
+    from contnet.training import loop
+
+    real, calls = loop.F.cross_entropy, []
+
+    def nan_from_epoch_2(out_, y, *a, **kw):
+        loss = real(out_, y, *a, **kw)
+        if kw.get("reduction", "mean") == "mean":  # training batches (not the evaluation)
+            calls.append(1)
+            if len(calls) > 11:  # 1,295 training images, batches of 128
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(loop.F, "cross_entropy", nan_from_epoch_2)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--epochs", "3", *QUICK, "--out", str(out)])
+    assert "diverged in epoch 2: the training loss is nan; stopped, the last finite " in str(
+        e.value
+    ) and "checkpoint, epoch 1, is kept at" in str(e.value)
+    payload = train.load_checkpoint(out / "checkpoint.pt")
+    assert payload["meta"]["epoch"] == 0
+    train.check_finite(payload)
+
+
+def test_eval_and_compress_refuse_non_finite_weights_naming_them(tmp_path):
+    torch.manual_seed(0)
+    net = contnet.ContinuousNet(1, 10, widths=(4,), n_basis=1)
+    with torch.no_grad():
+        net.stages[0].unit.conv1.weight[0, 0, 0, 0, 0] = float("nan")
+    path = train.save_checkpoint(tmp_path / "nan.pt", net)
+    for command in ("eval", "compress"):
+        with pytest.raises(
+            SystemExit, match=r"non-finite weights in 1 of .*stages\.0\.unit\.conv1\.weight"
+        ):
+            cli.main([command, "--checkpoint", str(path)])
+    # the checkpoint's summary is strict JSON even with NaN in the history
+    train.save_checkpoint(tmp_path / "h.pt", net, history=[{"train_loss": float("nan")}])
+    assert json.loads((tmp_path / "h.json").read_text())["history"] == [{"train_loss": None}]
+
+
+# -- overwrites and concurrent runs ------------------------------------------------------
+
+
+def test_an_existing_run_is_replaced_only_when_asked(tmp_path):
+    out = tmp_path / "run"
+    assert _train(out) == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    with pytest.raises(
+        SystemExit, match=r"holds a run \(epoch 2 of 2; checkpoint\.pt.*--resume.*--overwrite"
+    ):
+        _train(out, "--seed", "1")
+    assert (out / "checkpoint.pt").read_bytes() == before
+    assert _train(out, "--resume") == 0  # finished: resumes to the end at once
+    assert _train(out, "--seed", "1", "--overwrite") == 0
+    assert (out / "checkpoint.pt").read_bytes() != before
+
+
+def test_a_second_writer_is_refused_naming_the_first(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import sys, time; from contnet.training import rundir\n"
+            f"lock = rundir.RunLock({str(out)!r}).acquire()\n"
+            "print('held', flush=True); time.sleep(60)"
+        )],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(
+            SystemExit, match=rf"is being written by another run \(pid {holder.pid}"
+        ):
+            _train(out)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert _train(out) == 0  # the lock went with its holder
+
+
+def test_compress_save_refuses_its_input_and_benchmarks_write_a_fresh_folder(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    assert _train(out) == 0
+    ck = out / "checkpoint.pt"
+    before = ck.read_bytes()
+    for save in (ck, out / ".." / "run" / "checkpoint.pt"):
+        with pytest.raises(SystemExit, match="is the checkpoint being compressed"):
+            cli.main(["compress", "--checkpoint", str(ck), "--save", str(save)])
+    assert ck.read_bytes() == before
+    from contnet.bench import common
+
+    monkeypatch.delenv("CONTNET_BENCH_RESULTS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(common, "_RUN_DIR", None)
+    where = common.results_dir()
+    assert where.parent == tmp_path / "runs" / "bench" and not where.exists()
+    assert common.results_dir() == where  # one folder per run
+
+
+# -- output locations checked first; failed writes in one line ----------------------------
+
+
+def _forbid(monkeypatch, code):
+    """The write probe of an output folder fails with ``code`` (a read-only file system,
+    a full disk), as it would there."""
+    real = os.open
+
+    def failing(path, flags, *args, **kw):
+        if "write-probe" in str(path):
+            raise OSError(code, os.strerror(code), str(path))
+        return real(path, flags, *args, **kw)
+
+    monkeypatch.setattr(rundir.os, "open", failing)
+
+
+def test_unusable_output_locations_are_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    with pytest.raises(SystemExit, match=rf"--out {afile} is a file, not a folder"):
+        _train(afile)
+    with pytest.raises(SystemExit, match="cannot be written: a part of the path is a file"):
+        _train(afile / "sub")
+    _forbid(monkeypatch, errno.EROFS)
+    with pytest.raises(SystemExit, match="cannot be written: the file system is read-only"):
+        _train(tmp_path / "ro")
+    assert "epoch" not in capsys.readouterr().out  # nothing trained
+
+
+def test_eval_beside_a_read_only_checkpoint_fails_before_evaluating(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    assert _train(out) == 0
+    capsys.readouterr()
+    _forbid(monkeypatch, errno.EROFS)
+    with pytest.raises(
+        SystemExit, match=r"contnet eval: --out .* cannot be written: the file system is read-only"
+    ):
+        cli.main(["eval", "--checkpoint", str(out / "checkpoint.pt")])
+    assert "test accuracy" not in capsys.readouterr().out
+
+
+def test_a_full_disk_says_so_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    from contnet.training import checkpoint_file
+
+    real, calls = torch.save, []
+
+    def full_at_the_second(*args, **kwargs):  # epoch 1 is written, epoch 2 meets a full disk
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4096")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_file.torch, "save", full_at_the_second)
+    monkeypatch.setattr(
+        checkpoint_file.shutil, "disk_usage", lambda p: type("U", (), {"free": 0})()
+    )
+    out = tmp_path / "run"
+    with pytest.raises(
+        SystemExit, match=r"contnet train: cannot write .*checkpoint\.pt: the disk is full"
+    ):
+        _train(out)
+    monkeypatch.setattr(checkpoint_file.torch, "save", real)
+    assert train.load_checkpoint(out / "checkpoint.pt")["meta"]["epoch"] == 0
+    assert not [p for p in out.iterdir() if ".tmp-" in p.name]
+
+
+# -- atomic, strict files; a killed writer's leftovers ------------------------------------
+
+
+def test_files_are_written_whole_or_not_at_all_as_strict_json(tmp_path):
+    path = write_json(tmp_path / "a.json", {"loss": float("nan"), "acc": [1.0, float("inf")]})
+    assert json.loads(path.read_text(), parse_constant=pytest.fail) == {
+        "loss": None,
+        "acc": [1.0, None],
+    }
+
+    def broken(p):
+        p.write_text('{"half": ')
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError):
+        atomic_write(path, broken)
+    assert json.loads(path.read_text())["acc"] == [1.0, None]  # the previous file
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_a_killed_writers_leftovers_are_cleared_and_the_summary_derived_again(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(out) == 0
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    partial = out / f".checkpoint.pt.tmp-{dead}"
+    partial.write_bytes(b"half a checkpoint")
+    summary = json.loads((out / "checkpoint.json").read_text())
+    summary["epoch"] = 0  # as if killed between the checkpoint and its summary
+    (out / "checkpoint.json").write_text(json.dumps(summary))
+    capsys.readouterr()
+    assert _train(out, "--resume") == 0
+    printed = capsys.readouterr().out
+    assert f"removed .checkpoint.pt.tmp-{dead}" in printed and not partial.exists()
+    assert "rewrote checkpoint.json from checkpoint.pt" in printed
+    meta = train.load_checkpoint(out / "checkpoint.pt")["meta"]
+    assert json.loads((out / "checkpoint.json").read_text())["epoch"] == meta["epoch"] == 1
+
+
+# -- edges -------------------------------------------------------------------------------
+
+
+def test_option_edges_are_refused_by_name(tmp_path, capsys):
+    out = str(tmp_path / "e")
+    for argv, message in (
+        (["--val-fraction", "0.999"], "leaves class 0 no training image"),
+        (
+            ["--epochs", "3", "--refine-at", "1", "1"],
+            r"refine_at must be increasing epochs, each once, got \[1, 1\]",
+        ),
+        (["--epochs", "3", "--refine-at", "2", "1"], r"refine_at must be increasing"),
+    ):
+        with pytest.raises(SystemExit, match=message):
+            cli.main(["train", *QUICK, "--out", out, *argv])
+    assert _train(tmp_path / "few", "--val-fraction", "0.95") == 0
+    assert "class 0 has only 7 training images (fewer than 10)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="n_basis candidate 3 is more nodes than any block has"):
+        cli.main(
+            [
+                "compress",
+                "--checkpoint",
+                str(tmp_path / "few" / "checkpoint.pt"),
+                "--candidate-n-basis",
+                "3",
+            ]
+        )
+
+
+def test_what_is_not_a_checkpoint_or_a_data_folder_is_named(tmp_path):
+    out = tmp_path / "run"
+    assert _train(out) == 0
+    for path, message in (
+        (tmp_path, "is a folder, not a checkpoint file"),
+        (out / "checkpoint.json", r"is the JSON summary of a checkpoint; pass .*checkpoint\.pt"),
+        (out / "train.json", "is not a checkpoint"),
+        (tmp_path / "none.pt", "does not exist"),
+    ):
+        with pytest.raises(SystemExit, match=message):
+            cli.main(["eval", "--checkpoint", str(path)])
+    with pytest.raises(SystemExit, match="is a file, not the folder of"):
+        cli.main(
+            [
+                "train",
+                "--data",
+                "cifar10",
+                "--data-dir",
+                str(out / "train.json"),
+                "--out",
+                str(tmp_path / "c"),
+            ]
+        )
+
+
+def test_ctrl_c_is_one_line(tmp_path, monkeypatch, capsys):
+    from contnet.cli import commands
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands, "train", interrupted)
+    assert _train(tmp_path / "run") == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted" in err[0] and "--resume" in err[0]
+
+
+def test_the_compress_report_does_not_call_a_tie_faster(tmp_path, monkeypatch, capsys):
+    from contnet.cli import commands
+
+    o = {"latency_ms": 1.00, "test": 0.9, "val": 0.9, "blocks": [1]}
+    c = {"latency_ms": 1.01, "test": 0.9, "val": 0.9, "blocks": [2], "drop_points": 0.0}
+    c.update(n_basis=1, scheme="euler", n_steps=1, parameters=1)
+    o.update(n_basis=2, scheme="rk4", n_steps=2, parameters=2, drop_points=0.0)
+    result = {"original": o, "choice": c, "candidates": [o, c], "metric": "accuracy"}
+    result.update(max_drop_points=1.0, latency_batch=8)
+    monkeypatch.setattr(commands, "compress", lambda *a, **k: result)
+    ds = train.load("digits")
+    commands.run_compress(None, ds, tmp_path, 1.0, train_cfg={"val_fraction": 0.1})
+    printed = capsys.readouterr().out
+    assert "as fast within the timing noise (5%): chosen for its fewer parameters" in printed
+    assert "faster)" not in printed
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["block", "--K", "0"], "argument --K: must be >= 1"),
+        (["block", "--bases", "nosuch"], "argument --bases: invalid choice: 'nosuch'"),
+        (["block", "--rounds", "0"], "argument --rounds: must be >= 1"),
+        (["ops", "--rounds", "0"], "argument --rounds: must be >= 1"),
+        (["nosuch"], "unknown suite 'nosuch'; expected one of ops, block, inference, backprop"),
+    ],
+)
+def test_benchmark_options_are_refused_by_name(argv, message, capsys):
+    from contnet.bench.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert message in str(e.value) + capsys.readouterr().err

@@ -15,6 +15,7 @@ import argparse
 import torch
 
 from .. import basis as basis_lib
+from ..argtypes import positive_float, positive_int
 from ..report import format_table, pyplot, save_figure
 from . import common
 from .block_problem import IMPLS, SHAPES, Problem, measure, register_classic_rk4
@@ -275,7 +276,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--batch",
-        type=common.positive_int,
+        type=positive_int,
         default=None,
         help="override every shape's batch (the CPU default is 16 for the CIFAR and wide "
         "shapes; host keeps its batch 1 unless this is given)",
@@ -291,7 +292,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--K",
-        type=common.positive_int,
+        type=positive_int,
         nargs="+",
         default=None,
         help="K = n_steps values (default: 16 on the CPU, 4 16 on a GPU)",
@@ -305,14 +306,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--rounds",
-        type=common.positive_int,
+        type=positive_int,
         default=None,
         help="interleaved rounds (default: 9 on the CPU, whose rounds vary by 10-30%%; 5 on a "
         "GPU, whose eager passes wait on a host whose rounds vary by up to 60%%)",
     )
     p.add_argument(
         "--min-run-time",
-        type=common.positive_float,
+        type=positive_float,
         default=None,
         help="default: 0.3 s CPU, 0.5 s GPU",
     )

@@ -24,6 +24,7 @@ import sys
 import torch
 
 from .. import ops
+from ..argtypes import positive_int
 from . import common
 
 
@@ -158,7 +159,7 @@ def main(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--rounds", type=common.positive_int, default=5)
+    p.add_argument("--rounds", type=positive_int, default=5)
     p.add_argument("--quick", action="store_true", help="a short run (2 term counts, 2 sizes)")
     p.add_argument(
         "--allocator",
@@ -168,10 +169,8 @@ def main(argv=None):
         "under which the eager chain's fresh allocations are faulted in again "
         "(results to ops-cpu-system.json)",
     )
-    p.add_argument("--terms", type=common.positive_int, nargs="+", default=[2, 3, 4, 5])
-    p.add_argument(
-        "--log2-sizes", type=common.positive_int, nargs="+", default=[16, 18, 20, 22, 24]
-    )
+    p.add_argument("--terms", type=positive_int, nargs="+", default=[2, 3, 4, 5])
+    p.add_argument("--log2-sizes", type=positive_int, nargs="+", default=[16, 18, 20, 22, 24])
     p.add_argument(
         "--processes",
         type=int,

@@ -6,52 +6,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import pathlib
 
 import torch
 
 from .. import schemes
+from ..argtypes import finite_float, fraction, positive_int
 from ..training import TrainConfig
 from ..training import data as data_lib
-
-
-def positive_int_arg(text: str) -> int:
-    """An argparse type: an int >= 1 (argparse names the option in its error)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
-def finite_float(text: str) -> float:
-    """An argparse type: a finite float."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
-    return v
-
-
-def nonnegative_float(text: str) -> float:
-    """An argparse type: a finite float >= 0."""
-    v = finite_float(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return v
-
-
-def fraction(text: str) -> float:
-    """An argparse type: a number in [0, 1)."""
-    v = finite_float(text)
-    if not 0 <= v < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text!r}")
-    return v
 
 
 def checkpoint_path(text: str) -> str:
@@ -102,8 +64,8 @@ def add_device(p):
 
 # the argparse type of each kind of option a config field declares
 KINDS = {
-    "positive_int": {"type": positive_int_arg},
-    "positive_ints": {"type": positive_int_arg, "nargs": "+"},
+    "positive_int": {"type": positive_int},
+    "positive_ints": {"type": positive_int, "nargs": "+"},
     "ints": {"type": int, "nargs": "*", "metavar": "EPOCH"},
     "int": {"type": int},
     "float": {"type": finite_float},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..argtypes import fraction, nonnegative_float, positive_int
 from ..training import CheckpointError, DivergenceError, OutputError, StalledError, presets
 from ..training.presets import PRESETS
 from ..training.rundir import describe_os_error
@@ -16,9 +17,6 @@ from .options import (
     add_data,
     add_device,
     checkpoint_path,
-    fraction,
-    nonnegative_float,
-    positive_int_arg,
 )
 from .reproduce import add_reproduce
 from .study import add_study
@@ -76,7 +74,7 @@ def _eval(sub) -> None:
     add_checkpoint(e)
     e.add_argument(
         "--steps",
-        type=positive_int_arg,
+        type=positive_int,
         nargs="+",
         default=[1, 2, 4, 8, 16, 32, 64],
         help="step counts to try (default 1 2 4 8 16 32 64)",
@@ -132,14 +130,14 @@ def _compress(sub) -> None:
     )
     c.add_argument(
         "--candidate-n-basis",
-        type=positive_int_arg,
+        type=positive_int,
         nargs="+",
         default=None,
         help="basis sizes to try (default: halving)",
     )
     c.add_argument(
         "--steps",
-        type=positive_int_arg,
+        type=positive_int,
         nargs="+",
         default=None,
         help="step counts to try (default: n_steps, /2, /4, /8)",

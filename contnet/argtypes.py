@@ -5,8 +5,20 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 
-__all__ = ["positive_int", "finite_float", "positive_float", "nonnegative_float", "fraction"]
+import torch
+
+__all__ = [
+    "positive_int",
+    "nonnegative_int",
+    "finite_float",
+    "positive_float",
+    "nonnegative_float",
+    "fraction",
+    "device",
+    "file_tag",
+]
 
 
 def positive_int(text: str) -> int:
@@ -17,6 +29,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def nonnegative_int(text: str) -> int:
+    """An int >= 0."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
     return v
 
 
@@ -53,3 +76,30 @@ def fraction(text: str) -> float:
     if not 0 <= v < 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text!r}")
     return v
+
+
+def device(text: str) -> str:
+    """A torch device this machine has (cpu, cuda, cuda:1, ...)."""
+    try:
+        dev = torch.device(text)
+    except RuntimeError as e:
+        raise argparse.ArgumentTypeError(f"not a device: {e}") from None
+    if dev.type != "cpu":
+        module = getattr(torch, dev.type, None)
+        available = module is not None and getattr(module, "is_available", lambda: False)()
+        if not available:
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has no {dev.type} device")
+        if dev.index is not None and dev.index >= module.device_count():
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: this machine has {module.device_count()} {dev.type} device(s)"
+            )
+    return text
+
+
+def file_tag(text: str) -> str:
+    """A part of a file name: letters, digits, '.', '_' and '-' (no folder, no '..')."""
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", text) or text.strip(".") == "" or ".." in text:
+        raise argparse.ArgumentTypeError(
+            f"must be letters, digits, '.', '_' or '-' (a part of a file name), got {text!r}"
+        )
+    return text

@@ -31,13 +31,13 @@ def atomic_write(path, write) -> pathlib.Path:
     path = pathlib.Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        write(tmp)
+        _write_named(write, tmp, path)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
+        _write_named(lambda t: os.replace(t, path), tmp, path)
         with contextlib.suppress(OSError):  # not every file system syncs a folder
             fd = os.open(path.parent, os.O_RDONLY)
             try:
@@ -48,6 +48,17 @@ def atomic_write(path, write) -> pathlib.Path:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     return path
+
+
+def _write_named(write, tmp: pathlib.Path, path: pathlib.Path) -> None:
+    """``write(tmp)``; a failure to write is reported for ``path`` (the file asked for,
+    not the temporary one)."""
+    try:
+        write(tmp)
+    except OSError as e:
+        if e.filename in (None, str(tmp), tmp):
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
 
 
 def strict(obj):

@@ -333,6 +333,10 @@ def test_the_compress_report_does_not_call_a_tie_faster(tmp_path, monkeypatch, c
         (["block", "--rounds", "0"], "argument --rounds: must be >= 1"),
         (["ops", "--rounds", "0"], "argument --rounds: must be >= 1"),
         (["nosuch"], "unknown suite 'nosuch'; expected one of ops, block, inference, backprop"),
+        (["block", "--schemes", "nosuch"], "argument --schemes: invalid choice: 'nosuch'"),
+        (["block", "--device", "nosuch"], "argument --device: not a device"),
+        (["ops", "--log2-sizes", "40"], "argument --log2-sizes: must be at most 30"),
+        (["ops", "--processes", "-1"], "argument --processes: must be >= 0"),
     ],
 )
 def test_benchmark_options_are_refused_by_name(argv, message, capsys):
@@ -341,3 +345,44 @@ def test_benchmark_options_are_refused_by_name(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert message in str(e.value) + capsys.readouterr().err
+
+
+def test_compress_save_checks_its_target_before_any_work(tmp_path, capsys):
+    base, other = tmp_path / "base", tmp_path / "other"
+    assert _train(base) == 0 and _train(other) == 0
+    ck = str(base / "checkpoint.pt")
+    theirs = other / "checkpoint.pt"
+    before = theirs.read_bytes()
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "small.json").mkdir()
+    capsys.readouterr()
+    for save, message in (
+        (theirs, r"exists: pass --overwrite to replace it"),  # another run's checkpoint
+        (tmp_path / "adir", "adir is a folder"),
+        (tmp_path / "small.pt", "small.json is a folder"),  # where its summary goes
+    ):
+        with pytest.raises(SystemExit, match=message):
+            cli.main(["compress", "--checkpoint", ck, "--save", str(save)])
+    assert "candidates" not in capsys.readouterr().out  # refused before any work
+    assert theirs.read_bytes() == before
+    with rundir.RunLock(other):  # a run is writing there: refused even with --overwrite
+        with pytest.raises(SystemExit, match="its folder is being written by a run"):
+            cli.main(["compress", "--checkpoint", ck, "--save", str(theirs), "--overwrite"])
+    assert theirs.read_bytes() == before
+    (base / "eval.json").mkdir()
+    with pytest.raises(SystemExit, match="eval.json, which it writes, is a folder there"):
+        cli.main(["eval", "--checkpoint", ck])
+
+
+def test_a_failed_write_names_the_file_asked_for(tmp_path, capsys):
+    def full(p):
+        raise OSError(errno.ENOSPC, "No space left on device", str(p))
+
+    with pytest.raises(OSError) as e:
+        atomic_write(tmp_path / "theta.png", full)
+    assert e.value.filename == str(tmp_path / "theta.png") and e.value.errno == errno.ENOSPC
+    from contnet.bench.__main__ import main
+
+    with pytest.raises(SystemExit):  # a tag is a part of a file name, not a path
+        main(["block", "--tag", "../../escaped"])
+    assert "argument --tag: must be letters, digits" in capsys.readouterr().err

@@ -18,6 +18,7 @@ import argparse
 
 import torch
 
+from ..argtypes import device
 from ..block import ContinuousBlock
 from ..nn import ConvUnit
 from ..report import pyplot, save_figure
@@ -154,7 +155,7 @@ def main(argv=None):
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true")
     a = p.parse_args(argv)
     run(a.device, a.quick)

@@ -15,7 +15,8 @@ import argparse
 import torch
 
 from .. import basis as basis_lib
-from ..argtypes import positive_float, positive_int
+from .. import schemes as schemes_lib
+from ..argtypes import device, file_tag, positive_float, positive_int
 from ..report import format_table, pyplot, save_figure
 from . import common
 from .block_problem import IMPLS, SHAPES, Problem, measure, register_classic_rk4
@@ -266,7 +267,7 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument(
         "--shapes",
         nargs="+",
@@ -288,7 +289,11 @@ def _parser() -> argparse.ArgumentParser:
         choices=basis_lib.names(),
     )
     p.add_argument(
-        "--schemes", nargs="+", default=None, help="default: rk4 (CPU); euler midpoint rk4 (GPU)"
+        "--schemes",
+        nargs="+",
+        default=None,
+        choices=schemes_lib.names(),
+        help="default: rk4 (CPU); euler midpoint rk4 (GPU)",
     )
     p.add_argument(
         "--K",
@@ -331,7 +336,12 @@ def _parser() -> argparse.ArgumentParser:
         help="the units to time: conv (ConvUnit), mlp (MLPUnit), transformer "
         "(TransformerUnit); default conv",
     )
-    p.add_argument("--tag", default=None, help="suffix of the JSON file name (default: the device)")
+    p.add_argument(
+        "--tag",
+        type=file_tag,
+        default=None,
+        help="suffix of the JSON file name (default: the device)",
+    )
     p.add_argument(
         "--profile",
         action="store_true",

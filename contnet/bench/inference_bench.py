@@ -7,7 +7,7 @@ import argparse
 
 import torch
 
-from ..argtypes import positive_int
+from ..argtypes import device, positive_int
 from ..models import cuda_graph
 from . import common
 from .block_problem import SHAPES, Problem
@@ -72,7 +72,7 @@ def inference(
 
 def inference_main(argv=None):
     p = argparse.ArgumentParser(prog="contnet bench inference", description=inference.__doc__)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch", type=positive_int, default=8)
     p.add_argument("--rounds", type=positive_int, default=5)
     a = p.parse_args(argv)

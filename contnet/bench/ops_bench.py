@@ -24,7 +24,7 @@ import sys
 import torch
 
 from .. import ops
-from ..argtypes import positive_int
+from ..argtypes import device, nonnegative_int, positive_int
 from . import common
 
 
@@ -152,13 +152,21 @@ def run(
     return payload
 
 
+def _log2_size(text: str) -> int:
+    """An argparse type: log2 of a tensor's elements, 1..30 (2^30 float32 is 4 GiB a term)."""
+    v = positive_int(text)
+    if v > 30:
+        raise argparse.ArgumentTypeError(f"must be at most 30 (2^30 elements a term), got {v}")
+    return v
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(
         prog="contnet bench ops",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--rounds", type=positive_int, default=5)
     p.add_argument("--quick", action="store_true", help="a short run (2 term counts, 2 sizes)")
     p.add_argument(
@@ -170,10 +178,10 @@ def main(argv=None):
         "(results to ops-cpu-system.json)",
     )
     p.add_argument("--terms", type=positive_int, nargs="+", default=[2, 3, 4, 5])
-    p.add_argument("--log2-sizes", type=positive_int, nargs="+", default=[16, 18, 20, 22, 24])
+    p.add_argument("--log2-sizes", type=_log2_size, nargs="+", default=[16, 18, 20, 22, 24])
     p.add_argument(
         "--processes",
-        type=int,
+        type=nonnegative_int,
         default=0,
         help="time every case in this many fresh processes, each from a new allocator state "
         "(ratios: medians of the per-process ratios); 0: all cases in this process",

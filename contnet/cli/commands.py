@@ -24,10 +24,12 @@ from ..training import (
     check_finite,
     load_checkpoint,
     model_from_checkpoint,
+    rundir,
     save_checkpoint,
     train,
 )
 from ..training import data as data_lib
+from ..training.checkpoint_file import summary_path
 from ..training.rundir import check_writable
 from .options import config_from
 from .tables import compress_table, corruption_tables, history_table, manifestation_tables
@@ -45,7 +47,7 @@ def run_train(args, cfg=None, out=None, dataset=None, log=print) -> dict:
     cfg = cfg or config_from(args)
     out = pathlib.Path(out or args.out)
     if int(os.environ.get("RANK", "0")) == 0:
-        check_writable(out, "--out")  # before the data are read
+        check_writable(out, "--out", files=rundir.RUN_FILES)  # before the data are read
     dataset = dataset or load_dataset(args)
     try:
         held = dataset.with_validation(cfg.val_fraction).describe()
@@ -142,7 +144,8 @@ def reference_pair(pair) -> tuple[str, int]:
 def cmd_eval(args) -> int:
 
     reference = reference_pair(args.reference)
-    out = check_writable(args.out or pathlib.Path(args.checkpoint).parent, "--out")
+    folder = args.out or pathlib.Path(args.checkpoint).parent
+    out = check_writable(folder, "--out", files=rundir.EVAL_FILES)
     model, _ = model_from(args)
     dataset = load_dataset(args)
     try:
@@ -264,9 +267,10 @@ def run_compress(
 
 
 def cmd_compress(args) -> int:
-    out = check_writable(args.out or pathlib.Path(args.checkpoint).parent, "--out")
+    folder = args.out or pathlib.Path(args.checkpoint).parent
+    out = check_writable(folder, "--out", files=["compress.json"])
     if args.save:
-        _check_save(args.save, args.checkpoint)
+        _check_save(args.save, args.checkpoint, args.overwrite)
     model, payload = model_from(args)
     dataset = load_dataset(args)
     try:
@@ -300,17 +304,28 @@ def cmd_compress(args) -> int:
     return 0
 
 
-def _check_save(save, checkpoint) -> None:
-    """``compress --save`` writes a new checkpoint: never over the one it compresses (the
-    training checkpoint, with its optimizer, RNG states and history), into a writable
-    folder."""
+def _check_save(save, checkpoint, overwrite: bool) -> None:
+    """Before any work: ``compress --save`` writes a new checkpoint file: never over the one
+    it compresses (a training checkpoint, with its optimizer, RNG states and history), nor
+    over another file unless ``--overwrite``, nor into a folder a run is writing, nor where
+    it or its ``.json`` summary is a folder."""
     save, src = pathlib.Path(save), pathlib.Path(checkpoint)
     if save.resolve() == src.resolve() or (save.exists() and src.exists() and save.samefile(src)):
         raise OutputError(
             f"--save {save} is the checkpoint being compressed: it would replace the training "
             "checkpoint (its optimizer, RNG states and history); save to another file"
         )
+    for p in (save, summary_path(save)):
+        if p.is_dir():
+            raise OutputError(f"--save {save}: {p} is a folder")
+    if save.exists() and not overwrite:
+        raise OutputError(
+            f"--save {save} exists: pass --overwrite to replace it, or save to another file"
+        )
     check_writable(save.parent, "--save's folder")
+    holder = rundir.held_by(save.parent)
+    if holder:
+        raise OutputError(f"--save {save}: its folder is being written by a run ({holder})")
 
 
 def cmd_bench(args) -> int:

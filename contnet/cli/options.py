@@ -8,10 +8,8 @@ import argparse
 import dataclasses
 import pathlib
 
-import torch
-
 from .. import schemes
-from ..argtypes import finite_float, fraction, positive_int
+from ..argtypes import device, finite_float, fraction, positive_int
 from ..training import TrainConfig
 from ..training import data as data_lib
 
@@ -40,26 +38,8 @@ def add_data(p, default="digits"):
     )
 
 
-def device_arg(text: str) -> str:
-    """An argparse type: a torch device this machine has (cpu, cuda, cuda:1, ...)."""
-    try:
-        device = torch.device(text)
-    except RuntimeError as e:
-        raise argparse.ArgumentTypeError(f"not a device: {e}") from None
-    if device.type != "cpu":
-        module = getattr(torch, device.type, None)
-        available = module is not None and getattr(module, "is_available", lambda: False)()
-        if not available:
-            raise argparse.ArgumentTypeError(f"{text!r}: this machine has no {device.type} device")
-        if device.index is not None and device.index >= module.device_count():
-            raise argparse.ArgumentTypeError(
-                f"{text!r}: this machine has {module.device_count()} {device.type} device(s)"
-            )
-    return text
-
-
 def add_device(p):
-    p.add_argument("--device", type=device_arg, default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--device", type=device, default="cpu", help="cpu or cuda (default cpu)")
 
 
 # the argparse type of each kind of option a config field declares
@@ -70,7 +50,7 @@ KINDS = {
     "int": {"type": int},
     "float": {"type": finite_float},
     "fraction": {"type": fraction},
-    "device": {"type": device_arg},
+    "device": {"type": device},
 }
 
 

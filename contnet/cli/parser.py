@@ -148,6 +148,9 @@ def _compress(sub) -> None:
         default=None,
         help="write the chosen model as a checkpoint here",
     )
+    c.add_argument(
+        "--overwrite", action="store_true", help="replace the file --save names if it exists"
+    )
     c.add_argument("--out", default=None, help="output folder (default: the checkpoint's)")
     add_device(c)
     c.set_defaults(func=cmd_compress)

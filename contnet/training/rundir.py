@@ -21,7 +21,17 @@ import socket
 
 from ..provenance import command_line
 
-__all__ = ["OutputError", "RunLock", "RUN_FILES", "check_writable", "leftovers", "prepare_run"]
+__all__ = [
+    "EVAL_FILES",
+    "OutputError",
+    "check_files",
+    "RunLock",
+    "RUN_FILES",
+    "check_writable",
+    "held_by",
+    "leftovers",
+    "prepare_run",
+]
 
 #: the files a run writes into its folder
 RUN_FILES = (
@@ -36,6 +46,8 @@ RUN_FILES = (
     "corruptions.png",
     "compress.json",
 )
+#: what eval writes beside a checkpoint
+EVAL_FILES = ("eval.json", "manifestations.png", "corruptions.json", "corruptions.png")
 LOCK = ".lock"
 #: a file being written atomically: ``.NAME.tmp-PID`` beside ``NAME``
 _PARTIAL = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")
@@ -61,10 +73,18 @@ def describe_os_error(e: OSError) -> str:
     return what or (e.strerror or str(e))
 
 
-def check_writable(folder, what: str = "--out") -> pathlib.Path:
+def check_files(folder, names, what: str = "--out") -> None:
+    """None of the files a command will write into ``folder`` is in the way as a folder."""
+    for name in names:
+        if (pathlib.Path(folder) / name).is_dir():
+            raise OutputError(f"{what} {folder}: {name}, which it writes, is a folder there")
+
+
+def check_writable(folder, what: str = "--out", files=()) -> pathlib.Path:
     """Make ``folder`` if it is missing and check that files can be written in it (a probe
-    file is written, synced and removed); raise :class:`OutputError` naming the problem
-    (``what``: the option it came from, for the message)."""
+    file is written, synced and removed) and that none of ``files`` (those the command will
+    write) is a folder there; raise :class:`OutputError` naming the problem (``what``: the
+    option it came from, for the message)."""
     folder = pathlib.Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{what} {folder} is a file, not a folder")
@@ -83,6 +103,7 @@ def check_writable(folder, what: str = "--out") -> pathlib.Path:
                 probe.unlink()
     except OSError as e:
         raise OutputError(f"{what} {folder} cannot be written: {describe_os_error(e)}") from None
+    check_files(folder, files, what)
     return folder
 
 
@@ -155,6 +176,25 @@ class RunLock:
         self.release()
 
 
+def held_by(folder) -> str | None:
+    """Who holds ``folder``'s run lock, if a live process does (else None); the lock is not
+    taken, and no lock file is made where there is none."""
+    path = pathlib.Path(folder) / LOCK
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _read_holder(fd)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def _read_holder(fd: int) -> str:
     try:
         os.lseek(fd, 0, os.SEEK_SET)
@@ -178,7 +218,7 @@ def prepare_run(folder, *, resume: bool, overwrite: bool, log=print) -> RunLock:
     """Before any work: ``folder`` checked writable, locked, cleared of a killed writer's
     partial files (each reported), and refused if it holds a run that is neither resumed
     nor to be overwritten (``overwrite`` removes that run's files). Returns the held lock."""
-    folder = check_writable(folder)
+    folder = check_writable(folder, files=RUN_FILES)
     lock = RunLock(folder).acquire()
     try:
         for p in leftovers(folder):

@@ -386,3 +386,39 @@ def test_a_failed_write_names_the_file_asked_for(tmp_path, capsys):
     with pytest.raises(SystemExit):  # a tag is a part of a file name, not a path
         main(["block", "--tag", "../../escaped"])
     assert "argument --tag: must be letters, digits" in capsys.readouterr().err
+
+
+def test_an_interrupt_while_a_checkpoint_is_written_lands_after_its_summary(tmp_path, monkeypatch):
+    import signal
+
+    from contnet.training import checkpoint_file
+
+    real = checkpoint_file.atomic_write
+    net = contnet.ContinuousNet(1, 10, widths=(4,), n_basis=1)
+    train.save_checkpoint(tmp_path / "c.pt", net, epoch=2)
+
+    def interrupted_after_the_checkpoint(path, write):
+        out = real(path, write)
+        if str(path).endswith(".pt"):  # Ctrl-C between the checkpoint and its summary
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(checkpoint_file, "atomic_write", interrupted_after_the_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train.save_checkpoint(tmp_path / "c.pt", net, epoch=3)
+    assert json.loads((tmp_path / "c.json").read_text())["epoch"] == 3
+    assert train.load_checkpoint(tmp_path / "c.pt")["meta"]["epoch"] == 3
+
+
+def test_compress_does_not_choose_on_nothing(tmp_path):
+    assert _train(tmp_path / "run") == 0
+    with pytest.raises(SystemExit, match="--val-fraction 0 leaves nothing to choose on"):
+        cli.main(
+            [
+                "compress",
+                "--checkpoint",
+                str(tmp_path / "run" / "checkpoint.pt"),
+                "--val-fraction",
+                "0",
+            ]
+        )

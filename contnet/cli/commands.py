@@ -192,6 +192,11 @@ def split_for_compression(dataset, train_cfg: dict, val_fraction, log=print):
     """``(val, test)`` pairs for :func:`contnet.compression.compress`: the validation split
     that training held out (``val_fraction``, default the checkpoint's), and the test set."""
     trained = train_cfg.get("val_fraction", 0.0)
+    if val_fraction == 0:
+        raise SystemExit(
+            "contnet compress: --val-fraction 0 leaves nothing to choose on: compress chooses "
+            f"on a validation split (the model held out {trained:.0%} of the training images)"
+        )
     fraction = trained if val_fraction is None else val_fraction
     if not fraction:
         fraction = 0.1

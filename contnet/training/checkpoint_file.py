@@ -6,10 +6,13 @@ non-finite weights (a run that diverged)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import pathlib
 import shutil
+import signal
+import threading
 
 import torch
 
@@ -50,15 +53,40 @@ def write_checkpoint(path, payload: dict, meta: dict) -> pathlib.Path:
     ``unexpected pos``)."""
     path = pathlib.Path(path)
     payload = {**payload, "meta": _meta_text(meta)}
-    try:
-        atomic_write(path, lambda p: torch.save(payload, p))
-    except RuntimeError as e:  # torch's writer reports a failed write so
-        free = shutil.disk_usage(path.parent).free
-        if free < 1 << 20:
-            raise OSError(errno.ENOSPC, f"the disk is full ({free} bytes free)", str(path)) from e
-        raise OSError(errno.EIO, f"writing failed: {str(e).splitlines()[0]}", str(path)) from e
-    atomic_write(summary_path(path), lambda p: p.write_text(_meta_text(meta, 1) + "\n"))
+    with _interrupts_held():  # a Ctrl-C lands after both files, which then agree
+        try:
+            atomic_write(path, lambda p: torch.save(payload, p))
+        except RuntimeError as e:  # torch's writer reports a failed write so
+            free = shutil.disk_usage(path.parent).free
+            if free < 1 << 20:
+                raise OSError(
+                    errno.ENOSPC, f"the disk is full ({free} bytes free)", str(path)
+                ) from e
+            raise OSError(errno.EIO, f"writing failed: {str(e).splitlines()[0]}", str(path)) from e
+        atomic_write(summary_path(path), lambda p: p.write_text(_meta_text(meta, 1) + "\n"))
     return path
+
+
+@contextlib.contextmanager
+def _interrupts_held():
+    """SIGINT and SIGTERM held back while the block runs: recorded, and raised again to
+    their own handlers when it ends (in the main thread, where Python handles signals;
+    elsewhere nothing is held)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    before = {
+        s: signal.signal(s, lambda signum, frame: received.append(signum))
+        for s in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+        if received:
+            signal.raise_signal(received[0])
 
 
 def sync_summary(path) -> bool:

@@ -205,12 +205,16 @@ def _read_holder(fd: int) -> str:
 
 
 def _describe_run(folder: pathlib.Path, files: list[str]) -> str:
+    """The run a folder holds in words: its checkpoint's epoch (read from the checkpoint
+    itself, not its summary, which a kill can leave behind) and its files."""
+    from .checkpoint_file import CheckpointError, load_checkpoint
+
     try:
-        meta = json.loads((folder / "checkpoint.json").read_text())
+        meta = load_checkpoint(folder / "checkpoint.pt")["meta"]
         total = (meta.get("train") or {}).get("epochs")
         done = f"epoch {meta['epoch'] + 1}" + (f" of {total}" if total else "")
         return f"{done}; {', '.join(files)}"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (CheckpointError, KeyError, TypeError):
         return ", ".join(files)
 
 

@@ -1,8 +1,8 @@
 """A training run with a fault injected, for the tests: ``python -m tests.inject ARGS...``
 runs ``contnet ARGS...`` (under ``torchrun`` too) with ``CONTNET_INJECT=SIGNAL:RANK:EPOCH``
 sending ``SIGNAL`` (``kill`` or ``stop``) to process ``RANK`` as epoch ``EPOCH`` (from 1)
-starts, once the checkpoint of the epoch before it is on disk: a kill or a stall at a known
-point, the same on every run."""
+starts, once the checkpoint of the epoch before it is on disk, or (``EPOCH`` 0) before the
+process group is up: a kill or a stall at a known point, the same on every run."""
 
 import json
 import os
@@ -20,6 +20,8 @@ SIGNALS = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP}
 def main() -> int:
     kind, rank, epoch = os.environ["CONTNET_INJECT"].split(":")
     rank, epoch = int(rank), int(epoch)
+    if epoch == 0 and int(os.environ.get("RANK", "0")) == rank:  # before it even starts
+        os.kill(os.getpid(), SIGNALS[kind])
     summary = pathlib.Path(sys.argv[sys.argv.index("--out") + 1]) / "checkpoint.json"
     real = loop._train_epoch
 

@@ -77,6 +77,19 @@ def test_a_stalled_process_stops_the_other_within_the_timeout(tmp_path):
     assert train.load_checkpoint(out / "checkpoint.pt")["meta"]["epoch"] == 0
 
 
+@pytest.mark.slow
+def test_a_process_stalled_before_the_group_is_up_stops_the_other_in_one_line(tmp_path):
+    out = tmp_path / "early"
+    r = _torchrun(
+        "tests.inject", *ARGS, "--dist-timeout", "5", "--out", str(out), inject="stop:1:0",
+        timeout=240,
+    )  # fmt: skip
+    assert r.returncode != 0
+    text = r.stdout + r.stderr
+    assert "the processes did not all start within 5 s (--dist-timeout)" in text, text[-3000:]
+    assert "[rank0]: Traceback" not in text and not (out / "checkpoint.pt").exists()
+
+
 def test_a_checkpoint_resumes_with_the_process_count_that_wrote_it(tmp_path):
     # every process's data order is saved: another count cannot continue it bitwise, and
     # is refused with both counts

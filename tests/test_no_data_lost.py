@@ -422,3 +422,16 @@ def test_compress_does_not_choose_on_nothing(tmp_path):
                 "0",
             ]
         )
+
+
+def test_options_a_model_cannot_take_are_refused_before_a_run_is_replaced(tmp_path):
+    out = tmp_path / "run"
+    assert _train(out) == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    for bad, message in (
+        (["--model", "transformer", "--patch-size", "3"], "must be divisible by patch_size 3"),
+        (["--scheme", "lm", "--backprop", "adjoint"], "backprop 'adjoint' needs a Runge-Kutta"),
+    ):
+        with pytest.raises(SystemExit, match=message):
+            _train(out, "--overwrite", *bad)
+        assert (out / "checkpoint.pt").read_bytes() == before

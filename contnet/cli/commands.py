@@ -92,8 +92,8 @@ def cmd_train(args) -> int:
 
     try:
         run_train(args)
-    except CheckpointError as e:  # a --resume that cannot resume
-        raise SystemExit(f"contnet train: {e}") from None
+    except (CheckpointError, ValueError) as e:  # a --resume that cannot resume; a model
+        raise SystemExit(f"contnet train: {e}") from None  # that its options cannot build
     return 0
 
 

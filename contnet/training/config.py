@@ -208,6 +208,13 @@ class TrainConfig:
             raise ValueError(
                 f"unknown backprop {self.backprop!r}; expected one of {list(BACKPROP_MODES)}"
             )
+        if self.backprop == "adjoint" and not isinstance(
+            schemes_lib.get(self.scheme), schemes_lib.ButcherTableau
+        ):
+            raise ValueError(
+                f"backprop 'adjoint' needs a Runge-Kutta scheme (it steps back), got scheme "
+                f"{self.scheme!r}: use backprop 'checkpoint'"
+            )
         for name, choices in (("model", MODELS), ("optimizer", OPTIMIZERS)):
             if getattr(self, name) not in choices:
                 raise ValueError(

@@ -37,7 +37,13 @@ class Distributed:
                     "per node, or train with --device cpu (gloo)"
                 )
         if not dist.is_initialized():
-            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+            try:
+                dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+            except (RuntimeError, dist.DistError) as e:
+                raise StalledError(
+                    f"data parallel: the processes did not all start within {timeout:g} s "
+                    f"(--dist-timeout): {str(e).splitlines()[0]}; nothing was trained"
+                ) from e
         self.timeout = timeout
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.local_rank = int(os.environ.get("LOCAL_RANK", self.rank))

@@ -101,6 +101,7 @@ def train(
     checkpoints; after a refinement the DDP wrapper is built anew. Returns
     ``{"history", "model", ...}``.
     """
+    _check_buildable(cfg, dataset)  # before a run to overwrite is removed
     ddp = Distributed.from_env(cfg.device, cfg.dist_timeout)
     rank = ddp.rank if ddp else 0
     lock = None
@@ -111,6 +112,15 @@ def train(
     finally:
         if lock is not None:
             lock.release()
+
+
+def _check_buildable(cfg: TrainConfig, dataset: Dataset) -> None:
+    """The validation split and the network of ``cfg`` can be made of ``dataset`` (a patch
+    size that does not divide the images, say, is refused before anything is written)."""
+    data = dataset.with_validation(cfg.val_fraction)
+    kwargs = cfg.model_kwargs(data.in_channels, data.num_classes, data.x_train.shape[2:])
+    with torch.device("meta"):
+        build_model(kwargs, cfg.network())
 
 
 def _train(cfg, out_dir: pathlib.Path, dataset: Dataset, resume: bool, ddp, log) -> dict:

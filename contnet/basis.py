@@ -135,12 +135,12 @@ class Basis:
     def __call__(self, times) -> torch.Tensor:
         """``phi[s, k] = phi_k(times[s])`` as a float64 tensor of shape ``(S, K)``."""
         try:
-            ts = torch.as_tensor(times, dtype=torch.float64).reshape(-1).tolist()
+            ts = torch.as_tensor(times, dtype=torch.float64, device="cpu").reshape(-1).tolist()
         except (TypeError, ValueError, RuntimeError) as e:
             raise TypeError(f"times must be a sequence of real numbers, got {times!r}") from e
         if not all(map(math.isfinite, ts)):
             raise ValueError(f"times must be finite, got {times!r}")
-        out = torch.zeros(len(ts), self.n_basis, dtype=torch.float64)
+        out = torch.zeros(len(ts), self.n_basis, dtype=torch.float64, device="cpu")
         for s, t in enumerate(ts):
             for k, w in self.coefficients(t):
                 out[s, k] += w
@@ -158,11 +158,11 @@ class Basis:
         """
         fam, K = self.family, self.n_basis
         if fam == "piecewise_constant":
-            return (torch.arange(K, dtype=torch.float64) + 0.5) / K
+            return (torch.arange(K, dtype=torch.float64, device="cpu") + 0.5) / K
         if fam == "fem_linear":
-            return torch.arange(K, dtype=torch.float64) / (K - 1)
+            return torch.arange(K, dtype=torch.float64, device="cpu") / (K - 1)
         if fam == "piecewise_linear":
-            c = torch.arange(K // 2, dtype=torch.float64)
+            c = torch.arange(K // 2, dtype=torch.float64, device="cpu")
             return torch.stack([c, c + 1], 1).reshape(-1) / (K // 2)
         return torch.from_numpy((np.polynomial.legendre.leggauss(K)[0] + 1.0) / 2.0)
 
@@ -170,7 +170,7 @@ class Basis:
         """Coefficients whose ``theta`` takes ``values[k]`` at ``nodes()[k]`` (first dim K)."""
         if self.family != "legendre":
             return values
-        vander = self(self.nodes()).to(values.dtype)
+        vander = self(self.nodes()).to(device=values.device, dtype=values.dtype)
         flat = values.reshape(self.n_basis, -1)
         return torch.linalg.solve(vander, flat).reshape(values.shape)
 
@@ -193,7 +193,7 @@ class Basis:
         """``R`` (float64, ``K_fine x K``) with ``theta_fine = R @ theta`` and the same ``theta(t)``."""
         fam, K = self.family, self.n_basis
         Kf = self.refined().n_basis
-        R = torch.zeros(Kf, K, dtype=torch.float64)
+        R = torch.zeros(Kf, K, dtype=torch.float64, device="cpu")
         if fam == "piecewise_constant":
             for k in range(K):
                 R[2 * k, k] = R[2 * k + 1, k] = 1.0
@@ -210,7 +210,7 @@ class Basis:
                 R[4 * j + 2, a] = R[4 * j + 2, b] = 0.5
                 R[4 * j + 3, b] = 1.0
         else:
-            R[:K, :K] = torch.eye(K, dtype=torch.float64)
+            R[:K, :K] = torch.eye(K, dtype=torch.float64, device="cpu")
         return R
 
     # ------------------------------------------------------------------ projection
@@ -266,7 +266,7 @@ def _mass(rows: Basis, cols: Basis) -> torch.Tensor:
             p, w = _gauss(n_q, a, b)
             pts += p
             wts += w
-    w = torch.tensor(wts, dtype=torch.float64)
+    w = torch.tensor(wts, dtype=torch.float64, device="cpu")
     return rows(pts).T @ (w[:, None] * cols(pts))
 
 

@@ -104,3 +104,22 @@ def test_train_refine_eval_compress_resume(family, k0, norm, tmp_path, capsys):
     argv += ["--basis", family, "--n-basis", str(k0), "--norm", norm, "--epochs", "3"]
     assert cli.main([*argv, "--refine-at", "1", "2", "--batch-size", "64"]) == 0
     assert "resumed from" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("family, k0", FAMILIES)
+def test_units_build_on_the_meta_device(family, k0):
+    """A model of any basis can be laid out on the meta device (as for a model too large to
+    build on the host): the basis's own host math stays on the CPU."""
+    import contnet
+
+    with torch.device("meta"):
+        block = contnet.ContinuousBlock(
+            contnet.MLPUnit(8, n_basis=2 * k0, basis=family), scheme="rk4", n_steps=2
+        )
+    assert all(p.is_meta for p in block.parameters())
+    block.to_empty(device="cpu")
+    torch.manual_seed(0)
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    x = torch.randn(3, 8)
+    assert torch.isfinite(block(x)).all()

@@ -435,3 +435,100 @@ def test_options_a_model_cannot_take_are_refused_before_a_run_is_replaced(tmp_pa
         with pytest.raises(SystemExit, match=message):
             _train(out, "--overwrite", *bad)
         assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def _dead_pid() -> str:
+    return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+
+
+def test_eval_and_compress_clear_a_killed_writers_leftovers(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(out) == 0
+    dead = _dead_pid()
+    left = [out / f".eval.json.tmp-{dead}", out / f".compress.json.tmp-{dead}"]
+    for p in left:
+        p.write_text('{"half": ')
+    capsys.readouterr()
+    ck = str(out / "checkpoint.pt")
+    assert cli.main(["eval", "--checkpoint", ck, "--schemes", "euler", "--steps", "1", "2",
+                     "--reference", "euler", "4"]) == 0  # fmt: skip
+    assert cli.main(["compress", "--checkpoint", ck]) == 0
+    printed = capsys.readouterr().out
+    for p in left:
+        assert f"removed {p.name}" in printed and not p.exists()
+    for name in ("eval.json", "compress.json"):
+        json.loads((out / name).read_text())  # whole
+
+
+def test_compress_save_never_replaces_the_summary_of_its_input(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(out) == 0
+    summary = (out / "checkpoint.json").read_bytes()
+    capsys.readouterr()
+    for flags in ([], ["--overwrite"]):  # checkpoint.pth's summary is checkpoint.json
+        with pytest.raises(SystemExit, match="is that of the checkpoint being compressed"):
+            cli.main(["compress", "--checkpoint", str(out / "checkpoint.pt"),
+                      "--save", str(out / "checkpoint.pth"), *flags])  # fmt: skip
+    (tmp_path / "small.json").write_text("{}")  # a summary without its checkpoint
+    with pytest.raises(SystemExit, match=r"small.json exists: pass --overwrite"):
+        cli.main(["compress", "--checkpoint", str(out / "checkpoint.pt"),
+                  "--save", str(tmp_path / "small.pt")])  # fmt: skip
+    assert "candidates" not in capsys.readouterr().out  # refused before any work
+    assert (out / "checkpoint.json").read_bytes() == summary
+    assert not (out / "checkpoint.pth").exists()
+
+
+def test_the_demo_replaces_only_a_demos_folder(tmp_path, capsys):
+    from contnet.cli import demo
+
+    out = tmp_path / "run"
+    assert _train(out) == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    with pytest.raises(SystemExit, match=r"holds a run that is not a demo's \(checkpoint.pt"):
+        cli.main(["demo", "--out", str(out)])
+    assert (out / "checkpoint.pt").read_bytes() == before
+    assert not (out / demo.DEMO_MARK).exists()
+    # a user's run where the demo keeps one of its own runs is refused as well
+    theirs = tmp_path / "theirs"
+    assert _train(theirs / "refined") == 0
+    with pytest.raises(SystemExit, match=r"not a demo's \(refined/checkpoint.pt"):
+        cli.main(["demo", "--out", str(theirs)])
+    # a demo killed before its summary leaves its mark: a second demo may replace its runs
+    killed = tmp_path / "killed"
+    demo._check_demo_folder(killed)
+    assert (killed / demo.DEMO_MARK).exists()
+    assert _train(killed / "refined") == 0
+    demo._check_demo_folder(killed)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(SystemExit, match=rf"--out {afile} is a file, not a folder"):
+        cli.main(["demo", "--out", str(afile)])
+
+
+def test_resume_and_overwrite_are_not_given_together(tmp_path, capsys):
+    for argv in (
+        ["train", "--out", str(tmp_path)],
+        ["reproduce", "--preset", "continuousnet-cifar10", "--out", str(tmp_path)],
+    ):
+        with pytest.raises(SystemExit):
+            cli.main([*argv, "--resume", "--overwrite"])
+        assert "argument --overwrite: not allowed with argument --resume" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_benchmark_checks_its_results_folder_before_timing(tmp_path, monkeypatch, capsys):
+    from contnet.bench import common
+    from contnet.bench.__main__ import main
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    monkeypatch.setenv("CONTNET_BENCH_RESULTS", str(afile))
+    monkeypatch.setattr(common, "_RUN_DIR", None)
+    timed = []
+    monkeypatch.setattr(common.tb, "Timer", lambda *a, **k: timed.append(1))
+    for argv in (["ops", "--rounds", "1"], ["block", "--rounds", "1"], ["backprop", "--quick"]):
+        with pytest.raises(SystemExit, match=rf"contnet bench: CONTNET_BENCH_RESULTS {afile} is a "
+                                             "file, not a folder"):  # fmt: skip
+            main(argv)
+    assert timed == [] and afile.read_text() == "x"

@@ -3,6 +3,7 @@
 
 import sys
 
+from ..report import OutputError
 from . import backprop_bench, block_bench, inference_bench, ops_bench
 
 SUITES = {
@@ -14,6 +15,13 @@ SUITES = {
 
 
 def main(argv=None):
+    try:
+        _main(argv)
+    except OutputError as e:
+        raise SystemExit(f"contnet bench: {e}") from None
+
+
+def _main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUITES:
         SUITES[argv.pop(0)](argv)

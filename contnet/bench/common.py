@@ -11,7 +11,7 @@ import torch
 import torch.utils.benchmark as tb
 
 from ..provenance import provenance
-from ..report import write_json
+from ..report import check_writable, write_json
 
 _RUN_DIR: pathlib.Path | None = None
 
@@ -67,9 +67,14 @@ def environment(device: str) -> dict:
 
 
 def setup(device: str, pin_allocator: bool = True) -> None:
-    """Call once before timing: a stable CPU allocator (see :func:`keep_freed_memory`);
-    ``pin_allocator=False`` keeps the system's defaults, as a user's process has them."""
+    """Call once before timing: the results folder checked writable; a stable CPU allocator
+    (see :func:`keep_freed_memory`); ``pin_allocator=False`` keeps the system's defaults, as
+    a user's process has them."""
     global ALLOCATOR
+    where = (
+        "CONTNET_BENCH_RESULTS" if os.environ.get("CONTNET_BENCH_RESULTS") else "the results folder"
+    )
+    check_writable(results_dir(), where)  # before any timing
     if device == "cpu" and pin_allocator:
         ALLOCATOR = keep_freed_memory()
 

@@ -17,7 +17,7 @@ from ..evaluation import (
     schemes_to_try,
 )
 from ..provenance import provenance
-from ..report import write_json
+from ..report import check_writable, write_json
 from ..training import (
     CheckpointError,
     OutputError,
@@ -30,7 +30,6 @@ from ..training import (
 )
 from ..training import data as data_lib
 from ..training.checkpoint_file import summary_path
-from ..training.rundir import check_writable
 from .options import config_from
 from .tables import compress_table, corruption_tables, history_table, manifestation_tables
 
@@ -146,6 +145,7 @@ def cmd_eval(args) -> int:
     reference = reference_pair(args.reference)
     folder = args.out or pathlib.Path(args.checkpoint).parent
     out = check_writable(folder, "--out", files=rundir.EVAL_FILES)
+    _clear_leftovers(out)
     model, _ = model_from(args)
     dataset = load_dataset(args)
     try:
@@ -274,6 +274,7 @@ def run_compress(
 def cmd_compress(args) -> int:
     folder = args.out or pathlib.Path(args.checkpoint).parent
     out = check_writable(folder, "--out", files=["compress.json"])
+    _clear_leftovers(out)
     if args.save:
         _check_save(args.save, args.checkpoint, args.overwrite)
     model, payload = model_from(args)
@@ -309,6 +310,11 @@ def cmd_compress(args) -> int:
     return 0
 
 
+def _clear_leftovers(folder) -> None:
+    for p in rundir.leftovers(folder):
+        print(f"removed {p.name}, a file left half-written by a process that was killed")
+
+
 def _check_save(save, checkpoint, overwrite: bool) -> None:
     """Before any work: ``compress --save`` writes a new checkpoint file: never over the one
     it compresses (a training checkpoint, with its optimizer, RNG states and history), nor
@@ -320,13 +326,19 @@ def _check_save(save, checkpoint, overwrite: bool) -> None:
             f"--save {save} is the checkpoint being compressed: it would replace the training "
             "checkpoint (its optimizer, RNG states and history); save to another file"
         )
+    if summary_path(save).resolve() == summary_path(src).resolve():
+        raise OutputError(
+            f"--save {save}: its summary {summary_path(save)} is that of the checkpoint being "
+            "compressed; save to another name"
+        )
     for p in (save, summary_path(save)):
         if p.is_dir():
             raise OutputError(f"--save {save}: {p} is a folder")
-    if save.exists() and not overwrite:
-        raise OutputError(
-            f"--save {save} exists: pass --overwrite to replace it, or save to another file"
-        )
+        if p.exists() and not overwrite:
+            raise OutputError(
+                f"--save {save}: {p} exists: pass --overwrite to replace it, or save to another "
+                "file"
+            )
     check_writable(save.parent, "--save's folder")
     holder = rundir.held_by(save.parent)
     if holder:

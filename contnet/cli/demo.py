@@ -9,8 +9,9 @@ import torch
 
 from .. import ops
 from ..evaluation import plots
-from ..provenance import provenance
-from ..report import format_table, write_json
+from ..provenance import command_line, provenance
+from ..report import OutputError, atomic_write, check_writable, format_table, write_json
+from ..training.rundir import RUN_FILES
 from .commands import load_dataset, run_compress, run_eval, run_train
 from .options import config_from
 
@@ -28,6 +29,7 @@ def cmd_demo(args) -> int:
             f"got {args.epochs}"
         )
     args.data, args.data_dir = "digits", None
+    _check_demo_folder(out)
     args.overwrite = True  # the demo replaces its own runs (runs/demo by default)
     dataset = load_dataset(args)
     threads = torch.get_num_threads()
@@ -64,6 +66,32 @@ def cmd_demo(args) -> int:
     )
     print(f"demo finished in {summary['total_time_s']:.0f}s")
     return 0
+
+
+#: written into OUT when a demo starts: the folder is the demo's to replace
+DEMO_MARK = ".contnet-demo"
+_DEMO_RUNS = ("refined", "direct")
+
+
+def _check_demo_folder(out: pathlib.Path) -> None:
+    """The demo replaces what an earlier demo wrote into ``out`` (finished or killed), and
+    nothing else: a folder holding another run (a ``contnet train`` run's files in ``out``
+    or in the demo's run folders, and no sign of a demo) is refused. The folder is checked
+    writable and marked as the demo's before any work."""
+    check_writable(out, "--out", files=("demo.json", *RUN_FILES))
+    theirs = [
+        str(d.relative_to(out) / f)
+        for d in (out, *(out / r for r in _DEMO_RUNS))
+        for f in RUN_FILES
+        if (d / f).exists()
+    ]
+    ours = (out / "demo.json").exists() or (out / DEMO_MARK).exists()
+    if theirs and not ours:
+        raise OutputError(
+            f"--out {out} holds a run that is not a demo's ({', '.join(theirs)}): the demo "
+            "would replace its files; choose another --out"
+        )
+    atomic_write(out / DEMO_MARK, lambda f: f.write_text(command_line() + "\n"))
 
 
 def _training(args, dataset, out):

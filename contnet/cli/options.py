@@ -129,10 +129,13 @@ def add_checkpoint(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_run_flags(p) -> None:
-    """``--resume`` and ``--overwrite`` of a command that trains several runs under OUT:
+def add_run_flags(p, what: str = "the runs OUT holds") -> None:
+    """``--resume`` or ``--overwrite`` (not both) of a command that trains under OUT:
     without either, a run already there is refused."""
-    p.add_argument(
-        "--resume", action="store_true", help="continue the runs OUT holds (finished ones stay)"
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help=f"continue {what} (finished ones stay)")
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace {what} (without it, or --resume, an existing run is refused)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace the runs OUT holds")

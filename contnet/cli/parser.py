@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from ..argtypes import fraction, nonnegative_float, positive_int
+from ..report import describe_os_error
 from ..training import CheckpointError, DivergenceError, OutputError, StalledError, presets
 from ..training.presets import PRESETS
-from ..training.rundir import describe_os_error
 from .commands import cmd_bench, cmd_compress, cmd_eval, cmd_train
 from .demo import cmd_demo
 from .options import (
@@ -16,6 +16,7 @@ from .options import (
     add_config_options,
     add_data,
     add_device,
+    add_run_flags,
     checkpoint_path,
 )
 from .reproduce import add_reproduce
@@ -56,12 +57,7 @@ def _train(sub) -> None:
         "--out", default="runs/train", help="output folder (checkpoint.pt, train.json, plots)"
     )
     t.set_defaults(parser=t)
-    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    t.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace the run OUT holds (without it, or --resume, an existing run is refused)",
-    )
+    add_run_flags(t, "the run OUT holds (from OUT/checkpoint.pt)")
     t.set_defaults(func=cmd_train)
 
 

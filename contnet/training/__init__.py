@@ -1,6 +1,7 @@
 """The main job as a library: configuration, data, the training loop with refinement in
 depth, checkpoints, data parallel training."""
 
+from ..report import OutputError
 from .checkpoint import (
     CheckpointError,
     check_finite,
@@ -14,7 +15,6 @@ from .config import TrainConfig, build_model, make_optimizer, make_scheduler
 from .data import Dataset, Loader, load
 from .distributed import Distributed, StalledError
 from .loop import DivergenceError, count_parameters, evaluate, train
-from .rundir import OutputError
 
 __all__ = [
     "TrainConfig",

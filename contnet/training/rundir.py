@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import errno
 import fcntl
 import json
 import os
@@ -20,14 +19,12 @@ import re
 import socket
 
 from ..provenance import command_line
+from ..report import OutputError, check_writable
 
 __all__ = [
     "EVAL_FILES",
-    "OutputError",
-    "check_files",
     "RunLock",
     "RUN_FILES",
-    "check_writable",
     "held_by",
     "leftovers",
     "prepare_run",
@@ -51,60 +48,6 @@ EVAL_FILES = ("eval.json", "manifestations.png", "corruptions.json", "corruption
 LOCK = ".lock"
 #: a file being written atomically: ``.NAME.tmp-PID`` beside ``NAME``
 _PARTIAL = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")
-
-
-class OutputError(OSError):
-    """An output location that cannot be used, or a run there that is not to be replaced;
-    the message says which and what to do."""
-
-
-def describe_os_error(e: OSError) -> str:
-    """An ``OSError`` in words: what happened (disk full, read-only, not a folder, ...)."""
-    what = {
-        errno.ENOSPC: "the disk is full",
-        errno.EDQUOT: "the disk quota is exceeded",
-        errno.EROFS: "the file system is read-only",
-        errno.EACCES: "permission denied",
-        errno.EPERM: "permission denied",
-        errno.ENOTDIR: "a part of the path is a file, not a folder",
-        errno.EISDIR: "it is a folder",
-        errno.ENOENT: "no such file or folder",
-    }.get(e.errno)
-    return what or (e.strerror or str(e))
-
-
-def check_files(folder, names, what: str = "--out") -> None:
-    """None of the files a command will write into ``folder`` is in the way as a folder."""
-    for name in names:
-        if (pathlib.Path(folder) / name).is_dir():
-            raise OutputError(f"{what} {folder}: {name}, which it writes, is a folder there")
-
-
-def check_writable(folder, what: str = "--out", files=()) -> pathlib.Path:
-    """Make ``folder`` if it is missing and check that files can be written in it (a probe
-    file is written, synced and removed) and that none of ``files`` (those the command will
-    write) is a folder there; raise :class:`OutputError` naming the problem (``what``: the
-    option it came from, for the message)."""
-    folder = pathlib.Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(f"{what} {folder} is a file, not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-probe-{os.getpid()}"
-        try:
-            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                os.write(fd, b"probe")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                probe.unlink()
-    except OSError as e:
-        raise OutputError(f"{what} {folder} cannot be written: {describe_os_error(e)}") from None
-    check_files(folder, files, what)
-    return folder
 
 
 def _alive(pid: int) -> bool:

@@ -26,6 +26,10 @@ def _train(out, *extra):
     return cli.main(["train", "--epochs", "2", *QUICK, "--out", str(out), *extra])
 
 
+def _compress(run, *extra):
+    return cli.main(["compress", "--checkpoint", str(run / "checkpoint.pt"), *extra])
+
+
 # -- divergence ---------------------------------------------------------------------------
 
 
@@ -260,15 +264,7 @@ def test_option_edges_are_refused_by_name(tmp_path, capsys):
     assert _train(tmp_path / "few", "--val-fraction", "0.95") == 0
     assert "class 0 has only 7 training images (fewer than 10)" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="n_basis candidate 3 is more nodes than any block has"):
-        cli.main(
-            [
-                "compress",
-                "--checkpoint",
-                str(tmp_path / "few" / "checkpoint.pt"),
-                "--candidate-n-basis",
-                "3",
-            ]
-        )
+        _compress(tmp_path / "few", "--candidate-n-basis", "3")
 
 
 def test_what_is_not_a_checkpoint_or_a_data_folder_is_named(tmp_path):
@@ -413,15 +409,7 @@ def test_an_interrupt_while_a_checkpoint_is_written_lands_after_its_summary(tmp_
 def test_compress_does_not_choose_on_nothing(tmp_path):
     assert _train(tmp_path / "run") == 0
     with pytest.raises(SystemExit, match="--val-fraction 0 leaves nothing to choose on"):
-        cli.main(
-            [
-                "compress",
-                "--checkpoint",
-                str(tmp_path / "run" / "checkpoint.pt"),
-                "--val-fraction",
-                "0",
-            ]
-        )
+        _compress(tmp_path / "run", "--val-fraction", "0")
 
 
 def test_options_a_model_cannot_take_are_refused_before_a_run_is_replaced(tmp_path):

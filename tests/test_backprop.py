@@ -39,7 +39,7 @@ def _reset_stats(block):
         m.running_var.fill_(1.0)
 
 
-@pytest.mark.parametrize("scheme", ["euler", "rk4", "rk4_38", "ssprk3", "ab2", "lm"])
+@pytest.mark.parametrize("scheme", ["euler", "rk4", "rk4_38", "ssprk3", "tsit5", "ab2", "lm"])
 @pytest.mark.parametrize("norm", [None, "batch"])
 @pytest.mark.parametrize("basis,K", [("fem_linear", 3), ("piecewise_constant", 4)])
 def test_checkpoint_gradients_equal_direct(scheme, norm, basis, K):

@@ -27,7 +27,9 @@ def _block(basis, K, unit, scheme, n_steps=3):
 
 @pytest.mark.parametrize("basis,K", BASES)
 @pytest.mark.parametrize("unit", UNITS, ids=["preact", "tanh", "bn-tail", "relu"])
-@pytest.mark.parametrize("scheme", ["euler", "heun", "rk3", "rk4", "rk4_38", "ab2"])
+@pytest.mark.parametrize(
+    "scheme", ["euler", "heun", "rk3", "rk4", "rk4_38", "bosh3", "dopri5", "ab2"]
+)
 def test_block_matches_reference_path(basis, K, unit, scheme):
     block = _block(basis, K, unit, scheme)
     x = torch.randn(2, 4, 5, 5, dtype=torch.float64, requires_grad=True)

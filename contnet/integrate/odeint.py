@@ -13,11 +13,13 @@ under ``torch.compile``.
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 from torch import nn
 
 from .. import ops, schemes
+from . import adaptive
 from .backprop import Stepwise
 from .steppers import LMStepper, march, stepper_class, stepper_for
 
@@ -54,8 +56,15 @@ def odeint(
     params=None,
     recompute=None,
     lm_k=None,
+    rtol=None,
+    atol=None,
+    controller=None,
+    jump_t=(),
+    kink_t=(),
+    stats=None,
 ) -> torch.Tensor:
-    """Integrate ``dx/dt = f(t, x)`` from ``x(t0) = x0`` to ``t1`` in ``n_steps`` equal steps.
+    """Integrate ``dx/dt = f(t, x)`` from ``x(t0) = x0`` to ``t1`` in ``n_steps`` equal steps,
+    or, with ``rtol``, in steps chosen to meet a tolerance.
 
     Args:
         f: the rate, called as ``f(t, x)`` with a Python float ``t`` and a tensor ``x`` of
@@ -94,6 +103,25 @@ def odeint(
             recomputed in backward (e.g. to keep batch-norm statistics from updating twice).
         lm_k: for ``scheme="lm"``, the coefficients ``k_n``: a tensor of ``n_steps`` values
             (differentiable) or a callable of ``t``.
+        rtol, atol: adaptive steps (``rtol`` set; ``atol`` defaults to ``rtol``) with an
+            embedded pair as ``scheme`` (``heun_euler``, ``bosh3``, ``dopri5``, ``tsit5``):
+            each step's error estimate, in the root mean square over every element of
+            ``err / (atol + rtol max(|x_n|, |x_n+1|))``, is at most 1 (see
+            :mod:`contnet.integrate.adaptive`). The controller runs without gradients and
+            records the accepted steps; with gradients enabled the steps on that grid are
+            taken again, differentiated as fixed steps in the ``backprop`` mode (so under
+            ``torch.no_grad`` the solve is one pass, with gradients two). ``n_steps`` and
+            ``trajectory`` are fixed-step options.
+        controller: a :class:`contnet.integrate.Controller` (PI by default;
+            ``Controller.integral()`` is torchdiffeq's; first step, ``max_steps``,
+            ``min_step``, ``jumps``).
+        jump_t, kink_t: times where the rate jumps (weights piecewise in time) or has a
+            kink (piecewise linear in time): adaptive steps land on them and never cross
+            one; after a jump the rate is evaluated again. ``ContinuousBlock`` passes its
+            basis's.
+        stats: a dict, filled with ``evaluations`` (rate evaluations), ``accepted`` and
+            ``rejected`` steps and ``steps`` (the accepted ``(t, t_next, h)``) of an
+            adaptive solve.
 
     A stage at a step's right end (``c_i = 1``) receives the float just inside the step
     (the open-interval rule; see :func:`contnet.schemes.stage_times`).
@@ -107,9 +135,33 @@ def odeint(
     t0, t1 = schemes.check_interval(t0, t1)
     if backprop not in BACKPROP_MODES:
         raise ValueError(f"unknown backprop {backprop!r}; expected one of {list(BACKPROP_MODES)}")
-    sch = schemes.get(scheme)
-    n_steps = schemes.check_n_steps(n_steps)
-    stepper = stepper_for(f, sch, n_steps, t0, t1, lm_k)
+    if rtol is None and atol is None and (controller is not None or jump_t or kink_t):
+        raise ValueError("controller, jump_t and kink_t are options of adaptive steps: set rtol")
+    if rtol is not None or atol is not None:
+        jump_t, kink_t = _times("jump_t", jump_t), _times("kink_t", kink_t)
+        if rtol is None:
+            raise ValueError("atol needs rtol: adaptive steps are asked for by rtol")
+        if n_steps != 1:
+            raise ValueError(
+                f"n_steps={n_steps} and rtol={rtol}: fixed steps or a tolerance, not both"
+            )
+        if trajectory:
+            raise ValueError("trajectory=True needs fixed steps (n_steps), not rtol")
+        sch = adaptive.pair_of(scheme)
+        rtol, atol = adaptive.check_tolerances(rtol, atol)
+        ctrl = adaptive.Controller() if controller is None else controller
+        if not isinstance(ctrl, adaptive.Controller):
+            raise TypeError(f"controller must be a Controller, got {type(ctrl).__name__}")
+        x1, grid, counts = adaptive.solve(f, x0, sch, t0, t1, rtol, atol, ctrl, jump_t, kink_t)
+        if stats is not None:
+            stats.update(counts, steps=grid)
+        if not torch.is_grad_enabled():
+            return x1
+        stepper = adaptive.GridStepper(f, sch, grid)
+    else:
+        sch = schemes.get(scheme)
+        n_steps = schemes.check_n_steps(n_steps)
+        stepper = stepper_for(f, sch, n_steps, t0, t1, lm_k)
     # torch.func transforms and forward-mode AD differentiate (or batch) the steps
     # themselves: as direct
     if (
@@ -135,3 +187,13 @@ def odeint(
     if isinstance(stepper, LMStepper) and stepper.coeffs.requires_grad:
         params.append(stepper.coeffs)
     return Stepwise.apply(stepper, backprop, recompute or contextlib.nullcontext, x0, *params)
+
+
+def _times(name, ts) -> tuple[float, ...]:
+    try:
+        out = tuple(float(t) for t in ts)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a sequence of real numbers, got {ts!r}") from None
+    if not all(map(math.isfinite, out)):
+        raise ValueError(f"{name} must be finite, got {ts!r}")
+    return out

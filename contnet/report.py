@@ -10,10 +10,14 @@ import json
 import math
 import os
 import pathlib
+import re
+import socket
 
 __all__ = [
     "OutputError",
     "atomic_write",
+    "is_leftover",
+    "temporary_path",
     "check_files",
     "check_writable",
     "describe_os_error",
@@ -35,13 +39,49 @@ def format_table(rows, header) -> str:
     )
 
 
-def atomic_write(path, write) -> pathlib.Path:
-    """``write(tmp)`` into a temporary file beside ``path`` (``.NAME.tmp-PID``), synced to
-    disk, renamed over ``path``, and the folder synced: a reader sees the previous file or
-    the new one, never a part; if anything fails the previous file stays and the temporary
-    one is removed (one a kill leaves is named by its process, for the next run to clear)."""
+#: a file being written atomically: ``.NAME.contnet-tmp-HOST-PID`` beside ``NAME``
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.contnet-tmp-(?P<host>[A-Za-z0-9-]*)-(?P<pid>\d+)$")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())
+
+
+def temporary_path(path, pid: int | None = None) -> pathlib.Path:
+    """Where :func:`atomic_write` writes ``path`` first: ``.NAME.contnet-tmp-HOST-PID``
+    beside it, named by its writer (host and process) so that only a writer known to be
+    gone has its file cleared (:func:`is_leftover`)."""
     path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pid = os.getpid() if pid is None else pid
+    return path.with_name(f".{path.name}.contnet-tmp-{_host()}-{pid}")
+
+
+def is_leftover(name: str) -> bool:
+    """Whether ``name`` is a temporary file of :func:`atomic_write` whose writer was killed:
+    written on this host by a process that no longer runs. Another host's (a shared
+    folder) and anything contnet did not name so are never taken for one."""
+    m = _TEMPORARY.match(name)
+    if m is None or m["host"] != _host():
+        return False
+    pid = int(m["pid"])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def atomic_write(path, write) -> pathlib.Path:
+    """``write(tmp)`` into a temporary file beside ``path`` (:func:`temporary_path`), synced
+    to disk, renamed over ``path``, and the folder synced: a reader sees the previous file or
+    the new one, never a part; if anything fails the previous file stays and the temporary
+    one is removed (one a kill leaves is named by its writer, for the next run to clear)."""
+    path = pathlib.Path(path)
+    tmp = temporary_path(path)
     try:
         _write_named(write, tmp, path)
         fd = os.open(tmp, os.O_RDONLY)

@@ -16,7 +16,7 @@ import torch
 import contnet
 from contnet import cli
 from contnet import training as train
-from contnet.report import atomic_write, write_json
+from contnet.report import atomic_write, temporary_path, write_json
 from contnet.training import rundir
 
 QUICK = ["--widths", "4", "4", "--batch-size", "128", "--no-progress"]
@@ -204,7 +204,7 @@ def test_a_full_disk_says_so_and_keeps_the_previous_checkpoint(tmp_path, monkeyp
         _train(out)
     monkeypatch.setattr(checkpoint_file.torch, "save", real)
     assert train.load_checkpoint(out / "checkpoint.pt")["meta"]["epoch"] == 0
-    assert not [p for p in out.iterdir() if ".tmp-" in p.name]
+    assert not [p for p in out.iterdir() if ".contnet-tmp-" in p.name]
 
 
 # -- atomic, strict files; a killed writer's leftovers ------------------------------------
@@ -232,7 +232,7 @@ def test_a_killed_writers_leftovers_are_cleared_and_the_summary_derived_again(tm
     assert _train(out) == 0
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()  # fmt: skip
-    partial = out / f".checkpoint.pt.tmp-{dead}"
+    partial = temporary_path(out / "checkpoint.pt", int(dead))
     partial.write_bytes(b"half a checkpoint")
     summary = json.loads((out / "checkpoint.json").read_text())
     summary["epoch"] = 0  # as if killed between the checkpoint and its summary
@@ -240,7 +240,7 @@ def test_a_killed_writers_leftovers_are_cleared_and_the_summary_derived_again(tm
     capsys.readouterr()
     assert _train(out, "--resume") == 0
     printed = capsys.readouterr().out
-    assert f"removed .checkpoint.pt.tmp-{dead}" in printed and not partial.exists()
+    assert f"removed {partial.name}" in printed and not partial.exists()
     assert "rewrote checkpoint.json from checkpoint.pt" in printed
     meta = train.load_checkpoint(out / "checkpoint.pt")["meta"]
     assert json.loads((out / "checkpoint.json").read_text())["epoch"] == meta["epoch"] == 1
@@ -434,7 +434,7 @@ def test_eval_and_compress_clear_a_killed_writers_leftovers(tmp_path, capsys):
     out = tmp_path / "run"
     assert _train(out) == 0
     dead = _dead_pid()
-    left = [out / f".eval.json.tmp-{dead}", out / f".compress.json.tmp-{dead}"]
+    left = [temporary_path(out / n, int(dead)) for n in ("eval.json", "compress.json")]
     for p in left:
         p.write_text('{"half": ')
     capsys.readouterr()
@@ -484,10 +484,22 @@ def test_the_demo_replaces_only_a_demos_folder(tmp_path, capsys):
         cli.main(["demo", "--out", str(theirs)])
     # a demo killed before its summary leaves its mark: a second demo may replace its runs
     killed = tmp_path / "killed"
-    demo._check_demo_folder(killed)
+    killed.mkdir()
+    demo._claim_demo_folder(killed)
     assert (killed / demo.DEMO_MARK).exists()
     assert _train(killed / "refined") == 0
-    demo._check_demo_folder(killed)
+    demo._claim_demo_folder(killed)
+    # and it removes an earlier demo's summary and reports first: a demo stopped midway
+    # never leaves a summary of runs it has replaced
+    for name in ("demo.json", "eval.json", "theta.png"):
+        (killed / name).write_text("{}")
+    demo._claim_demo_folder(killed)
+    assert not any((killed / n).exists() for n in ("demo.json", "eval.json", "theta.png"))
+    assert (killed / "refined" / "checkpoint.pt").exists()  # its runs go when replaced
+    # one demo at a time in a folder
+    with rundir.RunLock(killed):
+        with pytest.raises(SystemExit, match="is being written by another run"):
+            cli.main(["demo", "--out", str(killed)])
     afile = tmp_path / "afile"
     afile.write_text("x")
     with pytest.raises(SystemExit, match=rf"--out {afile} is a file, not a folder"):
@@ -520,3 +532,55 @@ def test_a_benchmark_checks_its_results_folder_before_timing(tmp_path, monkeypat
                                              "file, not a folder"):  # fmt: skip
             main(argv)
     assert timed == [] and afile.read_text() == "x"
+
+
+def test_resume_without_a_checkpoint_does_not_start_over_a_folders_files(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(out) == 0
+    (out / "checkpoint.pt").unlink()
+    (out / "checkpoint.json").unlink()
+    files = lambda: {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"}  # noqa: E731
+    before = files()
+    with pytest.raises(SystemExit, match="but no checkpoint.pt to resume from: pass --overwrite"):
+        _train(out, "--resume")
+    with pytest.raises(SystemExit, match="but no checkpoint.pt to resume from"):
+        _train(out)  # nor advised to --resume
+    assert files() == before
+    assert _train(tmp_path / "fresh", "--resume") == 0  # an empty folder: from the start
+
+
+def test_compress_save_never_takes_the_name_of_a_report(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(out) == 0
+    for save in ("compress.pt", "eval.pt", "train.pt"):
+        with pytest.raises(SystemExit, match="the name of a report contnet's commands write"):
+            _compress(out, "--save", str(out / save), "--overwrite")
+    assert "compress.json" not in {p.name for p in out.iterdir()}
+
+
+def test_only_contnets_own_leftovers_of_this_host_are_cleared(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(out) == 0
+    dead = int(_dead_pid())
+    ours = temporary_path(out / "eval.json", dead)
+    theirs = out / f".mydata.csv.tmp-{dead}"  # a user's file, of the old naming
+    other_host = out / ours.name.replace("contnet-tmp-", "contnet-tmp-elsewhere-")
+    for p in (ours, theirs, other_host):
+        p.write_text("x")
+    capsys.readouterr()
+    assert cli.main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--schemes", "euler",
+                     "--steps", "1", "--reference", "euler", "2"]) == 0  # fmt: skip
+    assert not ours.exists() and theirs.exists() and other_host.exists()
+    assert f"removed {ours.name}" in capsys.readouterr().out
+
+
+def test_an_interrupted_demo_is_not_told_to_resume(tmp_path, monkeypatch, capsys):
+    from contnet.cli import demo
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "load_dataset", interrupted)
+    assert cli.main(["demo", "--out", str(tmp_path / "d")]) == 130
+    err = capsys.readouterr().err
+    assert "run it again" in err and "--resume" not in err

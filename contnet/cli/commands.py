@@ -34,11 +34,17 @@ from .options import config_from
 from .tables import compress_table, corruption_tables, history_table, manifestation_tables
 
 
+def _who(args) -> str:
+    """``contnet COMMAND``, for a message."""
+    command = getattr(args, "command", None)
+    return f"contnet {command}" if command else "contnet"
+
+
 def load_dataset(args):
     try:
         return data_lib.load(args.data, args.data_dir, seed=0)
     except (OSError, ValueError, ImportError) as e:
-        raise SystemExit(f"contnet: cannot load data: {e}") from None
+        raise SystemExit(f"{_who(args)}: cannot load data: {e}") from None
 
 
 def run_train(args, cfg=None, out=None, dataset=None, log=print) -> dict:
@@ -119,7 +125,7 @@ def model_from(args):
             payload, n_basis=getattr(args, "n_basis", None), device=args.device
         )
     except CheckpointError as e:
-        raise SystemExit(f"contnet: {e}") from None
+        raise SystemExit(f"{_who(args)}: {e}") from None
     train_cfg = payload["meta"].get("train") or {}
     if args.data is None:
         args.data = train_cfg.get("data", "digits")
@@ -319,12 +325,21 @@ def _check_save(save, checkpoint, overwrite: bool) -> None:
     """Before any work: ``compress --save`` writes a new checkpoint file: never over the one
     it compresses (a training checkpoint, with its optimizer, RNG states and history), nor
     over another file unless ``--overwrite``, nor into a folder a run is writing, nor where
-    it or its ``.json`` summary is a folder."""
+    it or its ``.json`` summary is a folder or has the name of a report the commands write
+    (``compress.json``, ``eval.json``, ...)."""
     save, src = pathlib.Path(save), pathlib.Path(checkpoint)
     if save.resolve() == src.resolve() or (save.exists() and src.exists() and save.samefile(src)):
         raise OutputError(
             f"--save {save} is the checkpoint being compressed: it would replace the training "
             "checkpoint (its optimizer, RNG states and history); save to another file"
+        )
+    reports = {f for f in (*rundir.RUN_FILES, "demo.json") if f.endswith(".json")}
+    clash = {save.name, summary_path(save).name} & (reports - {"checkpoint.json"})
+    if clash:  # compress's own report, or one eval, train or the demo write beside it
+        raise OutputError(
+            f"--save {save}: it or its summary would be {clash.pop()}, the name of a report "
+            "contnet's commands write in a run's folder (compress's own among them); save to "
+            "another name"
         )
     if summary_path(save).resolve() == summary_path(src).resolve():
         raise OutputError(

@@ -11,7 +11,7 @@ from .. import ops
 from ..evaluation import plots
 from ..provenance import command_line, provenance
 from ..report import OutputError, atomic_write, check_writable, format_table, write_json
-from ..training.rundir import RUN_FILES
+from ..training.rundir import RUN_FILES, RunLock
 from .commands import load_dataset, run_compress, run_eval, run_train
 from .options import config_from
 
@@ -29,7 +29,13 @@ def cmd_demo(args) -> int:
             f"got {args.epochs}"
         )
     args.data, args.data_dir = "digits", None
-    _check_demo_folder(out)
+    check_writable(out, "--out", files=("demo.json", *RUN_FILES))
+    with RunLock(out):  # one demo at a time in a folder
+        return _demo(args, out, t_all)
+
+
+def _demo(args, out: pathlib.Path, t_all: float) -> int:
+    _claim_demo_folder(out)
     args.overwrite = True  # the demo replaces its own runs (runs/demo by default)
     dataset = load_dataset(args)
     threads = torch.get_num_threads()
@@ -73,12 +79,12 @@ DEMO_MARK = ".contnet-demo"
 _DEMO_RUNS = ("refined", "direct")
 
 
-def _check_demo_folder(out: pathlib.Path) -> None:
+def _claim_demo_folder(out: pathlib.Path) -> None:
     """The demo replaces what an earlier demo wrote into ``out`` (finished or killed), and
     nothing else: a folder holding another run (a ``contnet train`` run's files in ``out``
-    or in the demo's run folders, and no sign of a demo) is refused. The folder is checked
-    writable and marked as the demo's before any work."""
-    check_writable(out, "--out", files=("demo.json", *RUN_FILES))
+    or in the demo's run folders, and no sign of a demo) is refused. Before any work the
+    folder is marked as the demo's and an earlier demo's summary and reports are removed,
+    so that a demo stopped midway never leaves a summary of runs it has replaced."""
     theirs = [
         str(d.relative_to(out) / f)
         for d in (out, *(out / r for r in _DEMO_RUNS))
@@ -92,6 +98,8 @@ def _check_demo_folder(out: pathlib.Path) -> None:
             "would replace its files; choose another --out"
         )
     atomic_write(out / DEMO_MARK, lambda f: f.write_text(command_line() + "\n"))
+    for name in ("demo.json", *RUN_FILES):  # the demo's own files in OUT (its runs below)
+        (out / name).unlink(missing_ok=True)
 
 
 def _training(args, dataset, out):

@@ -192,11 +192,13 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print(
-            f"\n{command}: interrupted; what was written stays intact (a training run's last "
-            "checkpoint too: --resume continues it)",
-            file=sys.stderr,
-        )
+        then = {
+            "demo": "; run it again to start the demo over (it replaces its own runs)",
+            "train": " (the run's last checkpoint too: --resume continues it)",
+            "study": " (each run's last checkpoint too: --resume continues them)",
+            "reproduce": " (each run's last checkpoint too: --resume continues them)",
+        }.get(args.command, "")
+        print(f"\n{command}: interrupted; what was written stays intact{then}", file=sys.stderr)
         return 130
     except (CheckpointError, DivergenceError, OutputError, StalledError) as e:
         raise SystemExit(f"{command}: {e}") from None

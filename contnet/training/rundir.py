@@ -15,11 +15,10 @@ import fcntl
 import json
 import os
 import pathlib
-import re
 import socket
 
 from ..provenance import command_line
-from ..report import OutputError, check_writable
+from ..report import OutputError, check_writable, is_leftover
 
 __all__ = [
     "EVAL_FILES",
@@ -46,30 +45,18 @@ RUN_FILES = (
 #: what eval writes beside a checkpoint
 EVAL_FILES = ("eval.json", "manifestations.png", "corruptions.json", "corruptions.png")
 LOCK = ".lock"
-#: a file being written atomically: ``.NAME.tmp-PID`` beside ``NAME``
-_PARTIAL = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def leftovers(folder, *, remove: bool = True) -> list[pathlib.Path]:
-    """The files a writer killed mid-write left in ``folder`` (``.NAME.tmp-PID`` whose
-    process is gone), removed unless ``remove`` is false; the previous ``NAME`` is intact."""
+    """The files a writer killed mid-write left in ``folder`` (:func:`contnet.report.is_leftover`:
+    contnet's temporary files of a process of this host that is gone), removed unless
+    ``remove`` is false; the previous ``NAME`` is intact."""
     folder = pathlib.Path(folder)
     found = []
     if not folder.is_dir():
         return found
     for p in sorted(folder.iterdir()):
-        m = _PARTIAL.match(p.name)
-        if m and int(m["pid"]) != os.getpid() and not _alive(int(m["pid"])):
+        if is_leftover(p.name):
             found.append(p)
             if remove:
                 with contextlib.suppress(FileNotFoundError):
@@ -164,13 +151,21 @@ def _describe_run(folder: pathlib.Path, files: list[str]) -> str:
 def prepare_run(folder, *, resume: bool, overwrite: bool, log=print) -> RunLock:
     """Before any work: ``folder`` checked writable, locked, cleared of a killed writer's
     partial files (each reported), and refused if it holds a run that is neither resumed
-    nor to be overwritten (``overwrite`` removes that run's files). Returns the held lock."""
+    nor to be overwritten (``overwrite`` removes that run's files), or a run's files
+    without a checkpoint to resume from unless ``overwrite``. Returns the held lock."""
     folder = check_writable(folder, files=RUN_FILES)
     lock = RunLock(folder).acquire()
     try:
         for p in leftovers(folder):
             log(f"removed {p.name}, a file left half-written by a run that was killed")
         present = [f for f in RUN_FILES if (folder / f).exists()]
+        resumable = (folder / "checkpoint.pt").exists()
+        if present and not resumable and not overwrite:
+            # nothing to continue: --resume would start afresh over the files there
+            raise OutputError(
+                f"{folder} holds a run's files ({', '.join(present)}) but no checkpoint.pt "
+                "to resume from: pass --overwrite to replace them, or choose another --out"
+            )
         if present and not resume and not overwrite:
             raise OutputError(
                 f"{folder} holds a run ({_describe_run(folder, present)}): pass --resume to "

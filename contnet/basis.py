@@ -107,6 +107,15 @@ class Basis:
         n = self.n_cells
         return [k / n for k in range(n + 1)]
 
+    def jumps_and_kinks(self) -> tuple[list[float], list[float]]:
+        """The interior edges of the pieces as ``(jumps, kinks)``: where ``theta(t)`` jumps
+        (``piecewise_constant``, ``piecewise_linear``) or only its slope does
+        (``fem_linear``); ``legendre`` has none. Adaptive steps land on them."""
+        inner = self.breakpoints()[1:-1]
+        if self.family == "fem_linear":
+            return [], inner
+        return (inner if self.family != "legendre" else []), []
+
     # ------------------------------------------------------------------ evaluation
     def coefficients(self, t: float) -> tuple[tuple[int, float], ...]:
         """Non-zero ``(k, phi_k(t))`` pairs at one time (plain floats)."""

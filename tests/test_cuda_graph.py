@@ -13,6 +13,9 @@ def test_cuda_graph_refuses_what_it_cannot_capture():
         contnet.cuda_graph(net, torch.randn(2, 1, 8, 8))
     with pytest.raises(TypeError, match="module must be an nn.Module"):
         contnet.cuda_graph(lambda x: x, torch.randn(2))
+    net.stages[1].scheme, net.stages[1].rtol = "dopri5", 1e-3
+    with pytest.raises(ValueError, match=r"block\(s\) stages.1 step to a tolerance \(rtol\)"):
+        contnet.cuda_graph(net, torch.randn(2, 1, 8, 8))
 
 
 @pytest.mark.cuda

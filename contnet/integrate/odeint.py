@@ -110,7 +110,9 @@ def odeint(
             :mod:`contnet.integrate.adaptive`). The controller runs without gradients and
             records the accepted steps; with gradients enabled the steps on that grid are
             taken again, differentiated as fixed steps in the ``backprop`` mode (so under
-            ``torch.no_grad`` the solve is one pass, with gradients two). ``n_steps`` and
+            ``torch.no_grad`` the solve is one pass, with gradients two). With
+            ``recompute`` the controller's pass runs inside it and the steps are always
+            taken again (batch statistics count the accepted steps once). ``n_steps`` and
             ``trajectory`` are fixed-step options.
         controller: a :class:`contnet.integrate.Controller` (PI by default;
             ``Controller.integral()`` is torchdiffeq's; first step, ``max_steps``,
@@ -152,10 +154,12 @@ def odeint(
         ctrl = adaptive.Controller() if controller is None else controller
         if not isinstance(ctrl, adaptive.Controller):
             raise TypeError(f"controller must be a Controller, got {type(ctrl).__name__}")
-        x1, grid, counts = adaptive.solve(f, x0, sch, t0, t1, rtol, atol, ctrl, jump_t, kink_t)
+        again = torch.is_grad_enabled() or recompute is not None
+        with recompute() if again and recompute is not None else contextlib.nullcontext():
+            x1, grid, counts = adaptive.solve(f, x0, sch, t0, t1, rtol, atol, ctrl, jump_t, kink_t)
         if stats is not None:
             stats.update(counts, steps=grid)
-        if not torch.is_grad_enabled():
+        if not again:
             return x1
         stepper = adaptive.GridStepper(f, sch, grid)
     else:

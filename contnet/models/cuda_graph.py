@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..block import ContinuousBlock
+
 
 class GraphedInference:
     """Inference of a module replayed from a captured CUDA graph (see :func:`cuda_graph`)."""
@@ -48,10 +50,22 @@ def cuda_graph(
     mode; its manifestation (``scheme``, ``n_steps``) and weights' storage are fixed at
     capture (capture again after changing them; weights updated in place are seen).
     ``copy_output=False`` returns the graph's own output buffer, overwritten by the next
-    call.
+    call. A block that steps to a tolerance (``rtol``) is refused: its steps, and the host
+    reads that choose them, depend on the input.
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
+    adaptive = [
+        n or "(the module)"
+        for n, m in module.named_modules()
+        if isinstance(m, ContinuousBlock) and m.rtol is not None
+    ]
+    if adaptive:
+        raise ValueError(
+            f"cuda_graph captures fixed work, but block(s) {', '.join(adaptive)} "
+            "step to a tolerance (rtol), whose steps depend on the input: set their rtol to "
+            "None and a scheme and n_steps to capture"
+        )
     if not isinstance(example, torch.Tensor) or example.device.type != "cuda":
         raise ValueError("cuda_graph needs an example input on a CUDA device")
     if module.training:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch._C._functorch import is_functorch_wrapped_tensor
-from torch.utils._pytree import tree_leaves
 
-from . import ops, schemes
-from .integrate import BACKPROP_MODES, odeint, rate_times
-from .nn import (
+from .. import ops, schemes
+from ..integrate import BACKPROP_MODES, adaptive, odeint, rate_times
+from ..nn import (
     PassSplitUnit,
     SplitUnit,
     TimeScalar,
@@ -19,8 +18,8 @@ from .nn import (
     frozen_batch_stats,
     node_layout_like,
     reads_weights_ahead,
-    recompute_hazards,
 )
+from .arguments import check_replayable, keyword_tensors
 
 __all__ = ["ContinuousBlock", "blocks_of"]
 
@@ -40,6 +39,16 @@ class ContinuousBlock(nn.Module):
     ``scheme="lm"`` (LM-ResNet) gives the block a learnable ``k(t)`` (``block.lm``, in the
     unit's basis, refined and projected with it).
 
+    ``rtol`` (and ``atol``, default ``rtol``), settable like ``scheme``: adaptive steps to
+    that tolerance with an embedded pair as ``scheme`` (``dopri5``, ``tsit5``, ``bosh3``,
+    ``heun_euler``) instead of ``n_steps`` fixed ones; steps land on the basis's cell
+    edges (jumps of ``piecewise_constant`` and ``piecewise_linear`` weights, kinks of
+    ``fem_linear``'s) and never cross one. ``controller``: a
+    :class:`contnet.integrate.Controller`. A pass with gradients takes the accepted steps
+    again as fixed steps, differentiated in the ``backprop`` mode; batch-norm statistics
+    count the accepted steps once. ``last_stats``: the last forward's rate
+    ``evaluations``, ``accepted`` and ``rejected`` steps.
+
     Example::
 
         unit = contnet.ConvUnit(16, n_basis=4, norm="batch")
@@ -48,7 +57,17 @@ class ContinuousBlock(nn.Module):
         block.scheme, block.n_steps = "euler", 16             # another manifestation
     """
 
-    def __init__(self, unit: Unit, *, scheme="rk4", n_steps: int | None = None, backprop="direct"):
+    def __init__(
+        self,
+        unit: Unit,
+        *,
+        scheme="rk4",
+        n_steps: int | None = None,
+        backprop="direct",
+        rtol=None,
+        atol=None,
+        controller=None,
+    ):
         super().__init__()
         if not callable(unit):
             raise TypeError(f"unit must be callable as unit(t, x), got {type(unit).__name__}")
@@ -68,6 +87,10 @@ class ContinuousBlock(nn.Module):
             n_steps = unit.n_basis
         self.n_steps = n_steps
         self.backprop = backprop
+        self.rtol, self.atol, self.controller = rtol, atol, controller
+        self.last_stats: dict | None = None
+        if rtol is not None:
+            adaptive.pair_of(self.scheme)
 
     @property
     def scheme(self):
@@ -89,6 +112,33 @@ class ContinuousBlock(nn.Module):
     @n_steps.setter
     def n_steps(self, value: int):
         self._n_steps = schemes.check_n_steps(value)
+
+    @property
+    def rtol(self) -> float | None:
+        return self._rtol
+
+    @rtol.setter
+    def rtol(self, value):
+        self._rtol = None if value is None else adaptive.check_tolerances(value, None)[0]
+
+    @property
+    def atol(self) -> float | None:
+        """``atol`` as set (None: ``rtol``'s value)."""
+        return self._atol
+
+    @atol.setter
+    def atol(self, value):
+        self._atol = None if value is None else adaptive.check_tolerances(1.0, value)[1]
+
+    @property
+    def controller(self):
+        return self._controller
+
+    @controller.setter
+    def controller(self, value):
+        if value is not None and not isinstance(value, adaptive.Controller):
+            raise TypeError(f"controller must be a Controller or None, got {type(value).__name__}")
+        self._controller = value
 
     @property
     def backprop(self) -> str:
@@ -134,12 +184,14 @@ class ContinuousBlock(nn.Module):
         )
 
     def _integrate(self, x, kwargs, layout):
+        if self.rtol is None and self.atol is not None:
+            raise ValueError(f"atol={self.atol} is set without rtol: set rtol for adaptive steps")
         rate = self._rate(x, kwargs, layout)
         kw = {}
         if isinstance(schemes.get(self.scheme), schemes.LMResNet):
             kw["lm_k"] = self.lm.at(rate_times(self.scheme, self.n_steps))
         if self.backprop != "direct" and torch.is_grad_enabled():
-            _check_replayable(self.unit, self.backprop)
+            check_replayable(self.unit, self.backprop)
         if self.backprop != "direct":
             # what the rate reads: the stage-weight table, and the unit's parameters that
             # are not behind it (a tensor and one computed from it must not both be listed)
@@ -149,14 +201,38 @@ class ContinuousBlock(nn.Module):
                 behind = {id(t) for t in _stacks(self.unit.basis_tensors())}
             params = tables + [p for p in self.unit.parameters() if id(p) not in behind]
             if torch.is_grad_enabled():
-                params += _keyword_tensors(kwargs, params)
+                params += keyword_tensors(kwargs, params)
             kw["params"] = params
             kw["recompute"] = lambda: frozen_batch_stats(self.unit)
+        if self.rtol is not None:
+            return self._adaptive(rate, x, kw)
+        self.last_stats = _fixed_stats(schemes.get(self.scheme), self.n_steps)
         return odeint(
             rate, x, scheme=self.scheme, n_steps=self.n_steps, backprop=self.backprop, **kw
         )
 
+    def _adaptive(self, rate, x, kw):
+        adaptive.pair_of(self.scheme)
+        jumps, kinks = self.unit.basis.jumps_and_kinks() if conforms(self.unit, Unit) else ([], [])
+        kw.pop("recompute", None)
+        if self.training:  # the controller's trial steps leave batch statistics alone
+            kw["recompute"] = lambda: frozen_batch_stats(self.unit)
+        stats = {}
+        out = odeint(
+            rate, x, scheme=self.scheme, backprop=self.backprop, rtol=self.rtol,
+            atol=self.atol, controller=self.controller, jump_t=jumps, kink_t=kinks,
+            stats=stats, **kw,
+        )  # fmt: skip
+        self.last_stats = {k: stats[k] for k in ("evaluations", "accepted", "rejected")}
+        return out
+
     def _rate(self, x, kwargs=None, layout=None):
+        if self.rtol is not None:  # stage times are not known ahead: each reads its own
+            unit = self.unit
+            return unit if not kwargs else lambda t, x: unit(t, x, **kwargs)
+        return self._table_rate(x, kwargs, layout)
+
+    def _table_rate(self, x, kwargs=None, layout=None):
         """The rate for one forward pass: the unit reading its weights at every stage time
         from a table built up front. ``piecewise_constant`` weights are views of the nodes
         (``unbind``, no copy); other bases are interpolated for all stage times and all
@@ -235,7 +311,8 @@ class ContinuousBlock(nn.Module):
         return cache[key]
 
     def extra_repr(self) -> str:
-        return f"scheme={schemes.name_of(self.scheme)}, n_steps={self.n_steps}, backprop={self.backprop}"
+        steps = f"rtol={self.rtol}, atol={self.atol}" if self.rtol else f"n_steps={self.n_steps}"
+        return f"scheme={schemes.name_of(self.scheme)}, {steps}, backprop={self.backprop}"
 
 
 class StageRate:
@@ -270,94 +347,11 @@ class StageRate:
         return list(seen.values())
 
 
-def _check_replayable(unit, backprop: str) -> None:
-    """Refuse a unit whose state a step recomputed in backward would change again
-    (:func:`contnet.nn.recompute_hazards`): its gradients would not be the forward's."""
-    found = recompute_hazards(unit)
-    if found:
-        raise ValueError(
-            f"backprop={backprop!r} recomputes each step in backward, but {', '.join(found)} "
-            "updates its state at every call in training mode, so the recomputed steps "
-            "would use other weights than the forward pass did: use backprop='direct', or "
-            "put those modules in eval mode"
-        )
-
-
-def _keyword_tensors(kwargs, params) -> list:
-    """The tensors among the keyword arguments (at any depth of lists, tuples and dicts)
-    that need a gradient, for ``checkpoint``/``adjoint`` to differentiate (a conditioning
-    input, a cross-attention memory). One computed from a tensor of ``params`` (the unit's
-    own weights) is refused: its gradient would reach that tensor twice, once through the
-    step and once through its own history."""
-    for name, value in kwargs.items():
-        for leaf in tree_leaves(value):
-            if not isinstance(leaf, torch.Tensor) and _hides_grad(leaf):
-                raise ValueError(
-                    f"keyword argument {name!r} holds tensors that need a gradient inside a "
-                    f"{type(leaf).__name__}, which backprop='checkpoint'/'adjoint' cannot see "
-                    "to differentiate: pass them as tensors (alone, or in tuples, lists or "
-                    "dicts), or use backprop='direct'"
-                )
-    leaves = [t for t in tree_leaves(kwargs) if isinstance(t, torch.Tensor) and t.requires_grad]
-    if not leaves:
-        return []
-    listed = {id(p) for p in params}
-    out = {id(t): t for t in leaves if id(t) not in listed}
-    differentiated = [*params, *out.values()]
-    for name, t in _named_leaves(kwargs):
-        if id(t) in out and _reaches(t, [p for p in differentiated if p is not t]):
-            raise ValueError(
-                f"keyword argument {name!r} is computed from another tensor that "
-                "backprop='checkpoint'/'adjoint' differentiate (a parameter of the unit, or "
-                "another keyword argument), so its gradient would count twice: pass the "
-                "tensors it is computed from, or it detached, or use backprop='direct'"
-            )
-    return list(out.values())
-
-
-def _hides_grad(obj, depth: int = 3, seen=None) -> bool:
-    """Whether an object that is not a tensor (a dataclass, a module, any object with
-    attributes) holds, within ``depth`` levels of its attributes and containers, a tensor
-    that needs a gradient."""
-    seen = set() if seen is None else seen
-    if isinstance(obj, torch.Tensor):
-        return obj.requires_grad
-    if depth == 0 or id(obj) in seen or isinstance(obj, (str, bytes, int, float, type)):
-        return False
-    seen.add(id(obj))
-    if isinstance(obj, dict):
-        items = list(obj.values())
-    elif isinstance(obj, (list, tuple, set, frozenset)):
-        items = list(obj)
-    else:
-        items = list(getattr(obj, "__dict__", {}).values())
-        items += [getattr(obj, n) for n in getattr(type(obj), "__slots__", ()) if hasattr(obj, n)]
-    return any(_hides_grad(v, depth - 1, seen) for v in items)
-
-
-def _named_leaves(kwargs):
-    for name, value in kwargs.items():
-        for t in tree_leaves(value):
-            if isinstance(t, torch.Tensor):
-                yield name, t
-
-
-def _reaches(t: torch.Tensor, others: list) -> bool:
-    """Whether ``t``'s autograd history reads one of ``others`` (a leaf by its gradient
-    accumulator; a computed tensor by its place among its node's outputs)."""
-    leaves = {id(p) for p in others if p.grad_fn is None}
-    places = {(p.grad_fn, p.output_nr) for p in others if p.grad_fn is not None}
-    seen, stack = set(), list(t.grad_fn.next_functions) if t.grad_fn is not None else []
-    while stack:
-        node, nr = stack.pop()
-        if node is None or (node, nr) in seen:
-            continue
-        seen.add((node, nr))
-        var = getattr(node, "variable", None)  # an AccumulateGrad: a leaf tensor
-        if (var is not None and id(var) in leaves) or (node, nr) in places:
-            return True
-        stack.extend(node.next_functions)
-    return False
+def _fixed_stats(sch, n_steps: int) -> dict:
+    """Rate evaluations of ``n_steps`` fixed steps (ab2's first step is Heun's)."""
+    per = sch.stages
+    extra = 1 if isinstance(sch, schemes.AdamsBashforth2) else 0
+    return {"evaluations": per * n_steps + extra, "accepted": n_steps, "rejected": 0}
 
 
 def _stacks(groups) -> list:

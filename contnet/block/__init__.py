@@ -9,8 +9,6 @@ from torch._C._functorch import is_functorch_wrapped_tensor
 from .. import ops, schemes
 from ..integrate import BACKPROP_MODES, adaptive, odeint, rate_times
 from ..nn import (
-    PassSplitUnit,
-    SplitUnit,
     TimeScalar,
     Unit,
     conforms,
@@ -20,6 +18,7 @@ from ..nn import (
     reads_weights_ahead,
 )
 from .arguments import check_replayable, keyword_tensors
+from .stage_rate import StageRate
 
 __all__ = ["ContinuousBlock", "blocks_of"]
 
@@ -47,7 +46,9 @@ class ContinuousBlock(nn.Module):
     :class:`contnet.integrate.Controller`. A pass with gradients takes the accepted steps
     again as fixed steps, differentiated in the ``backprop`` mode; batch-norm statistics
     count the accepted steps once. ``last_stats``: the last forward's rate
-    ``evaluations``, ``accepted`` and ``rejected`` steps.
+    ``evaluations``, ``accepted`` and ``rejected`` steps. ``per_sample=True`` (inference):
+    every sample its own steps, leaving the batch when done
+    (:mod:`contnet.integrate.per_sample`); ``last_stats`` then holds a count per sample.
 
     Example::
 
@@ -67,6 +68,7 @@ class ContinuousBlock(nn.Module):
         rtol=None,
         atol=None,
         controller=None,
+        per_sample=False,
     ):
         super().__init__()
         if not callable(unit):
@@ -88,6 +90,7 @@ class ContinuousBlock(nn.Module):
         self.n_steps = n_steps
         self.backprop = backprop
         self.rtol, self.atol, self.controller = rtol, atol, controller
+        self.per_sample = per_sample
         self.last_stats: dict | None = None
         if rtol is not None:
             adaptive.pair_of(self.scheme)
@@ -129,6 +132,16 @@ class ContinuousBlock(nn.Module):
     @atol.setter
     def atol(self, value):
         self._atol = None if value is None else adaptive.check_tolerances(1.0, value)[1]
+
+    @property
+    def per_sample(self) -> bool:
+        return self._per_sample
+
+    @per_sample.setter
+    def per_sample(self, value):
+        if not isinstance(value, bool):
+            raise TypeError(f"per_sample must be a bool, got {value!r}")
+        self._per_sample = value
 
     @property
     def controller(self):
@@ -205,15 +218,18 @@ class ContinuousBlock(nn.Module):
             kw["params"] = params
             kw["recompute"] = lambda: frozen_batch_stats(self.unit)
         if self.rtol is not None:
-            return self._adaptive(rate, x, kw)
+            return self._adaptive(rate, x, kw, kwargs)
         self.last_stats = _fixed_stats(schemes.get(self.scheme), self.n_steps)
         return odeint(
             rate, x, scheme=self.scheme, n_steps=self.n_steps, backprop=self.backprop, **kw
         )
 
-    def _adaptive(self, rate, x, kw):
+    def _adaptive(self, rate, x, kw, kwargs):
         adaptive.pair_of(self.scheme)
-        jumps, kinks = self.unit.basis.jumps_and_kinks() if conforms(self.unit, Unit) else ([], [])
+        basis = self.unit.basis if conforms(self.unit, Unit) else None
+        jumps, kinks = basis.jumps_and_kinks() if basis is not None else ([], [])
+        if self.per_sample:
+            return self._sample_by_sample(rate, x, kwargs, basis, jumps, kinks)
         kw.pop("recompute", None)
         if self.training:  # the controller's trial steps leave batch statistics alone
             kw["recompute"] = lambda: frozen_batch_stats(self.unit)
@@ -224,6 +240,32 @@ class ContinuousBlock(nn.Module):
             stats=stats, **kw,
         )  # fmt: skip
         self.last_stats = {k: stats[k] for k in ("evaluations", "accepted", "rejected")}
+        return out
+
+    def _sample_by_sample(self, rate, x, kwargs, basis, jumps, kinks):
+        """Every sample its own steps (:mod:`contnet.integrate.per_sample`); with
+        ``piecewise_constant`` weights samples whose stages share a cell share a call."""
+        if self.training:
+            raise ValueError(
+                "per_sample=True is an inference mode: call block.eval() (a batch norm in "
+                "training mode normalises with its batch's statistics, which a sample's own "
+                "steps cannot share)"
+            )
+        if kwargs:
+            raise ValueError(
+                f"per_sample=True passes each step a part of the batch; keyword arguments "
+                f"({', '.join(kwargs)}) would need the same parts: use per_sample=False"
+            )
+        cells = None
+        if basis is not None and basis.family == "piecewise_constant":
+            cells = basis.breakpoints()[1:-1]
+        stats = {}
+        out = odeint(
+            rate, x, scheme=self.scheme, rtol=self.rtol, atol=self.atol,
+            controller=self.controller, jump_t=jumps, kink_t=kinks, per_sample=True,
+            cells=cells, stats=stats,
+        )  # fmt: skip
+        self.last_stats = stats
         return out
 
     def _rate(self, x, kwargs=None, layout=None):
@@ -313,38 +355,6 @@ class ContinuousBlock(nn.Module):
     def extra_repr(self) -> str:
         steps = f"rtol={self.rtol}, atol={self.atol}" if self.rtol else f"n_steps={self.n_steps}"
         return f"scheme={schemes.name_of(self.scheme)}, {steps}, backprop={self.backprop}"
-
-
-class StageRate:
-    """A unit as the rate of one forward pass from ``x``, reading its weights from a table
-    of every stage time (``{t: {"conv1": (W, b), ...}}``, or ``{t: (W, b)}`` for a layer),
-    and passing ``kwargs`` to every call. Keeps the unit's fusable tail."""
-
-    def __init__(self, unit: Unit, table, x, kwargs=None):
-        self.unit, self.table, self.kwargs = unit, table, kwargs or {}
-        self.fusable = conforms(unit, SplitUnit) and unit.fusable
-        # split(t, x) -> (y, bias, act, scale), the unit's tail apart (see integrate.rk)
-        self.split = None
-        kw = self.kwargs
-        if self.fusable and conforms(unit, PassSplitUnit):
-            self.split = unit.stage_split(table, x, **kw)
-        elif self.fusable:
-            self.split = lambda t, x: unit.split(t, x, weights=table[t], **kw)
-
-    def __call__(self, t, x):
-        if self.kwargs:
-            return self.unit(t, x, weights=self.table[t], **self.kwargs)
-        return self.unit(t, x, weights=self.table[t])
-
-    def tensors(self) -> list:
-        """Every distinct tensor of the table (the weights the rate reads)."""
-        seen = {}
-        for entry in self.table.values():
-            for ws in entry.values() if isinstance(entry, dict) else (entry,):
-                for w in ws:
-                    if w is not None:
-                        seen[id(w)] = w
-        return list(seen.values())
 
 
 def _fixed_stats(sch, n_steps: int) -> dict:

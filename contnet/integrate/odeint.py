@@ -21,6 +21,7 @@ from torch import nn
 from .. import ops, schemes
 from . import adaptive
 from .backprop import Stepwise
+from .per_sample import check_inference, solve_per_sample
 from .steppers import LMStepper, march, stepper_class, stepper_for
 
 __all__ = ["odeint", "rate_times", "BACKPROP_MODES"]
@@ -62,6 +63,8 @@ def odeint(
     jump_t=(),
     kink_t=(),
     stats=None,
+    per_sample=False,
+    cells=None,
 ) -> torch.Tensor:
     """Integrate ``dx/dt = f(t, x)`` from ``x(t0) = x0`` to ``t1`` in ``n_steps`` equal steps,
     or, with ``rtol``, in steps chosen to meet a tolerance.
@@ -123,7 +126,14 @@ def odeint(
             basis's.
         stats: a dict, filled with ``evaluations`` (rate evaluations), ``accepted`` and
             ``rejected`` steps and ``steps`` (the accepted ``(t, t_next, h)``) of an
-            adaptive solve.
+            adaptive solve; per sample (int64 tensors, no ``steps``) with ``per_sample``.
+        per_sample: with ``rtol``, every sample (along dim 0) its own steps, leaving the
+            batch at ``t1`` (:mod:`contnet.integrate.per_sample`): an inference mode,
+            refused where gradients are required; forward in time only.
+        cells: with ``per_sample``, the edges of the cells of time on which the rate is
+            constant in ``t`` (weights ``piecewise_constant`` in depth, the rate's only
+            dependence on time): samples whose stage times share a cell share one rate
+            call. Without it, samples share a call only at equal times.
 
     A stage at a step's right end (``c_i = 1``) receives the float just inside the step
     (the open-interval rule; see :func:`contnet.schemes.stage_times`).
@@ -137,8 +147,14 @@ def odeint(
     t0, t1 = schemes.check_interval(t0, t1)
     if backprop not in BACKPROP_MODES:
         raise ValueError(f"unknown backprop {backprop!r}; expected one of {list(BACKPROP_MODES)}")
-    if rtol is None and atol is None and (controller is not None or jump_t or kink_t):
-        raise ValueError("controller, jump_t and kink_t are options of adaptive steps: set rtol")
+    if rtol is None and atol is None and (controller is not None or jump_t or kink_t or per_sample):
+        raise ValueError(
+            "controller, jump_t, kink_t and per_sample are options of adaptive steps: set rtol"
+        )
+    if not isinstance(per_sample, bool):
+        raise TypeError(f"per_sample must be a bool, got {per_sample!r}")
+    if cells is not None and not per_sample:
+        raise ValueError("cells is an option of per_sample=True")
     if rtol is not None or atol is not None:
         jump_t, kink_t = _times("jump_t", jump_t), _times("kink_t", kink_t)
         if rtol is None:
@@ -154,6 +170,8 @@ def odeint(
         ctrl = adaptive.Controller() if controller is None else controller
         if not isinstance(ctrl, adaptive.Controller):
             raise TypeError(f"controller must be a Controller, got {type(ctrl).__name__}")
+        if per_sample:
+            return _per_sample(f, x0, sch, t0, t1, rtol, atol, ctrl, jump_t, kink_t, cells, stats)
         again = torch.is_grad_enabled() or recompute is not None
         with recompute() if again and recompute is not None else contextlib.nullcontext():
             x1, grid, counts = adaptive.solve(f, x0, sch, t0, t1, rtol, atol, ctrl, jump_t, kink_t)
@@ -201,3 +219,17 @@ def _times(name, ts) -> tuple[float, ...]:
     if not all(map(math.isfinite, out)):
         raise ValueError(f"{name} must be finite, got {ts!r}")
     return out
+
+
+def _per_sample(f, x0, sch, t0, t1, rtol, atol, ctrl, jump_t, kink_t, cells, stats):
+    if x0.dim() == 0:
+        raise ValueError("per_sample=True needs x0 with a batch dimension (dim 0)")
+    if t1 < t0:
+        raise ValueError(f"per_sample=True integrates forward in time, got t0={t0} > t1={t1}")
+    check_inference(x0, f)
+    if cells is not None:
+        cells = _times("cells", cells)
+    x1, counts = solve_per_sample(f, x0, sch, t0, t1, rtol, atol, ctrl, jump_t, kink_t, cells)
+    if stats is not None:
+        stats.update(counts)
+    return x1

@@ -207,3 +207,15 @@ def test_misuse_is_refused_by_name(kwargs, error, message):
 def test_controller_options_are_checked(kwargs, message):
     with pytest.raises((TypeError, ValueError), match=message):
         Controller(**kwargs)
+
+
+def test_the_integral_controller_takes_torchdiffeqs_steps():
+    """With torchdiffeq's embedded weights (Shampine's) contnet's integral controller takes
+    exactly torchdiffeq's steps: the same rate evaluations, the same solution to rounding."""
+    pytest.importorskip("torchdiffeq")
+    from contnet.bench.adaptive_bench import peer
+
+    for row in peer(rtols=(1e-3, 1e-6, 1e-8)):
+        mine = row["contnet_shampine_weights"]
+        assert mine["evaluations"] == row["torchdiffeq"]["evaluations"], row
+        assert mine["vs_torchdiffeq"] < 1e-9

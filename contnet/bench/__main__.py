@@ -1,16 +1,17 @@
-"""``python -m contnet.bench`` (or ``contnet bench``) ``[ops|block|inference|backprop]
+"""``python -m contnet.bench`` (or ``contnet bench``) ``[ops|block|inference|backprop|adaptive]
 [options]``: run one suite, or every suite with no name (see bench/README.md)."""
 
 import sys
 
 from ..report import OutputError
-from . import backprop_bench, block_bench, inference_bench, ops_bench
+from . import adaptive_bench, backprop_bench, block_bench, inference_bench, ops_bench
 
 SUITES = {
     "ops": ops_bench.main,
     "block": block_bench.main,
     "inference": inference_bench.inference_main,
     "backprop": backprop_bench.main,
+    "adaptive": adaptive_bench.main,
 }
 
 

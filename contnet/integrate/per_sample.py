@@ -169,7 +169,8 @@ def solve_per_sample(f, x0, tab, t0, t1, rtol, atol, ctrl: Controller, jump_t=()
                 have[A[ok & ~reuse]] = False
                 acc[good] += 1
             rej[A[~ok]] += 1
-            h[A] = hs * _factors(ctrl, ratio, previous[A], q)
+            grown = hs * _factors(ctrl, ratio, previous[A], q)
+            h[A] = np.where(ok & landed, np.maximum(grown, hA), grown)  # as in adaptive.solve
             previous[good] = np.maximum(ratio[ok], 1e-4)
             active = t < t1
     as_t = lambda v: torch.as_tensor(v, dtype=torch.int64)  # noqa: E731

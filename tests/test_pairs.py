@@ -137,3 +137,11 @@ def test_the_error_estimate_has_the_embedded_order(name):
     assert abs(slope - (tab.embedded_order + 1)) < 0.3, (slope, ests)
     # it estimates the embedded solution's true local error ever more closely
     assert math.isclose(ests[-1], lows[-1], rel_tol=0.1), (ests, lows)
+
+
+def test_a_tableau_in_floats_is_checked_to_the_floats_precision():
+    rows, b, c = [[0, 0], [2 / 3, 0]], [1 / 4, 3 / 4], [0, 2 / 3]  # 2/3 rounded to binary
+    ralston = schemes.ButcherTableau("my_ralston", rows, b, c, 2)
+    assert 0 < ralston.tolerance < 1e-13
+    with pytest.raises(ValueError, match="b misses the order-3 condition"):
+        schemes.ButcherTableau("my_ralston", rows, b, c, 3)

@@ -8,9 +8,12 @@ import pathlib
 
 from .. import ops, schemes
 from ..evaluation import (
+    RTOLS,
+    adaptive_table,
     apply_manifestation,
     compress,
     corruption_table,
+    fixed_evaluations,
     manifestation_table,
     metric_on,
     plots,
@@ -31,7 +34,13 @@ from ..training import (
 from ..training import data as data_lib
 from ..training.checkpoint_file import summary_path
 from .options import config_from
-from .tables import compress_table, corruption_tables, history_table, manifestation_tables
+from .tables import (
+    adaptive_rows,
+    compress_table,
+    corruption_tables,
+    history_table,
+    manifestation_tables,
+)
 
 
 def _who(args) -> str:
@@ -103,16 +112,36 @@ def cmd_train(args) -> int:
 
 
 def run_eval(
-    model, dataset, out: pathlib.Path, schemes_, steps, reference, log=print, device="cpu"
+    model,
+    dataset,
+    out: pathlib.Path,
+    schemes_,
+    steps,
+    reference,
+    log=print,
+    device="cpu",
+    rtols=RTOLS,
+    adaptive_scheme="dopri5",
 ) -> dict:
-
+    """The manifestation table and, for every rtol, the adaptive rows (batch-shared and
+    per input) with the accuracy against rate evaluations plotted beside the fixed steps'."""
     table = manifestation_table(
         model, dataset.x_test, dataset.y_test, schemes_, steps, reference, device=device
     )
     log(manifestation_tables(table))
+    written = ["eval.json", "manifestations.png"]
+    if rtols:
+        adaptive = adaptive_table(model, dataset.x_test, dataset.y_test, rtols, adaptive_scheme,
+                                  reference, device=device)  # fmt: skip
+        table["adaptive"] = adaptive
+        log("\n" + adaptive_rows(adaptive))
+        cost = {s: {n: fixed_evaluations(model, s, n) for n in steps} for s in table["rows"]}
+        table["fixed_evaluations"] = {schemes.name_of(s): c for s, c in cost.items()}
+        plots.accuracy_vs_evaluations(table, adaptive, cost, out / "accuracy_evaluations.png")
+        written.append("accuracy_evaluations.png")
     write_json(out / "eval.json", table)
     plots.manifestation_heatmap(table, out / "manifestations.png")
-    log(f"-> {out}/eval.json, manifestations.png")
+    log(f"-> {out}/{', '.join(written)}")
     return table
 
 
@@ -163,6 +192,8 @@ def cmd_eval(args) -> int:
             args.steps,
             reference,
             device=args.device,
+            rtols=args.rtols,
+            adaptive_scheme=args.adaptive_scheme,
         )
     except ValueError as e:  # a scheme the model cannot take (lm without its learned k)
         raise SystemExit(f"contnet eval: {e}") from None

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..argtypes import fraction, nonnegative_float, positive_int
+from .. import schemes
+from ..argtypes import fraction, nonnegative_float, positive_float, positive_int
+from ..evaluation import RTOLS
 from ..report import describe_os_error
 from ..training import CheckpointError, DivergenceError, OutputError, StalledError, presets
 from ..training.presets import PRESETS
@@ -91,6 +93,20 @@ def _eval(sub) -> None:
     )
     e.add_argument(
         "--corruption-seed", type=int, default=0, help="seed of the corruptions (default 0)"
+    )
+    e.add_argument(
+        "--rtols",
+        type=positive_float,
+        nargs="*",
+        default=list(RTOLS),
+        help="tolerances of the adaptive rows, batch-shared and per input (default 1e-1 ... "
+        "1e-5; none: no adaptive rows); with accuracy_evaluations.png",
+    )
+    e.add_argument(
+        "--adaptive-scheme",
+        choices=list(schemes.PAIRS),
+        default="dopri5",
+        help="the embedded pair of the adaptive rows (default dopri5)",
     )
     e.add_argument("--out", default=None, help="output folder (default: the checkpoint's)")
     add_device(e)

@@ -81,3 +81,23 @@ def corruption_tables(table) -> str:
         + f"\nclean {100 * table['clean']:.2f}%  mean corruption accuracy "
         f"{100 * table['mean_corruption_accuracy']:.2f}%"
     )
+
+
+def adaptive_rows(adaptive) -> str:
+    """The adaptive rows of ``contnet eval``: per rtol and mode, accuracy, drift, rate
+    evaluations per input (mean, max) and wall time."""
+    has_acc = "accuracy" in adaptive["rows"][0]
+    rows = [
+        [f"{r['rtol']:.0e}", r["mode"]]
+        + ([f"{100 * r['accuracy']:.2f}"] if has_acc else [])
+        + [
+            f"{r['drift']:.1e}",
+            f"{r['evaluations_mean']:.1f}",
+            r["evaluations_max"],
+            f"{r['wall_s']:.2f}",
+        ]  # fmt: skip
+        for r in adaptive["rows"]
+    ]
+    head = ["rtol", "mode"] + (["accuracy (%)"] if has_acc else [])
+    head += ["drift", "evals/input", "max", "wall (s)"]
+    return f"{adaptive['scheme']} to a tolerance (atol = rtol / 100)\n" + format_table(rows, head)

@@ -1,6 +1,8 @@
-"""A trained model evaluated: its manifestations (schemes x step counts, drift, order),
+"""A trained model evaluated: its manifestations (schemes x step counts, drift, order; and
+to tolerances, batch-shared and per input),
 its accuracy on corrupted images, compression into cheaper ones, and plots."""
 
+from .adaptive_depth import RTOLS, adaptive_table, fixed_evaluations
 from .candidates import named_blocks
 from .compression import accuracy, apply_manifestation, compress, measure_latency, metric_on
 from .corruptions import CORRUPTIONS, SEVERITIES, corrupt, corruption_table
@@ -15,6 +17,9 @@ from .manifestation import (
 )
 
 __all__ = [
+    "RTOLS",
+    "adaptive_table",
+    "fixed_evaluations",
     "CORRUPTIONS",
     "SEVERITIES",
     "CORRUPTION_VERSION",

@@ -141,3 +141,27 @@ def corruption_heatmap(table: dict, path) -> pathlib.Path:
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def accuracy_vs_evaluations(table: dict, adaptive: dict, model_evals: dict, path) -> pathlib.Path:
+    """Test accuracy against rate evaluations per input: every fixed manifestation of a
+    :func:`contnet.evaluation.manifestation_table` (``model_evals[scheme][n]`` its cost) as
+    a line per scheme, and the adaptive rows of a
+    :func:`contnet.evaluation.adaptive_table`, batch-shared and per input, labelled by rtol."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for scheme, row in table["rows"].items():
+        steps = list(row["accuracy"])
+        ax.plot([model_evals[scheme][n] for n in steps], [100 * row["accuracy"][n] for n in steps],
+                marker="o", ms=3, label=f"{scheme}, fixed steps")  # fmt: skip
+    for mode, marker in (("shared", "s"), ("per_input", "^")):
+        rows = [r for r in adaptive["rows"] if r["mode"] == mode]
+        xs, ys = [r["evaluations_mean"] for r in rows], [100 * r["accuracy"] for r in rows]
+        ax.plot(xs, ys, marker=marker, ls="--", label=f"{adaptive['scheme']} to rtol, {mode}")
+        for r, xv, yv in zip(rows, xs, ys):
+            ax.annotate(f"{r['rtol']:.0e}", (xv, yv), fontsize=7, xytext=(3, -9),
+                        textcoords="offset points")  # fmt: skip
+    ax.set(xscale="log", xlabel="rate evaluations per input (all blocks; mean)",
+           ylabel="test accuracy (%)", title="accuracy against depth")  # fmt: skip
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)

@@ -115,8 +115,10 @@ class ButcherTableau:
 
     The constructor checks that ``A`` is strictly lower triangular, that each row of ``A``
     sums to its ``c_i``, that the weights sum to one, and the order conditions of ``b`` up
-    to ``order`` and of ``bhat`` up to ``embedded_order``, in exact fractions (to within
-    ``tolerance``, zero by default: a tableau published in decimals states its digits).
+    to ``order`` and of ``bhat`` up to ``embedded_order``, in exact fractions, to within
+    ``tolerance``: by default zero for a tableau of ints and fractions and a few units in
+    the last place of float64 for one given in floats; a tableau published in decimals
+    states its digits.
     """
 
     name: str
@@ -127,7 +129,7 @@ class ButcherTableau:
     description: str = ""
     exact_bhat: tuple[Fraction, ...] | None = None
     embedded_order: int | None = None
-    tolerance: Fraction = Fraction(0)
+    tolerance: Fraction | None = None
     a: tuple[tuple[float, ...], ...] = field(init=False, repr=False, compare=False)
     b: tuple[float, ...] = field(init=False, repr=False, compare=False)
     c: tuple[float, ...] = field(init=False, repr=False, compare=False)
@@ -156,7 +158,7 @@ class ButcherTableau:
             raise ValueError(f"tableau {name!r}: weights b sum to {sum(b)}, expected 1")
         if not (isinstance(self.order, int) and self.order >= 1):
             raise ValueError(f"tableau {name!r}: order must be a positive int")
-        tol = _frac(self.tolerance)
+        tol = self._tolerance()
         _check_order(name, "b", a, b, self.order, tol)
         bhat = self._check_pair(a, b, tol)
         object.__setattr__(self, "exact_a", a)
@@ -168,6 +170,20 @@ class ButcherTableau:
         object.__setattr__(self, "c", tuple(float(v) for v in c))
         # c_i as (numerator, denominator): stage times in integer arithmetic (traceable)
         object.__setattr__(self, "_c_ratios", tuple((v.numerator, v.denominator) for v in c))
+
+    def _tolerance(self) -> Fraction:
+        """Zero for a tableau of exact numbers (ints, fractions); a few units in the last
+        place of float64 for one given in floats, whose entries are the nearest binary
+        fractions of the intended ones (``2 / 3``); else as given."""
+        if self.tolerance is not None:
+            tol = _frac(self.tolerance)
+            object.__setattr__(self, "tolerance", tol)
+            return tol
+        given = [*(v for row in self.exact_a for v in row), *self.exact_b, *self.exact_c]
+        given += list(self.exact_bhat or ())
+        tol = Fraction(1, 2**45) if any(isinstance(v, float) for v in given) else Fraction(0)
+        object.__setattr__(self, "tolerance", tol)
+        return tol
 
     def _check_pair(self, a, b, tol):
         name, s = self.name, len(b)

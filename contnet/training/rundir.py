@@ -38,12 +38,19 @@ RUN_FILES = (
     "theta.png",
     "eval.json",
     "manifestations.png",
+    "accuracy_evaluations.png",
     "corruptions.json",
     "corruptions.png",
     "compress.json",
 )
 #: what eval writes beside a checkpoint
-EVAL_FILES = ("eval.json", "manifestations.png", "corruptions.json", "corruptions.png")
+EVAL_FILES = (
+    "eval.json",
+    "manifestations.png",
+    "accuracy_evaluations.png",
+    "corruptions.json",
+    "corruptions.png",
+)
 LOCK = ".lock"
 
 

@@ -219,3 +219,38 @@ def test_the_integral_controller_takes_torchdiffeqs_steps():
         mine = row["contnet_shampine_weights"]
         assert mine["evaluations"] == row["torchdiffeq"]["evaluations"], row
         assert mine["vs_torchdiffeq"] < 1e-9
+
+
+def test_half_precision_zero_and_empty_states_and_non_finite_ones():
+    # the error norm in at least float32: a float16 state's 1/scale^2 overflowed
+    for dtype in (torch.float16, torch.bfloat16):
+        y = contnet.odeint(lambda t, x: -2 * x, torch.ones(3, dtype=dtype), scheme="dopri5",
+                           rtol=1e-3)  # fmt: skip
+        assert y.dtype == dtype and abs(y[0].item() - math.exp(-2)) < 5e-3
+    # a zero solution with atol = 0: zero error over zero scale counts as zero
+    zero = contnet.odeint(lambda t, x: -x, torch.zeros(3), scheme="dopri5", rtol=1e-6, atol=0.0)
+    assert torch.equal(zero, torch.zeros(3))
+    # nothing to integrate
+    for per_sample in (False, True):
+        with torch.no_grad():
+            out = contnet.odeint(lambda t, x: -x, torch.ones(0, 3), scheme="dopri5", rtol=1e-6,
+                                 per_sample=per_sample)  # fmt: skip
+        assert out.shape == (0, 3)
+    # a state that is not finite cannot meet a tolerance: refused, naming the samples
+    x = torch.ones(4, 3)
+    x[2, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"x0 has 1 non-finite value\(s\)"):
+        contnet.odeint(lambda t, x: -x, x, scheme="dopri5", rtol=1e-6)
+    with (
+        torch.no_grad(),
+        pytest.raises(ValueError, match=r"non-finite values in sample\(s\) \[2\]"),
+    ):
+        contnet.odeint(lambda t, x: -x, x, scheme="dopri5", rtol=1e-6, per_sample=True)
+
+
+def test_fixed_steps_fill_stats_too():
+    stats = {}
+    contnet.odeint(_linear, X0, scheme="ab2", n_steps=4, stats=stats)
+    assert stats == {"evaluations": 5, "accepted": 4, "rejected": 0}
+    contnet.odeint(_linear, X0, scheme="dopri5", n_steps=3, stats=stats)
+    assert stats == {"evaluations": 18, "accepted": 3, "rejected": 0}

@@ -301,9 +301,19 @@ def test_backprop_mode_errors():
             trajectory=True,
         )
     x = torch.randn(2, dtype=torch.float64, requires_grad=True)
-    out = contnet.odeint(lambda t, x: torch.sin(x), x, backprop="adjoint", n_steps=2)
+    out = contnet.odeint(lambda t, x: torch.sin(x), x, backprop="adjoint", n_steps=2, params=[])
     with pytest.raises(RuntimeError, match="backprop='adjoint' takes no create_graph"):
         torch.autograd.grad(out.sum(), x, create_graph=True)
+    # a plain function's own tensors are out of sight: refused, not silently without gradients
+    lin = torch.nn.Linear(2, 2).double()
+    for mode in ("checkpoint", "adjoint"):
+        with pytest.raises(ValueError, match="f is a plain function, whose tensors it cannot see"):
+            contnet.odeint(lambda t, x: torch.tanh(lin(x)), x, backprop=mode, n_steps=2)
+        out = contnet.odeint(lambda t, x: torch.tanh(lin(x)), x, backprop=mode, n_steps=2,
+                             params=list(lin.parameters()))  # fmt: skip
+        out.sum().backward()
+        assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
+        lin.zero_grad()
 
 
 # ---------------------------------------------------------------------------- multistep

@@ -138,3 +138,14 @@ def test_per_sample_misuse_is_refused_by_name(kwargs, error, message):
         contnet.odeint(_rate, _batch(), scheme="dopri5", **kwargs)
     with torch.no_grad(), pytest.raises(ValueError, match="needs x0 with a batch dimension"):
         contnet.odeint(_rate, torch.tensor(1.0), scheme="dopri5", rtol=1e-3, per_sample=True)
+
+
+def test_a_half_precision_block_per_sample():
+    torch.manual_seed(0)
+    unit = contnet.ConvUnit(4, n_basis=2)
+    block = contnet.ContinuousBlock(unit, scheme="dopri5", rtol=1e-3, per_sample=True).eval()
+    block = block.to(torch.bfloat16)
+    with torch.no_grad():
+        y = block(torch.randn(3, 4, 5, 5).bfloat16())
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+    assert block.last_stats["evaluations"].shape == (3,)

@@ -144,7 +144,7 @@ def test_odeint_any_arguments(data):
     out = run(
         a,
         lambda: contnet.odeint(
-            f, x0, scheme=scheme, n_steps=n_steps, t0=t0, t1=t1, backprop=backprop
+            f, x0, scheme=scheme, n_steps=n_steps, t0=t0, t1=t1, backprop=backprop, params=[]
         ),
     )
     if out is not None:

@@ -307,9 +307,16 @@ def adaptive(device_="cpu", rounds=3, epochs=6) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="contnet bench adaptive", description=adaptive.__doc__)
-    p.add_argument("--device", type=device, default="cpu")
-    p.add_argument("--rounds", type=positive_int, default=3)
-    p.add_argument("--epochs", type=positive_int, default=6, help="training of the block")
+    p = argparse.ArgumentParser(
+        prog="contnet bench adaptive",
+        description="Adaptive steps against torchdiffeq's dopri5 (a test ODE; a trained "
+        "block without and with jump_t), per input against torchode, and an adaptive step "
+        "against a fixed one; results in adaptive-<device>.json (see bench/README.md).",
+    )
+    p.add_argument("--device", type=device, default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--rounds", type=positive_int, default=3,
+                   help="interleaved timing rounds (default 3)")  # fmt: skip
+    p.add_argument("--epochs", type=positive_int, default=6,
+                   help="epochs of the block's training on digits (default 6)")  # fmt: skip
     a = p.parse_args(argv)
     adaptive(a.device, a.rounds, a.epochs)

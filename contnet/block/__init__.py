@@ -7,7 +7,7 @@ from torch import nn
 from torch._C._functorch import is_functorch_wrapped_tensor
 
 from .. import ops, schemes
-from ..integrate import BACKPROP_MODES, adaptive, odeint, rate_times
+from ..integrate import BACKPROP_MODES, adaptive, fixed_stats, odeint, rate_times
 from ..nn import (
     TimeScalar,
     Unit,
@@ -219,7 +219,7 @@ class ContinuousBlock(nn.Module):
             kw["recompute"] = lambda: frozen_batch_stats(self.unit)
         if self.rtol is not None:
             return self._adaptive(rate, x, kw, kwargs)
-        self.last_stats = _fixed_stats(schemes.get(self.scheme), self.n_steps)
+        self.last_stats = fixed_stats(self.scheme, self.n_steps)
         return odeint(
             rate, x, scheme=self.scheme, n_steps=self.n_steps, backprop=self.backprop, **kw
         )
@@ -355,13 +355,6 @@ class ContinuousBlock(nn.Module):
     def extra_repr(self) -> str:
         steps = f"rtol={self.rtol}, atol={self.atol}" if self.rtol else f"n_steps={self.n_steps}"
         return f"scheme={schemes.name_of(self.scheme)}, {steps}, backprop={self.backprop}"
-
-
-def _fixed_stats(sch, n_steps: int) -> dict:
-    """Rate evaluations of ``n_steps`` fixed steps (ab2's first step is Heun's)."""
-    per = sch.stages
-    extra = 1 if isinstance(sch, schemes.AdamsBashforth2) else 0
-    return {"evaluations": per * n_steps + extra, "accepted": n_steps, "rejected": 0}
 
 
 def _stacks(groups) -> list:

@@ -192,7 +192,7 @@ def cmd_eval(args) -> int:
             args.steps,
             reference,
             device=args.device,
-            rtols=args.rtols,
+            rtols=list(dict.fromkeys(args.rtols)),  # each once, in the order given
             adaptive_scheme=args.adaptive_scheme,
         )
     except ValueError as e:  # a scheme the model cannot take (lm without its learned k)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..block import blocks_of
-from ..schemes import get as get_scheme
+from ..integrate import fixed_stats
 
 __all__ = ["RTOLS", "adaptive_table", "fixed_evaluations"]
 
@@ -20,10 +20,8 @@ RTOLS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
 
 def fixed_evaluations(model: nn.Module, scheme, n_steps: int) -> int:
     """Rate evaluations per input of every block stepping ``n_steps`` fixed steps of
-    ``scheme`` (a multistep scheme's start included)."""
-    sch = get_scheme(scheme)
-    per_block = sch.stages * n_steps + (1 if sch.name == "ab2" else 0)
-    return per_block * len(blocks_of(model))
+    ``scheme`` (:func:`contnet.integrate.fixed_stats`, summed over the blocks)."""
+    return fixed_stats(scheme, n_steps)["evaluations"] * len(blocks_of(model))
 
 
 @torch.no_grad()

@@ -154,12 +154,12 @@ def accuracy_vs_evaluations(table: dict, adaptive: dict, model_evals: dict, path
         steps = list(row["accuracy"])
         ax.plot([model_evals[scheme][n] for n in steps], [100 * row["accuracy"][n] for n in steps],
                 marker="o", ms=3, label=f"{scheme}, fixed steps")  # fmt: skip
-    for mode, marker in (("shared", "s"), ("per_input", "^")):
+    for mode, marker, dy in (("shared", "s", 6), ("per_input", "^", -11)):
         rows = [r for r in adaptive["rows"] if r["mode"] == mode]
         xs, ys = [r["evaluations_mean"] for r in rows], [100 * r["accuracy"] for r in rows]
         ax.plot(xs, ys, marker=marker, ls="--", label=f"{adaptive['scheme']} to rtol, {mode}")
         for r, xv, yv in zip(rows, xs, ys):
-            ax.annotate(f"{r['rtol']:.0e}", (xv, yv), fontsize=7, xytext=(3, -9),
+            ax.annotate(f"{r['rtol']:.0e}", (xv, yv), fontsize=7, xytext=(3, dy),
                         textcoords="offset points")  # fmt: skip
     ax.set(xscale="log", xlabel="rate evaluations per input (all blocks; mean)",
            ylabel="test accuracy (%)", title="accuracy against depth")  # fmt: skip

@@ -4,11 +4,12 @@ Runge-Kutta step (``rk``), the step of each kind of scheme and the one stepping 
 tolerance (``adaptive``)."""
 
 from .adaptive import Controller
-from .odeint import BACKPROP_MODES, odeint, rate_times
+from .odeint import BACKPROP_MODES, fixed_stats, odeint, rate_times
 from .rk import check_rate, rk_step, split_of
 
 __all__ = [
     "Controller",
+    "fixed_stats",
     "odeint",
     "rate_times",
     "BACKPROP_MODES",

@@ -140,13 +140,42 @@ def _stage_times(c, t: float, t_next: float, h: float) -> list[float]:
     return out
 
 
+def scaled(v, scale, dims=None) -> torch.Tensor:
+    """The root mean square of ``v / scale`` (over every element, or ``dims``), in at least
+    float32: a half-precision tolerance's ``1 / scale**2`` overflows float16. A zero
+    ``v`` over a zero ``scale`` (a zero state with ``atol = 0``) counts as zero."""
+    wide = torch.promote_types(v.dtype, torch.float32)
+    v, scale = v.to(wide), scale.to(wide)
+    r = torch.where(v == 0, torch.zeros((), dtype=wide, device=v.device), v / scale)
+    r = r.pow(2)
+    return (r.mean() if dims is None else r.flatten(1).mean(1)).sqrt()
+
+
 def _error_size(err, x, x_next, rtol, atol) -> torch.Tensor:
     scale = torch.maximum(x.abs(), x_next.abs()).mul_(rtol).add_(atol)
-    return err.div(scale).pow(2).mean().sqrt()
+    return scaled(err, scale)
 
 
 def _norm(v, scale) -> float:
-    return v.div(scale).pow(2).mean().sqrt().item()
+    return scaled(v, scale).item()
+
+
+def check_finite_start(x0, per_sample: bool = False) -> None:
+    """A tolerance cannot be met on a state that is not finite: refuse it at the start,
+    naming the samples (along dim 0) in per-sample mode."""
+    bad = ~torch.isfinite(x0)
+    if per_sample:
+        rows = bad.flatten(1).any(1).nonzero().flatten().tolist() if x0.numel() else []
+        if rows:
+            raise ValueError(
+                f"x0 has non-finite values in sample(s) {rows[:10]}: no step of theirs can "
+                "meet a tolerance; drop them, or use fixed steps (n_steps)"
+            )
+    elif bad.any():
+        raise ValueError(
+            f"x0 has {int(bad.sum())} non-finite value(s): no step can meet a tolerance on "
+            "them; use fixed steps (n_steps), which carry them through"
+        )
 
 
 def _initial_step(f, x, k0, t, direction, q, rtol, atol) -> tuple[float, int]:
@@ -184,6 +213,9 @@ def solve(f, x0, tab, t0, t1, rtol, atol, controller: Controller, jump_t=(), kin
     err_terms = [i for i, w in enumerate(e) if w != 0.0]
     stats = {"evaluations": 0, "accepted": 0, "rejected": 0}
     steps: list[tuple[float, float, float]] = []
+    if x0.numel() == 0:  # nothing to integrate
+        return x0.clone(), [], stats
+    check_finite_start(x0)
     with torch.no_grad():
         t, x = t0, x0
         k_first = _first_rate(f, x, t, t1, stats)
@@ -202,6 +234,11 @@ def solve(f, x0, tab, t0, t1, rtol, atol, controller: Controller, jump_t=(), kin
                     f"(rtol={rtol}, atol={atol}): raise Controller.max_steps or the tolerances"
                 )
             h = max(h, ctrl.min_step)
+            if not math.isfinite(h):
+                raise RuntimeError(
+                    f"the step size is not finite at t={t!r}: the state or the rate is not "
+                    "finite there"
+                )
             t_next, landed = _next_stop(t, direction * h, t1, events, direction)
             hs = t_next - t if landed else direction * h
             if t + hs == t:

@@ -24,7 +24,7 @@ from .backprop import Stepwise
 from .per_sample import check_inference, solve_per_sample
 from .steppers import LMStepper, march, stepper_class, stepper_for
 
-__all__ = ["odeint", "rate_times", "BACKPROP_MODES"]
+__all__ = ["odeint", "rate_times", "fixed_stats", "BACKPROP_MODES"]
 
 BACKPROP_MODES = ("direct", "checkpoint", "adjoint")
 
@@ -126,7 +126,8 @@ def odeint(
             basis's.
         stats: a dict, filled with ``evaluations`` (rate evaluations), ``accepted`` and
             ``rejected`` steps and ``steps`` (the accepted ``(t, t_next, h)``) of an
-            adaptive solve; per sample (int64 tensors, no ``steps``) with ``per_sample``.
+            adaptive solve; per sample (int64 tensors, no ``steps``) with ``per_sample``;
+            of fixed steps, their counts.
         per_sample: with ``rtol``, every sample (along dim 0) its own steps, leaving the
             batch at ``t1`` (:mod:`contnet.integrate.per_sample`): an inference mode,
             refused where gradients are required; forward in time only.
@@ -184,6 +185,8 @@ def odeint(
         sch = schemes.get(scheme)
         n_steps = schemes.check_n_steps(n_steps)
         stepper = stepper_for(f, sch, n_steps, t0, t1, lm_k)
+        if stats is not None:
+            stats.update(fixed_stats(sch, n_steps))
     # torch.func transforms and forward-mode AD differentiate (or batch) the steps
     # themselves: as direct
     if (
@@ -204,11 +207,27 @@ def odeint(
             f"{sch.name!r} is multistep: use backprop='checkpoint'"
         )
     if params is None:
-        params = list(f.parameters()) if isinstance(f, nn.Module) else []
+        if not isinstance(f, nn.Module):
+            # a plain function's tensors are out of sight: their gradients would be lost
+            raise ValueError(
+                f"backprop={backprop!r} differentiates x0 and the tensors listed in params; f "
+                "is a plain function, whose tensors it cannot see: pass params=[...] (the "
+                "tensors f reads that need gradients; params=[] if none), or make f an "
+                "nn.Module"
+            )
+        params = list(f.parameters())
     params = [p for p in params if isinstance(p, torch.Tensor)]
     if isinstance(stepper, LMStepper) and stepper.coeffs.requires_grad:
         params.append(stepper.coeffs)
     return Stepwise.apply(stepper, backprop, recompute or contextlib.nullcontext, x0, *params)
+
+
+def fixed_stats(scheme, n_steps: int) -> dict:
+    """Rate evaluations, accepted and rejected steps of ``n_steps`` fixed steps of ``scheme``
+    (ab2's first step is Heun's: one evaluation more)."""
+    sch = schemes.get(scheme)
+    extra = 1 if isinstance(sch, schemes.AdamsBashforth2) else 0
+    return {"evaluations": sch.stages * n_steps + extra, "accepted": n_steps, "rejected": 0}
 
 
 def _times(name, ts) -> tuple[float, ...]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .adaptive import Controller
+from .adaptive import Controller, check_finite_start, scaled
 from .rk import check_rate
 
 __all__ = ["solve_per_sample"]
@@ -56,8 +56,9 @@ def _per_sample(v: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     return t.reshape((-1,) + (1,) * (like.dim() - 1))
 
 
-def _rms(v: torch.Tensor) -> torch.Tensor:
-    return v.pow(2).flatten(1).mean(1).sqrt()
+def _rms(v: torch.Tensor, scale: torch.Tensor) -> np.ndarray:
+    """Per sample, the root mean square of ``v / scale``, on the host (float64)."""
+    return scaled(v, scale, dims=1).cpu().double().numpy()
 
 
 def _stage_times(c: float, t: np.ndarray, t_next: np.ndarray, h: np.ndarray) -> np.ndarray:
@@ -69,12 +70,11 @@ def _stage_times(c: float, t: np.ndarray, t_next: np.ndarray, h: np.ndarray) -> 
 def _first_step(rate, who, t, x, k0, q, rtol, atol) -> np.ndarray:
     """Hairer's rule per sample (see :func:`contnet.integrate.adaptive._initial_step`)."""
     scale = x.abs().mul(rtol).add(atol)
-    d0 = _rms(x / scale).cpu().numpy()
-    d1 = _rms(k0 / scale).cpu().numpy()
+    d0, d1 = _rms(x, scale), _rms(k0, scale)
     small = (d0 < 1e-5) | (d1 < 1e-5)
     h0 = np.where(small, 1e-6, 0.01 * d0 / np.where(small, 1.0, d1))
     k1 = rate(who, t + h0, x + _per_sample(h0, x) * k0)
-    d2 = (_rms((k1 - k0) / scale).cpu().numpy()) / h0
+    d2 = _rms(k1 - k0, scale) / h0
     big = np.maximum(d1, d2)
     h1 = np.where(
         big <= 1e-15, np.maximum(1e-6, h0 * 1e-3), (0.01 / np.maximum(big, 1e-300)) ** (1.0 / q)
@@ -88,6 +88,10 @@ def solve_per_sample(f, x0, tab, t0, t1, rtol, atol, ctrl: Controller, jump_t=()
     Returns the final states and per-sample ``evaluations``, ``accepted`` and ``rejected``
     (int64 tensors of the batch size)."""
     B, q = x0.shape[0], tab.embedded_order + 1
+    if x0.numel() == 0:  # no sample, or samples of no elements
+        zero = torch.zeros(B, dtype=torch.int64)
+        return x0.clone(), {"evaluations": zero, "accepted": zero, "rejected": zero.clone()}
+    check_finite_start(x0, per_sample=True)
     events = sorted({float(s) for s in (*jump_t, *kink_t) if t0 < s < t1}) if ctrl.jumps else []
     ev = np.asarray(events + [t1], dtype=np.float64)
     jumps = np.asarray(sorted(float(s) for s in jump_t), dtype=np.float64) if ctrl.jumps else ev[:0]
@@ -112,7 +116,7 @@ def solve_per_sample(f, x0, tab, t0, t1, rtol, atol, ctrl: Controller, jump_t=()
             if over.size:
                 i = int(over[0])
                 raise RuntimeError(
-                    f"max_steps={ctrl.max_steps} reached by sample {i} at t={t[i]!r} of "
+                    f"max_steps={ctrl.max_steps} reached by sample {i} at t={float(t[i])!r} of "
                     f"[{t0}, {t1}] (rtol={rtol}, atol={atol}): raise Controller.max_steps or "
                     "the tolerances"
                 )
@@ -122,6 +126,12 @@ def solve_per_sample(f, x0, tab, t0, t1, rtol, atol, ctrl: Controller, jump_t=()
                 k_first.index_copy_(0, idx, rate(need, t[need], x.index_select(0, idx)))
                 have[need] = True
             tA, hA = t[A], np.maximum(h[A], ctrl.min_step)
+            if not np.isfinite(hA).all():
+                i = int(A[np.nonzero(~np.isfinite(hA))[0][0]])
+                raise RuntimeError(
+                    f"the step size of sample {i} is not finite at t={float(t[i])!r}: its state "
+                    "or the rate is not finite there"
+                )
             stop = ev[np.searchsorted(ev, tA, side="right")]
             landed = tA + hA >= stop
             t_next = np.where(landed, stop, tA + hA)
@@ -129,7 +139,7 @@ def solve_per_sample(f, x0, tab, t0, t1, rtol, atol, ctrl: Controller, jump_t=()
             if np.any(tA + hs == tA):
                 i = int(A[np.nonzero(tA + hs == tA)[0][0]])
                 raise RuntimeError(
-                    f"the step size of sample {i} fell to {float(h[i]):.3g} at t={t[i]!r}, below "
+                    f"the step size of sample {i} fell to {float(h[i]):.3g} at t={float(t[i])!r}, below "
                     "what float64 time resolves: its solution may blow up or not be finite there"
                 )
             idx = torch.as_tensor(A, device=x.device)
@@ -146,14 +156,14 @@ def solve_per_sample(f, x0, tab, t0, t1, rtol, atol, ctrl: Controller, jump_t=()
                 ks.append(rate(A, t_end, x_new))
             err = hv * sum(w * k for w, k in zip(e, ks) if w != 0.0)
             scale = torch.maximum(xA.abs(), x_new.abs()).mul_(rtol).add_(atol)
-            ratio = _rms(err / scale).cpu().numpy().astype(np.float64)  # the host read
+            ratio = _rms(err, scale)  # the host read
             ok = ratio <= 1.0
             failing = ~ok & (hs <= ctrl.min_step)
             if failing.any():
                 i = int(A[np.nonzero(failing)[0][0]])
                 raise RuntimeError(
                     f"a step of min_step={ctrl.min_step} fails the tolerance for sample {i} at "
-                    f"t={t[i]!r}: lower Controller.min_step or loosen rtol/atol"
+                    f"t={float(t[i])!r}: lower Controller.min_step or loosen rtol/atol"
                 )
             good = A[ok]
             if good.size:

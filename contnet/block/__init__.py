@@ -225,7 +225,6 @@ class ContinuousBlock(nn.Module):
         )
 
     def _adaptive(self, rate, x, kw, kwargs):
-        adaptive.pair_of(self.scheme)
         basis = self.unit.basis if conforms(self.unit, Unit) else None
         jumps, kinks = basis.jumps_and_kinks() if basis is not None else ([], [])
         if self.per_sample:
@@ -269,12 +268,6 @@ class ContinuousBlock(nn.Module):
         return out
 
     def _rate(self, x, kwargs=None, layout=None):
-        if self.rtol is not None:  # stage times are not known ahead: each reads its own
-            unit = self.unit
-            return unit if not kwargs else lambda t, x: unit(t, x, **kwargs)
-        return self._table_rate(x, kwargs, layout)
-
-    def _table_rate(self, x, kwargs=None, layout=None):
         """The rate for one forward pass: the unit reading its weights at every stage time
         from a table built up front. ``piecewise_constant`` weights are views of the nodes
         (``unbind``, no copy); other bases are interpolated for all stage times and all
@@ -282,10 +275,11 @@ class ContinuousBlock(nn.Module):
         ``checkpoint``/``adjoint`` backprop, where each step interpolates its own. No table
         where reading the weights ahead could differ from calling the unit at every stage
         (:func:`contnet.nn.reads_weights_ahead`: a forward pre-hook, a parametrization,
-        a subclass's own forward)."""
+        a subclass's own forward), nor with a tolerance, whose stage times are not known
+        ahead."""
         unit = self.unit
         plain = unit if not kwargs else lambda t, x: unit(t, x, **kwargs)
-        if not conforms(unit, Unit) or not reads_weights_ahead(unit):
+        if self.rtol is not None or not conforms(unit, Unit) or not reads_weights_ahead(unit):
             return plain
         basis = unit.basis
         if self.backprop != "direct" and basis.family != "piecewise_constant":

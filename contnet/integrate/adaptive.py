@@ -24,10 +24,11 @@ import math
 import numbers
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .. import ops, schemes
-from .rk import check_rate, rk_step
+from .rk import check_rate, rk_step, stage_rates, weighted
 from .steppers import RKStepper
 
 __all__ = ["Controller", "GridStepper", "check_tolerances", "solve"]
@@ -128,16 +129,16 @@ def check_tolerances(rtol, atol) -> tuple[float, float]:
     return float(rtol), float(atol)
 
 
+def stage_time(c: float, t, t_next, h):
+    """``t + c h`` in the step's half-open interval (the open-interval rule: the upper end
+    in forward time is read from just inside), for floats or arrays of samples."""
+    lo, hi = np.minimum(t, t_next), np.maximum(t, t_next)
+    s = t + c * h
+    return np.where(s >= hi, np.nextafter(hi, lo), np.maximum(s, lo))
+
+
 def _stage_times(c, t: float, t_next: float, h: float) -> list[float]:
-    """``t + c_i h``, each in the step's half-open interval (the open-interval rule: the
-    upper end in forward time is read from just inside)."""
-    lo, hi = min(t, t_next), max(t, t_next)
-    inside = math.nextafter(hi, lo)
-    out = []
-    for ci in c:
-        s = t + ci * h
-        out.append(inside if s >= hi else max(s, lo))
-    return out
+    return [float(stage_time(ci, t, t_next, h)) for ci in c]
 
 
 def scaled(v, scale, dims=None) -> torch.Tensor:
@@ -178,20 +179,34 @@ def check_finite_start(x0, per_sample: bool = False) -> None:
         )
 
 
+def trial_step(d0, d1):
+    """Hairer's rule (Hairer, Norsett & Wanner, II.4), first half: the trial step whose
+    first-order estimate is 1% of the scale, from the sizes ``d0`` of the state and ``d1``
+    of its rate (floats or arrays of samples)."""
+    small = (d0 < 1e-5) | (d1 < 1e-5)
+    return np.where(small, 1e-6, 0.01 * d0 / np.where(small, 1.0, d1))
+
+
+def first_step(h0, d1, d2, q: int):
+    """Hairer's rule, second half: the first step from the trial step ``h0`` and the size
+    ``d2`` of the rate's change over it per unit time."""
+    big = np.maximum(d1, d2)
+    h1 = np.where(
+        big <= 1e-15, np.maximum(1e-6, h0 * 1e-3), (0.01 / np.maximum(big, 1e-300)) ** (1.0 / q)
+    )
+    return np.minimum(100 * h0, h1)
+
+
 def _initial_step(f, x, k0, t, direction, q, rtol, atol) -> tuple[float, int]:
-    """Hairer's rule (Hairer, Norsett & Wanner, II.4): a step whose first-order estimate
-    is 1% of the scale, checked against the rate's change over a trial step."""
+    """Hairer's rule over the whole state: a trial step, checked against the rate's change
+    over it (one evaluation)."""
     scale = x.abs().mul(rtol).add(atol)
     d0, d1 = _norm(x, scale), _norm(k0, scale)
-    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+    h0 = float(trial_step(d0, d1))
     x1 = ops.combine_unchecked(x, [k0], direction * h0, [1.0])
     k1 = check_rate(f(t + direction * h0, x1), x, t + direction * h0)
     d2 = _norm(k1 - k0, scale) / h0
-    if max(d1, d2) <= 1e-15:
-        h1 = max(1e-6, h0 * 1e-3)
-    else:
-        h1 = (0.01 / max(d1, d2)) ** (1.0 / q)
-    return min(100 * h0, h1), 1
+    return float(first_step(h0, d1, d2, q)), 1
 
 
 def _events(jump_t, kink_t, t0, t1) -> tuple[list[float], set[float]]:
@@ -210,7 +225,6 @@ def solve(f, x0, tab, t0, t1, rtol, atol, controller: Controller, jump_t=(), kin
     q = tab.embedded_order + 1
     events, jumps = _events(jump_t, kink_t, t0, t1) if ctrl.jumps else ([], set())
     e = tab.error_weights
-    err_terms = [i for i, w in enumerate(e) if w != 0.0]
     stats = {"evaluations": 0, "accepted": 0, "rejected": 0}
     steps: list[tuple[float, float, float]] = []
     if x0.numel() == 0:  # nothing to integrate
@@ -246,15 +260,14 @@ def solve(f, x0, tab, t0, t1, rtol, atol, controller: Controller, jump_t=(), kin
                     f"the step size fell to {abs(hs):.3g} at t={t!r}, below what float64 time "
                     "resolves: the solution may blow up or not be finite there"
                 )
-            ks = _stages(f, x, k_first, t, t_next, hs, tab)
+            ks = stage_rates(f, x, _stage_times(tab.c, t, t_next, hs), hs, tab, first=k_first)
             stats["evaluations"] += tab.stages - 1
-            x_next = _combine(x, ks, hs, tab.b)
+            x_next = weighted(x, ks, hs, tab.b)
             if tab.fsal:
                 t_end = math.nextafter(t_next, t) if t_next in jumps else t_next
                 ks.append(check_rate(f(t_end, x_next), x, t_end))
                 stats["evaluations"] += 1
-            err = _combine(torch.zeros_like(x), [ks[i] for i in err_terms], hs,
-                           [e[i] for i in err_terms])  # fmt: skip
+            err = weighted(torch.zeros_like(x), ks, hs, e)
             ratio = _error_size(err, x, x_next, rtol, atol).item()  # the host read
             accepted = ratio <= 1.0
             if not accepted and abs(hs) <= ctrl.min_step:
@@ -306,21 +319,6 @@ def _next_stop(t, hd, t1, events, direction) -> tuple[float, bool]:
     if (target - t1) * direction >= 0:
         return t1, True
     return target, False
-
-
-def _stages(f, x, k_first, t, t_next, h, tab) -> list[torch.Tensor]:
-    times = _stage_times(tab.c, t, t_next, h)
-    ks = [k_first]
-    for i in range(1, tab.stages):
-        used = [(k, c) for k, c in zip(ks, tab.a[i][:i]) if c != 0.0]
-        xi = ops.combine_unchecked(x, [k for k, _ in used], h, [c for _, c in used])
-        ks.append(check_rate(f(times[i], xi), x, times[i]))
-    return ks
-
-
-def _combine(base, ks, h, weights) -> torch.Tensor:
-    used = [(k, w) for k, w in zip(ks, weights) if w != 0.0]
-    return ops.combine_unchecked(base, [k for k, _ in used], h, [w for _, w in used])
 
 
 class GridStepper(RKStepper):

@@ -20,7 +20,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .adaptive import Controller, check_finite_start, scaled
+from .adaptive import (
+    Controller,
+    check_finite_start,
+    first_step,
+    scaled,
+    stage_time,
+    trial_step,
+)
 from .rk import check_rate
 
 __all__ = ["solve_per_sample"]
@@ -30,8 +37,8 @@ class _Rate:
     """The rate evaluated for a set of samples at their own times, grouped (see the module
     doc); counts each sample's evaluations."""
 
-    def __init__(self, f, x, cells, evaluations):
-        self.f, self.x, self.evaluations = f, x, evaluations
+    def __init__(self, f, cells, evaluations):
+        self.f, self.evaluations = f, evaluations
         self.cells = None if cells is None else np.asarray(cells, dtype=np.float64)
 
     def __call__(self, who: np.ndarray, times: np.ndarray, xs: torch.Tensor) -> torch.Tensor:
@@ -61,25 +68,14 @@ def _rms(v: torch.Tensor, scale: torch.Tensor) -> np.ndarray:
     return scaled(v, scale, dims=1).cpu().double().numpy()
 
 
-def _stage_times(c: float, t: np.ndarray, t_next: np.ndarray, h: np.ndarray) -> np.ndarray:
-    s = t + c * h
-    inside = np.nextafter(t_next, t)  # the open-interval rule, forward in time
-    return np.where(s >= t_next, inside, np.maximum(s, t))
-
-
 def _first_step(rate, who, t, x, k0, q, rtol, atol) -> np.ndarray:
-    """Hairer's rule per sample (see :func:`contnet.integrate.adaptive._initial_step`)."""
+    """Hairer's rule per sample (:func:`contnet.integrate.adaptive.trial_step` and
+    :func:`~contnet.integrate.adaptive.first_step`)."""
     scale = x.abs().mul(rtol).add(atol)
     d0, d1 = _rms(x, scale), _rms(k0, scale)
-    small = (d0 < 1e-5) | (d1 < 1e-5)
-    h0 = np.where(small, 1e-6, 0.01 * d0 / np.where(small, 1.0, d1))
+    h0 = trial_step(d0, d1)
     k1 = rate(who, t + h0, x + _per_sample(h0, x) * k0)
-    d2 = _rms(k1 - k0, scale) / h0
-    big = np.maximum(d1, d2)
-    h1 = np.where(
-        big <= 1e-15, np.maximum(1e-6, h0 * 1e-3), (0.01 / np.maximum(big, 1e-300)) ** (1.0 / q)
-    )
-    return np.minimum(100 * h0, h1)
+    return first_step(h0, d1, _rms(k1 - k0, scale) / h0, q)
 
 
 def solve_per_sample(f, x0, tab, t0, t1, rtol, atol, ctrl: Controller, jump_t=(), kink_t=(),
@@ -96,7 +92,7 @@ def solve_per_sample(f, x0, tab, t0, t1, rtol, atol, ctrl: Controller, jump_t=()
     ev = np.asarray(events + [t1], dtype=np.float64)
     jumps = np.asarray(sorted(float(s) for s in jump_t), dtype=np.float64) if ctrl.jumps else ev[:0]
     evals, acc, rej = (np.zeros(B, dtype=np.int64) for _ in range(3))
-    rate = _Rate(f, x0, cells, evals)
+    rate = _Rate(f, cells, evals)
     e = tab.error_weights
     with torch.no_grad():
         x = x0.clone()
@@ -148,7 +144,7 @@ def solve_per_sample(f, x0, tab, t0, t1, rtol, atol, ctrl: Controller, jump_t=()
             ks = [k_first.index_select(0, idx)]
             for i in range(1, tab.stages):
                 inc = sum(a * k for a, k in zip(tab.a[i][:i], ks) if a != 0.0)
-                ks.append(rate(A, _stage_times(tab.c[i], tA, t_next, hs), xA + hv * inc))
+                ks.append(rate(A, stage_time(tab.c[i], tA, t_next, hs), xA + hv * inc))
             x_new = xA + hv * sum(b * k for b, k in zip(tab.b, ks) if b != 0.0)
             on_jump = np.isin(t_next, jumps)
             if tab.fsal:

@@ -97,16 +97,22 @@ def rk_step(f, x: torch.Tensor, times: list[float], h: float, tab: schemes.Butch
     split = split_of(f)
     if split is not None:
         return _rk_step_fused(split, x, times, h, tab)
-    ks: list[torch.Tensor] = []
-    for i in range(tab.stages):
-        if i == 0:
-            xi = x
-        else:
-            used = [(k, c) for k, c in zip(ks, tab.a[i][:i]) if c != 0.0]
-            xi = ops.combine_unchecked(x, [k for k, _ in used], h, [c for _, c in used])
+    return weighted(x, stage_rates(f, x, times, h, tab), h, tab.b)
+
+
+def stage_rates(f, x, times, h: float, tab, first=None) -> list[torch.Tensor]:
+    """The rates ``k_i`` of one step's stages at ``times`` (``first``: ``k_1``, if known)."""
+    ks: list[torch.Tensor] = [] if first is None else [first]
+    for i in range(len(ks), tab.stages):
+        xi = x if i == 0 else weighted(x, ks, h, tab.a[i][:i])
         ks.append(check_rate(f(times[i], xi), x, times[i]))
-    used = [(k, c) for k, c in zip(ks, tab.b) if c != 0.0]
-    return ops.combine_unchecked(x, [k for k, _ in used], h, [c for _, c in used])
+    return ks
+
+
+def weighted(base, ks, h: float, weights) -> torch.Tensor:
+    """``base + h sum_i w_i k_i`` over the non-zero weights."""
+    used = [(k, w) for k, w in zip(ks, weights) if w != 0.0]
+    return ops.combine_unchecked(base, [k for k, _ in used], h, [w for _, w in used])
 
 
 def _rk_step_fused(split, x, times, h, tab):

@@ -180,7 +180,7 @@ def cmd_eval(args) -> int:
     reference = reference_pair(args.reference)
     folder = args.out or pathlib.Path(args.checkpoint).parent
     out = check_writable(folder, "--out", files=rundir.EVAL_FILES)
-    _clear_leftovers(out)
+    rundir.leftovers(out, log=print)
     model, _ = model_from(args)
     dataset = load_dataset(args)
     try:
@@ -311,7 +311,7 @@ def run_compress(
 def cmd_compress(args) -> int:
     folder = args.out or pathlib.Path(args.checkpoint).parent
     out = check_writable(folder, "--out", files=["compress.json"])
-    _clear_leftovers(out)
+    rundir.leftovers(out, log=print)
     if args.save:
         _check_save(args.save, args.checkpoint, args.overwrite)
     model, payload = model_from(args)
@@ -345,11 +345,6 @@ def cmd_compress(args) -> int:
     elif args.save:
         print(f"no candidate within {args.max_drop} point(s): nothing saved to {args.save}")
     return 0
-
-
-def _clear_leftovers(folder) -> None:
-    for p in rundir.leftovers(folder):
-        print(f"removed {p.name}, a file left half-written by a process that was killed")
 
 
 def _check_save(save, checkpoint, overwrite: bool) -> None:

@@ -54,10 +54,10 @@ EVAL_FILES = (
 LOCK = ".lock"
 
 
-def leftovers(folder, *, remove: bool = True) -> list[pathlib.Path]:
+def leftovers(folder, *, remove: bool = True, log=None) -> list[pathlib.Path]:
     """The files a writer killed mid-write left in ``folder`` (:func:`contnet.report.is_leftover`:
     contnet's temporary files of a process of this host that is gone), removed unless
-    ``remove`` is false; the previous ``NAME`` is intact."""
+    ``remove`` is false, each reported to ``log`` if given; the previous ``NAME`` is intact."""
     folder = pathlib.Path(folder)
     found = []
     if not folder.is_dir():
@@ -68,6 +68,9 @@ def leftovers(folder, *, remove: bool = True) -> list[pathlib.Path]:
             if remove:
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
+            if log is not None:
+                verb = "removed" if remove else "found"
+                log(f"{verb} {p.name}, a file left half-written by a process that was killed")
     return found
 
 
@@ -163,8 +166,7 @@ def prepare_run(folder, *, resume: bool, overwrite: bool, log=print) -> RunLock:
     folder = check_writable(folder, files=RUN_FILES)
     lock = RunLock(folder).acquire()
     try:
-        for p in leftovers(folder):
-            log(f"removed {p.name}, a file left half-written by a run that was killed")
+        leftovers(folder, log=log)
         present = [f for f in RUN_FILES if (folder / f).exists()]
         resumable = (folder / "checkpoint.pt").exists()
         if present and not resumable and not overwrite:

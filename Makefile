@@ -14,7 +14,7 @@ SOURCES := setup.py pyproject.toml contnet/ops/activations.def $(wildcard csrc/*
 export PATH := $(BIN):$(PATH)
 export MAX_JOBS ?= 2
 
-PROPERTIES := tests/test_properties_ops.py tests/test_properties_api.py tests/test_properties_checkpoint.py
+PROPERTIES := tests/test_properties_ops.py tests/test_properties_error.py tests/test_properties_api.py tests/test_properties_checkpoint.py
 
 .PHONY: all test fuzz demo lint format bench figures clean
 

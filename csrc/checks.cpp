@@ -3,6 +3,8 @@
 
 #include <c10/util/Exception.h>
 
+#include <cmath>
+
 #include "contnet/activations.h"
 #include "contnet/rk_combine.h"
 #include "contnet/rk_epilogue.h"
@@ -47,6 +49,22 @@ void check_learned_coeffs(const at::Tensor& coeffs, const at::Tensor& ref, const
               coeffs.sizes());
   TORCH_CHECK_VALUE(coeffs.device() == ref.device(), "coeffs must be on the device of ", ref_name, " (",
               ref.device(), "), got ", coeffs.device());
+}
+
+void check_error(const at::Tensor& x, const at::Tensor* x_next, at::TensorList terms,
+                 const c10::ArrayRef<double>* b, c10::ArrayRef<double> e, double rtol, double atol) {
+  TORCH_CHECK_VALUE(x.defined(), "x is undefined");
+  check_float_dtype(x, "x");
+  TORCH_CHECK_VALUE(x.dim() >= 1, "x must have a batch dimension (dim 0): the error norm is taken per sample, got a 0-d tensor");
+  if (x_next != nullptr) check_like(*x_next, x, "x_next", "x");
+  check_terms(x, "x", terms, "terms", e.size(), "e");
+  if (b != nullptr)
+    TORCH_CHECK_VALUE(b->size() == terms.size(), "terms and b must have the same length, got ", terms.size(), " and ",
+                      b->size());
+  TORCH_CHECK_VALUE(terms.size() <= static_cast<size_t>(kMaxTerms), "terms must hold at most ", kMaxTerms,
+                    " tensors (the stages of one step), got ", terms.size());
+  TORCH_CHECK_VALUE(std::isfinite(rtol) && rtol >= 0, "rtol must be a finite number >= 0, got ", rtol);
+  TORCH_CHECK_VALUE(std::isfinite(atol) && atol >= 0, "atol must be a finite number >= 0, got ", atol);
 }
 
 void check_same_kind(at::TensorList ts, const char* name, const at::Tensor& ref,

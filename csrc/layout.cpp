@@ -117,6 +117,24 @@ CombineOperands combine_operands(const at::Tensor& x, at::TensorList terms, doub
   return a;
 }
 
+ErrorOperands error_operands(const at::Tensor& x, const std::optional<at::Tensor>& x_next,
+                             at::TensorList terms, const c10::ArrayRef<double>* b,
+                             c10::ArrayRef<double> e, double rtol, double atol,
+                             c10::DeviceType device) {
+  check_error(x, x_next ? &*x_next : nullptr, terms, b, e, rtol, atol);
+  check_device(x, "x", device);
+  ErrorOperands a;
+  const auto fmt = dense_format(x);
+  a.x = in_format(x, fmt);
+  a.computed = !x_next.has_value();
+  a.x_next = a.computed ? at::empty_like(a.x) : in_format(*x_next, fmt);
+  for (const auto& t : terms) a.terms.push_back(in_format(t, fmt));
+  a.samples = x.size(0);
+  a.m = a.samples > 0 ? x.numel() / a.samples : 0;
+  a.sq = at::empty({a.samples}, x.options().dtype(x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
+  return a;
+}
+
 std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> EpilogueGradOperands::results() const {
   at::Tensor grad_bias =
       bias.defined() ? channel_sum(grad_y).to(dtype) : at::empty({0}, grad_y.options().dtype(dtype));

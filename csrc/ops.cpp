@@ -36,6 +36,18 @@ TORCH_LIBRARY(contnet, m) {
       "rk_epilogue_backward(Tensor[] grads, Tensor? grad_k, Tensor y, Tensor? bias, int act, "
       "float scale, int n_terms, float h, float[] coeffs) -> (Tensor, Tensor[], Tensor)");
 
+  // Embedded error estimate of an adaptive step (rtol, atol >= 0; terms: the step's rates):
+  //   x_next = x + h * sum_j b[j] * terms[j]
+  //   err    = h * sum_j e[j] * terms[j]                       (e = b - bhat)
+  //   sq[s]  = mean over sample s (dim 0) of (err / (rtol * max(|x|, |x_next|) + atol))^2
+  // with a zero err counting as zero; sq in float64 for a float64 x, float32 otherwise.
+  m.def("rk_step_error(Tensor x, Tensor[] terms, float h, float[] b, float[] e, float rtol, float atol) "
+        "-> (Tensor, Tensor)");
+  // The same with x_next given (a first-same-as-last pair rates x_next before its error):
+  // returns sq.
+  m.def("rk_error_norm(Tensor x, Tensor x_next, Tensor[] terms, float h, float[] e, float rtol, float atol) "
+        "-> Tensor");
+
   // Time-interpolated weight lookup for all stage times and several tensors at once:
   //   out[j][s] = sum_k phi[s, k] * thetas[j][k]     (phi: S x K float64)
   // Its backward is itself with phi transposed.

@@ -15,6 +15,9 @@ Ops (float32, float64, float16, bfloat16 -- half types accumulate in float; CPU 
 - :func:`rk_epilogue` -- the residual unit's tail ``k = scale * act(y + bias)`` fused with
   the stage updates that consume ``k`` (next stage input, running ``x_n + h sum b_i k_i``):
   one pass over the state per stage.
+- :func:`rk_step_error` -- an adaptive step's new state ``x + h sum_j b_j k_j``, its
+  embedded error ``h sum_j (b_j - bhat_j) k_j`` and each sample's mean squared scaled
+  error in one pass (the error is never written out); the controller reads one number.
 - :func:`basis_interp` -- time-interpolated weights ``W[s] = sum_k phi[s, k] theta[k]`` for
   all stage times of a forward pass and several tensors in one launch; its backward
   scatters into the basis nodes (the same op with ``phi`` transposed).
@@ -24,9 +27,15 @@ from . import fake  # noqa: F401  (registers the fake kernels)
 from .activations import ACT_CODES
 from .combine import combine_learned_unchecked, combine_unchecked, rk_combine
 from .epilogue import epilogue_kernel, epilogue_unchecked, rk_epilogue
+from .error import error_unchecked, rk_step_error
 from .extension import backend, extension_loaded, in_forward_ad, in_func_transform, use_reference
 from .interp import basis_interp
-from .reference import basis_interp_reference, rk_combine_reference, rk_epilogue_reference
+from .reference import (
+    basis_interp_reference,
+    rk_combine_reference,
+    rk_epilogue_reference,
+    rk_step_error_reference,
+)
 
 __all__ = [
     "ACT_CODES",
@@ -39,10 +48,13 @@ __all__ = [
     "rk_combine_reference",
     "rk_epilogue",
     "rk_epilogue_reference",
+    "rk_step_error",
+    "rk_step_error_reference",
     "basis_interp",
     "basis_interp_reference",
     "combine_unchecked",
     "combine_learned_unchecked",
     "epilogue_kernel",
     "epilogue_unchecked",
+    "error_unchecked",
 ]

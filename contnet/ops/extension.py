@@ -26,7 +26,7 @@ def extension_loaded() -> bool:
     return _EXT_ERROR is None
 
 
-_OPS = ("rk_combine", "rk_combine_learned", "rk_epilogue", "basis_interp")
+_OPS = ("rk_combine", "rk_combine_learned", "rk_epilogue", "rk_step_error", "basis_interp")
 
 
 # which devices each op has kernels for, looked up once (the dispatcher query does not trace)

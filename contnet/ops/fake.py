@@ -56,6 +56,18 @@ if extension_loaded():
             grad_bias,
         )
 
+    def _norm_of(x):
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        return x.new_empty((x.shape[0],), dtype=dtype)
+
+    @lib.register_fake("contnet::rk_step_error")
+    def _(x, terms, h, b, e, rtol, atol):
+        return empty_dense(x), _norm_of(x)
+
+    @lib.register_fake("contnet::rk_error_norm")
+    def _(x, x_next, terms, h, e, rtol, atol):
+        return _norm_of(x)
+
     @lib.register_fake("contnet::basis_interp")
     def _(phi, thetas):
         outs = []

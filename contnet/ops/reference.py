@@ -31,6 +31,29 @@ def rk_combine_reference(x, terms, h, coeffs) -> torch.Tensor:
     return out.to(x.dtype)
 
 
+def rk_step_error_reference(x, terms, h, b, e, rtol, atol, x_next=None):
+    """Pure-PyTorch :func:`rk_step_error`: ``(x_next, sq)``, computed as the kernels do
+    (the error in float for float16/bfloat16, ``x_next`` rounded to the state's dtype before
+    it enters the scale, coefficients that round to zero skipped)."""
+    acc = opmath(x.dtype)
+    if x_next is None:
+        x_next = rk_combine_reference(x, terms, h, b)
+    err = torch.zeros(x.shape, dtype=acc, device=x.device)
+    for k, c in zip(terms, e):
+        if not vanishes(h * float(c), x.dtype):
+            err = err + (h * float(c)) * k.to(acc)
+    scale = torch.maximum(x.to(acc).abs(), x_next.to(acc).abs()) * rtol + atol
+    zero = err == 0  # zero whatever the scale; its gradient too (no 0/0 on that branch)
+    r = torch.where(
+        zero, torch.zeros((), dtype=acc, device=x.device), err / torch.where(zero, 1.0, scale)
+    )
+    norm = torch.float64 if x.dtype == torch.float64 else torch.float32
+    samples = x.shape[0]
+    m = x.numel() // samples if samples else 0
+    sq = (r * r).reshape(samples, m).sum(1) / m if m else r.new_zeros(samples)
+    return x_next, sq.to(norm)
+
+
 def rk_epilogue_reference(
     y, bias, act, scale, bases, terms, h, coeffs, return_k=False, return_mask=False
 ):

@@ -64,6 +64,12 @@ std::pair<at::Tensor, const char*> check_epilogue_grad(at::TensorList grads,
                                                        const std::optional<at::Tensor>& bias,
                                                        int64_t act, int64_t n_terms);
 
+// The error estimate's operands: `x` float with a batch dimension (dim 0); `x_next`, if
+// given, and `terms` like `x`; at most kMaxTerms terms with one coefficient each in `e` and,
+// when `b` is given (x_next computed), in `b`; `rtol` and `atol` finite and >= 0.
+void check_error(const at::Tensor& x, const at::Tensor* x_next, at::TensorList terms,
+                 const c10::ArrayRef<double>* b, c10::ArrayRef<double> e, double rtol, double atol);
+
 // `phi` needs no gradient: the basis coefficients are constants.
 void check_phi_constant(const at::Tensor& phi);
 

@@ -66,6 +66,24 @@ inline std::vector<at::Tensor> basis_interp_op(const at::Tensor& phi, at::Tensor
   return f.call(phi, thetas);
 }
 
+using StepErrorSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, at::TensorList, double, at::ArrayRef<double>,
+                                                        at::ArrayRef<double>, double, double);
+using ErrorNormSig = at::Tensor(const at::Tensor&, const at::Tensor&, at::TensorList, double, at::ArrayRef<double>,
+                                double, double);
+
+inline std::tuple<at::Tensor, at::Tensor> rk_step_error_op(const at::Tensor& x, at::TensorList terms, double h,
+                                                           at::ArrayRef<double> b, at::ArrayRef<double> e,
+                                                           double rtol, double atol) {
+  static auto f = op<StepErrorSig>("contnet::rk_step_error");
+  return f.call(x, terms, h, b, e, rtol, atol);
+}
+
+inline at::Tensor rk_error_norm_op(const at::Tensor& x, const at::Tensor& x_next, at::TensorList terms, double h,
+                                   at::ArrayRef<double> e, double rtol, double atol) {
+  static auto f = op<ErrorNormSig>("contnet::rk_error_norm");
+  return f.call(x, x_next, terms, h, e, rtol, atol);
+}
+
 // Whether a call must go through autograd: grad mode on and an input that requires grad; or
 // an input carrying a forward-mode tangent, or a functorch transform active, neither of
 // which the ops support: through autograd (torch::autograd::Function or the not-implemented

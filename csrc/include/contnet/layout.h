@@ -86,4 +86,20 @@ struct CombineOperands {
 CombineOperands combine_operands(const at::Tensor& x, at::TensorList terms, double h,
                                  at::ArrayRef<double> coeffs);
 
+// The error estimate's operands (checked by check_error, x on `device`), in x's dense format:
+// each sample (dim 0) is then one run of `m` elements at offset s * m. `x_next` is the given
+// new state, or allocated for the kernel to write (`computed`); `sq` the per-sample output,
+// in float64 for float64 states and float32 otherwise.
+struct ErrorOperands {
+  at::Tensor x, x_next, sq;
+  std::vector<at::Tensor> terms;
+  bool computed;
+  int64_t samples, m;
+};
+
+ErrorOperands error_operands(const at::Tensor& x, const std::optional<at::Tensor>& x_next,
+                             at::TensorList terms, const c10::ArrayRef<double>* b,
+                             c10::ArrayRef<double> e, double rtol, double atol,
+                             c10::DeviceType device);
+
 }  // namespace contnet

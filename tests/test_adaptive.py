@@ -254,3 +254,22 @@ def test_fixed_steps_fill_stats_too():
     assert stats == {"evaluations": 5, "accepted": 4, "rejected": 0}
     contnet.odeint(_linear, X0, scheme="dopri5", n_steps=3, stats=stats)
     assert stats == {"evaluations": 18, "accepted": 3, "rejected": 0}
+
+
+def test_the_controllers_factor_for_one_step_and_per_sample_agree():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    ratio = np.concatenate([rng.lognormal(0, 3, 200), [0.0, 1.0, np.inf, np.nan, 1e-300, 1e300]])
+    previous = rng.uniform(1e-4, 1.0, ratio.size)
+    for ctrl in (
+        Controller(),
+        Controller.integral(),
+        Controller(safety=0.8, ifactor=5, dfactor=0.1),
+    ):
+        many = ctrl.factors(ratio, previous, 5)
+        one = [ctrl.factor(float(r), float(p), 5) for r, p in zip(ratio, previous)]
+        assert many.tolist() == one
+        assert ((many >= ctrl.dfactor) & (many <= ctrl.ifactor)).all()
+        assert many[ratio.size - 6] == ctrl.ifactor and many[-3] == many[-4] == ctrl.dfactor
+        assert (many[ratio < 1] >= 1).all() and (many[ratio > 1] <= 1).all()

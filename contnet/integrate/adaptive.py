@@ -14,7 +14,10 @@ forward time reads the float just inside the step. Its error estimate is
 stage, unless the step ends on a jump, where the rate is evaluated again just after it).
 Its size is the root mean square, over every element, of
 ``err / (atol + rtol max(|x|, |x_next|))`` (torchdiffeq's norm): the step is accepted when it
-is at most 1. One host read per step (that number).
+is at most 1. The stages run as fixed steps run them (a rate that splits fuses its tail
+into the stage updates, keeping the rates the estimate reads), and the new state, the error
+and its mean square per sample come from one pass of :func:`contnet.ops.rk_step_error`
+(the error is never written out). One host read per step (that number).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import numpy as np
 import torch
 
 from .. import ops, schemes
-from .rk import check_rate, rk_step, stage_rates, weighted
+from .rk import check_rate, embedded_step, rk_step
 from .steppers import RKStepper
 
 __all__ = ["Controller", "GridStepper", "check_tolerances", "solve"]
@@ -106,12 +109,15 @@ class Controller:
     def factor(self, ratio: float, previous: float, q: int) -> float:
         """The next step over this one, from this step's error size and the last accepted
         one's."""
-        if ratio == 0.0:
-            return self.ifactor
-        if not math.isfinite(ratio):
-            return self.dfactor
-        f = self.safety * ratio ** (-self.beta1 / q) * previous ** (self.beta2 / q)
-        return min(self.ifactor, max(1.0 if ratio < 1.0 else self.dfactor, f))
+        return float(self.factors(np.asarray(ratio, dtype=np.float64), np.asarray(previous), q))
+
+    def factors(self, ratio: np.ndarray, previous: np.ndarray, q: int) -> np.ndarray:
+        """:meth:`factor` for arrays of steps (one per sample)."""
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            f = self.safety * ratio ** (-self.beta1 / q) * previous ** (self.beta2 / q)
+        f = np.minimum(self.ifactor, np.maximum(np.where(ratio < 1.0, 1.0, self.dfactor), f))
+        f = np.where(ratio == 0.0, self.ifactor, f)
+        return np.where(np.isfinite(ratio), f, self.dfactor)
 
 
 def check_tolerances(rtol, atol) -> tuple[float, float]:
@@ -152,9 +158,19 @@ def scaled(v, scale, dims=None) -> torch.Tensor:
     return (r.mean() if dims is None else r.flatten(1).mean(1)).sqrt()
 
 
-def _error_size(err, x, x_next, rtol, atol) -> torch.Tensor:
-    scale = torch.maximum(x.abs(), x_next.abs()).mul_(rtol).add_(atol)
-    return scaled(err, scale)
+def error_norm(x, x_next, ks, h: float, tab, rtol: float, atol: float):
+    """``(x_next, sq)`` of :func:`contnet.ops.rk_step_error` for a step's rates ``ks`` (None
+    where the error weight is zero): the new state (computed here when ``x_next`` is None)
+    and each sample's mean squared scaled error, in one pass."""
+    e = tab.error_weights
+    if x_next is None:
+        return ops.error_unchecked(
+            x, ks, h, tab.b + (0.0,) * (len(ks) - tab.stages), e[: len(ks)], rtol, atol
+        )
+    used = [(k, w) for k, w in zip(ks, e) if w != 0.0]
+    return ops.error_unchecked(
+        x, [k for k, _ in used], h, None, [w for _, w in used], rtol, atol, x_next
+    )
 
 
 def _norm(v, scale) -> float:
@@ -224,7 +240,6 @@ def solve(f, x0, tab, t0, t1, rtol, atol, controller: Controller, jump_t=(), kin
     ctrl, direction = controller, (1.0 if t1 > t0 else -1.0)
     q = tab.embedded_order + 1
     events, jumps = _events(jump_t, kink_t, t0, t1) if ctrl.jumps else ([], set())
-    e = tab.error_weights
     stats = {"evaluations": 0, "accepted": 0, "rejected": 0}
     steps: list[tuple[float, float, float]] = []
     if x0.numel() == 0:  # nothing to integrate
@@ -240,8 +255,6 @@ def solve(f, x0, tab, t0, t1, rtol, atol, controller: Controller, jump_t=(), kin
             stats["evaluations"] += n
         previous = 1.0
         while t != t1:
-            if k_first is None:
-                k_first = _first_rate(f, x, t, t1, stats)
             if stats["accepted"] + stats["rejected"] >= ctrl.max_steps:
                 raise RuntimeError(
                     f"max_steps={ctrl.max_steps} reached at t={t!r} of [{t0}, {t1}] "
@@ -260,15 +273,13 @@ def solve(f, x0, tab, t0, t1, rtol, atol, controller: Controller, jump_t=(), kin
                     f"the step size fell to {abs(hs):.3g} at t={t!r}, below what float64 time "
                     "resolves: the solution may blow up or not be finite there"
                 )
-            ks = stage_rates(f, x, _stage_times(tab.c, t, t_next, hs), hs, tab, first=k_first)
-            stats["evaluations"] += tab.stages - 1
-            x_next = weighted(x, ks, hs, tab.b)
-            if tab.fsal:
-                t_end = math.nextafter(t_next, t) if t_next in jumps else t_next
-                ks.append(check_rate(f(t_end, x_next), x, t_end))
-                stats["evaluations"] += 1
-            err = weighted(torch.zeros_like(x), ks, hs, e)
-            ratio = _error_size(err, x, x_next, rtol, atol).item()  # the host read
+            t_end = math.nextafter(t_next, t) if t_next in jumps else t_next
+            x_next, ks = embedded_step(f, x, _stage_times(tab.c, t, t_next, hs), hs, tab,
+                                       first=k_first, t_end=t_end)  # fmt: skip
+            stats["evaluations"] += tab.stages - (k_first is not None) + tab.fsal
+            k_first = ks[0]  # a rejected step is retried from the same state and time
+            x_next, sq = error_norm(x, x_next, ks, hs, tab, rtol, atol)
+            ratio = sq.mean().sqrt().item()  # the host read
             accepted = ratio <= 1.0
             if not accepted and abs(hs) <= ctrl.min_step:
                 raise RuntimeError(

@@ -154,6 +154,8 @@ def odeint(
         )
     if not isinstance(per_sample, bool):
         raise TypeError(f"per_sample must be a bool, got {per_sample!r}")
+    if stats is not None and not isinstance(stats, dict):
+        raise TypeError(f"stats must be a dict (filled in place), got {type(stats).__name__}")
     if cells is not None and not per_sample:
         raise ValueError("cells is an option of per_sample=True")
     if rtol is not None or atol is not None:

@@ -23,6 +23,7 @@ import torch
 from .adaptive import (
     Controller,
     check_finite_start,
+    error_norm,
     first_step,
     scaled,
     stage_time,
@@ -93,7 +94,6 @@ def solve_per_sample(f, x0, tab, t0, t1, rtol, atol, ctrl: Controller, jump_t=()
     jumps = np.asarray(sorted(float(s) for s in jump_t), dtype=np.float64) if ctrl.jumps else ev[:0]
     evals, acc, rej = (np.zeros(B, dtype=np.int64) for _ in range(3))
     rate = _Rate(f, cells, evals)
-    e = tab.error_weights
     with torch.no_grad():
         x = x0.clone()
         t = np.full(B, t0, dtype=np.float64)
@@ -150,9 +150,9 @@ def solve_per_sample(f, x0, tab, t0, t1, rtol, atol, ctrl: Controller, jump_t=()
             if tab.fsal:
                 t_end = np.where(on_jump, np.nextafter(t_next, tA), t_next)
                 ks.append(rate(A, t_end, x_new))
-            err = hv * sum(w * k for w, k in zip(e, ks) if w != 0.0)
-            scale = torch.maximum(xA.abs(), x_new.abs()).mul_(rtol).add_(atol)
-            ratio = _rms(err, scale)  # the host read
+            # each sample's error with h = 1, times its own step: (h r)^2 = h^2 r^2
+            _, sq = error_norm(xA, x_new, ks, 1.0, tab, rtol, atol)
+            ratio = np.abs(hs) * np.sqrt(sq.cpu().double().numpy())  # the host read
             ok = ratio <= 1.0
             failing = ~ok & (hs <= ctrl.min_step)
             if failing.any():
@@ -175,17 +175,12 @@ def solve_per_sample(f, x0, tab, t0, t1, rtol, atol, ctrl: Controller, jump_t=()
                 have[A[ok & ~reuse]] = False
                 acc[good] += 1
             rej[A[~ok]] += 1
-            grown = hs * _factors(ctrl, ratio, previous[A], q)
+            grown = hs * ctrl.factors(ratio, previous[A], q)
             h[A] = np.where(ok & landed, np.maximum(grown, hA), grown)  # as in adaptive.solve
             previous[good] = np.maximum(ratio[ok], 1e-4)
             active = t < t1
     as_t = lambda v: torch.as_tensor(v, dtype=torch.int64)  # noqa: E731
     return x, {"evaluations": as_t(evals), "accepted": as_t(acc), "rejected": as_t(rej)}
-
-
-def _factors(ctrl: Controller, ratio: np.ndarray, previous: np.ndarray, q: int) -> np.ndarray:
-    """:meth:`Controller.factor`, for a vector of samples."""
-    return np.array([ctrl.factor(float(r), float(p), q) for r, p in zip(ratio, previous)])
 
 
 def check_inference(x0, f) -> None:

@@ -56,39 +56,46 @@ def split_of(f):
 
 @dataclass(frozen=True)
 class _Stage:
-    """What stage ``i`` of a fused step does with its ``k_i`` (see :func:`_rk_step_fused`)."""
+    """What stage ``i`` of a fused step does with its ``k_i`` (see :func:`fused_stages`)."""
 
-    prev: tuple[int, ...]  # earlier k_j in the next stage's input (a_{i+1,j} != 0, j < i)
+    prev: tuple[int, ...]  # earlier k_j among the epilogue's terms
     coeffs: tuple[float, ...]  # rows of the epilogue's coefficients, flattened
     next_input: bool  # writes the next stage's input x + h sum_j a_{i+1,j} k_j
     update_acc: bool  # writes the running x + h sum_{j<=i} b_j k_j
-    keep_k: bool  # k_i is needed beyond the next stage
+    keep_k: bool  # k_i is needed beyond the next stage, or by the error estimate
 
 
 _PLANS: dict = {}
 
 
-def _fused_plan(tab: schemes.ButcherTableau) -> tuple[_Stage, ...]:
-    """Per-stage epilogue layout of a tableau (computed once per tableau)."""
-    hit = _PLANS.get(id(tab))
+def _fused_plan(tab: schemes.ButcherTableau, first: bool = False, keep=frozenset()):
+    """Per-stage epilogue layout of a tableau (computed once per tableau and setting).
+    ``first``: ``k_1`` is given (a first-same-as-last pair's rate handed on from the last
+    step), so stage 1 is not computed and its ``b_1 k_1`` joins the first running update;
+    ``keep``: stages whose ``k`` the caller needs back."""
+    key = (id(tab), first, keep)
+    hit = _PLANS.get(key)
     if hit is not None and hit[0] is tab:
         return hit[1]
     s, a, b = tab.stages, tab.a, tab.b
-    stages = []
-    for i in range(s):
-        prev, rows = (), []
+    stages, folded = [], not (first and b[0] != 0.0)
+    for i in range(int(first), s):
+        rows = []
         next_input = i + 1 < s
-        if next_input:
-            prev = tuple(j for j in range(i) if a[i + 1][j] != 0.0)
-            rows += [a[i + 1][j] for j in prev] + [a[i + 1][i]]
         update_acc = b[i] != 0.0 or i + 1 == s
+        fold = update_acc and not folded
+        folded = folded or fold
+        used = {j for j in range(i) if next_input and a[i + 1][j] != 0.0} | ({0} if fold else set())
+        prev = tuple(sorted(used))
+        if next_input:
+            rows += [a[i + 1][j] for j in prev] + [a[i + 1][i]]
         if update_acc:
-            rows += [0.0] * len(prev) + [b[i]]
-        keep_k = any(a[m][i] != 0.0 for m in range(i + 2, s))
+            rows += [b[j] if fold and j == 0 else 0.0 for j in prev] + [b[i]]
+        keep_k = i in keep or any(a[m][i] != 0.0 for m in range(i + 2, s))
         stages.append(_Stage(prev, tuple(rows), next_input, update_acc, keep_k))
     plan = tuple(stages)
     if not torch.compiler.is_compiling():
-        _PLANS[id(tab)] = (tab, plan)
+        _PLANS[key] = (tab, plan)
     return plan
 
 
@@ -116,16 +123,27 @@ def weighted(base, ks, h: float, weights) -> torch.Tensor:
 
 
 def _rk_step_fused(split, x, times, h, tab):
+    return fused_stages(split, x, times, h, tab)[0]
+
+
+def fused_stages(split, x, times, h, tab, first=None, keep=frozenset()):
     """The step with each stage's tail fused into its updates (:func:`contnet.ops.rk_epilogue`):
     stage ``i`` reads the unit's pre-tail output once and writes the next stage's input
     ``x + h sum_j a_{i+1,j} k_j`` and the running ``x + h sum_{j<=i} b_j k_j``; ``k_i`` is
-    kept only when a later stage beyond the next one needs it."""
+    kept only when a later stage beyond the next one needs it, or ``i`` is in ``keep``.
+    ``first``: ``k_1`` if known. Returns the new state and ``{i: k_i}`` of the kept rates."""
     ks: dict[int, torch.Tensor] = {}
     acc, xi = x, x
+    if first is not None:
+        ks[0] = first
+        if tab.stages > 1:
+            xi = weighted(x, [first], h, [tab.a[1][0]])
     # while every tensor of the step has x's dtype (the common case) the op itself, looked
     # up once; a stage of another dtype (autocast) and the rest of the step promote
     dtype, kernel = x.dtype, ops.epilogue_kernel(x)
-    for i, st in enumerate(_fused_plan(tab)):
+    for st, i in zip(
+        _fused_plan(tab, first is not None, keep), range(int(first is not None), tab.stages)
+    ):
         y, bias, act, scale = split(times[i], xi)
         if (
             not isinstance(y, torch.Tensor)
@@ -147,4 +165,35 @@ def _rk_step_fused(split, x, times, h, tab):
             acc = outs[len(bases) - 1]
         if st.keep_k:
             ks[i] = outs[-1]
-    return acc
+    return acc, ks
+
+
+def rate_of(f, t: float, x: torch.Tensor) -> torch.Tensor:
+    """``f(t, x)``, checked; through the fused tail (one pass) where the rate splits."""
+    split = split_of(f)
+    if split is None:
+        return check_rate(f(t, x), x, t)
+    y, bias, act, scale = split(t, x)
+    check_rate(y, x, t)
+    return ops.epilogue_unchecked(y, bias, ops.ACT_CODES[act], scale, [], [], 0.0, (), True)[0]
+
+
+def embedded_step(f, x, times, h: float, tab, first=None, t_end=None):
+    """One step of an embedded pair from ``x``: ``(x_next, ks)``, with ``ks`` the rates its
+    error estimate reads (None where its weight is zero) and, for a first-same-as-last pair,
+    the rate at ``x_next`` at ``t_end`` last (``ks[0]`` is always there); ``x_next`` is None where the error op is to
+    compute it (a pair that is not first-same-as-last, with a rate that does not split).
+    ``first``: ``k_1`` if known."""
+    e = tab.error_weights
+    split = split_of(f)
+    if split is None:
+        ks = stage_rates(f, x, times, h, tab, first)
+        x_next = weighted(x, ks, h, tab.b) if tab.fsal else None
+    else:
+        # k_1 too, which a rejected step's retry from the same state reuses
+        keep = frozenset(i for i in range(tab.stages) if e[i] != 0.0 or i == 0)
+        x_next, kept = fused_stages(split, x, times, h, tab, first, keep)
+        ks = [kept.get(i) for i in range(tab.stages)]
+    if tab.fsal:
+        ks.append(rate_of(f, t_end, x_next))
+    return x_next, ks

@@ -174,3 +174,17 @@ def test_loading_something_that_is_not_a_checkpoint_raises_checkpoint_error():
             train.load_model_state(payload, torch.nn.Linear(2, 2))
         with pytest.raises(train.CheckpointError, match="as load_checkpoint returns it"):
             train.model_from_checkpoint(payload)
+
+
+@pytest.mark.parametrize(
+    "tolerances", [{"stages.0": [1e-3, None]}, {"stages.0": ["a", None, False]}, []]
+)
+def test_a_tampered_tolerance_record_is_refused(tmp_path, tolerances):
+    _, path = _checkpoint(tmp_path)
+    payload = torch.load(path, weights_only=True)
+    meta = json.loads(payload["meta"])
+    meta["state"]["tolerances"] = tolerances
+    payload["meta"] = json.dumps(meta)
+    torch.save(payload, tmp_path / "tampered.pt")
+    with pytest.raises(train.CheckpointError, match="tolerances"):
+        train.load_checkpoint(tmp_path / "tampered.pt")

@@ -125,6 +125,10 @@ def test_a_users_metric_and_batches():
         ({"val": (torch.zeros(3, 1, 6, 6), torch.zeros(2))}, ValueError, "val"),
         ({"test": [1, 2, 3]}, TypeError, "test"),
         ({"latency_batch": 0}, ValueError, "latency_batch"),
+        ({"rtols": [-1e-3]}, ValueError, "rtols"),
+        ({"rtols": 1e-3}, TypeError, "rtols"),
+        ({"rtols": [1e-3], "adaptive_scheme": "rk4"}, ValueError, "adaptive_scheme"),
+        ({"adaptive_scheme": "rk4"}, ValueError, "adaptive_scheme"),
     ],
 )
 def test_bad_arguments_are_refused_by_name(kwargs, error, name):
@@ -177,15 +181,11 @@ def test_blocks_keep_their_own_settings_and_the_original_is_a_candidate():
     o = r["original"]
     assert r["candidates"][0] is o and o["drop_points"] == 0 and o["val"] == 1.0
     assert o["blocks"] == [
-        {"block": "1", "basis": "fem_linear", "n_basis": 4, "scheme": "rk4", "n_steps": 8},
-        {
-            "block": "4",
-            "basis": "piecewise_constant",
-            "n_basis": 2,
-            "scheme": "euler",
-            "n_steps": 2,
-        },
-    ]
+        {"block": "1", "basis": "fem_linear", "n_basis": 4, "scheme": "rk4", "n_steps": 8,
+         "rtol": None, "atol": None},
+        {"block": "4", "basis": "piecewise_constant", "n_basis": 2, "scheme": "euler",
+         "n_steps": 2, "rtol": None, "atol": None},
+    ]  # fmt: skip
     assert o["scheme"] == ["rk4", "euler"] and o["n_steps"] == [8, 2]
     assert r["choice"] is not None and r["choice"]["drop_points"] <= 0
     # candidates vary each block from its own settings: halving its steps keeps its scheme
@@ -268,3 +268,78 @@ def test_a_choice_that_does_not_fit_leaves_the_model_as_it_was():
         with pytest.raises(ValueError):
             compression.apply_manifestation(model, {"blocks": [good, bad]})
         assert [(b.unit.n_basis, b.scheme, b.n_steps) for b in blocks] == before
+
+
+def test_an_adaptive_manifestation_is_a_candidate_and_applied_as_chosen(tmp_path):
+    """rtols add, for every node count, the blocks run with an embedded pair to each
+    tolerance; their rate evaluations are counted on the latency input; the choice is
+    applied with its tolerance, and a checkpoint keeps it."""
+    model, val = _model(), _data(48, 1)
+    r = compression.compress(model, val, max_drop=100, rtols=[1e-2, 1e-3], **FAST)
+    adaptive = [c for c in r["candidates"] if c["rtol"] is not None]
+    assert {(c["rtol"], str(c["n_basis"])) for c in adaptive} == {
+        (1e-2, "[3, 4]"), (1e-3, "[3, 4]"), (1e-2, "2"), (1e-3, "2")
+    }  # fmt: skip
+    assert all(
+        c["scheme"] == "dopri5" and c["blocks"][0]["atol"] == c["rtol"] / 100 for c in adaptive
+    )
+    assert r["original"]["rtol"] is None and all(c["rate_evals"] >= 2 * 6 for c in adaptive)
+    assert not any(b.rtol for b in contnet.block.blocks_of(model))  # left as it was
+    chosen = next(c for c in adaptive if c["rtol"] == 1e-3 and c["n_basis"] == [3, 4])
+    m = compression.apply_manifestation(copy.deepcopy(model), chosen)
+    blocks = contnet.block.blocks_of(m)
+    assert [(b.scheme, b.rtol, b.atol) for b in blocks] == [("dopri5", 1e-3, 1e-5)] * 2
+    assert compression.metric_on(m, val) == chosen["val"]
+    # back to fixed steps: the tolerance goes
+    fixed = compression.apply_manifestation(m, r["original"])
+    assert [(b.scheme, b.n_steps, b.rtol) for b in contnet.block.blocks_of(fixed)] == [
+        ("rk4", 4, None), ("midpoint", 2, None)
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="embedded pair"):
+        bad = copy.deepcopy(chosen)
+        bad["blocks"][0]["scheme"] = "rk4"
+        compression.apply_manifestation(copy.deepcopy(model), bad)
+
+
+def test_a_checkpoint_keeps_a_blocks_tolerance(tmp_path):
+    from contnet import training as train
+
+    torch.manual_seed(0)
+    net = contnet.ContinuousNet(1, 10, widths=(4, 8), n_basis=2).eval()
+    first, second = contnet.block.blocks_of(net)
+    first.scheme, first.rtol, first.atol, first.per_sample = "bosh3", 1e-3, 1e-6, True
+    first.controller = contnet.integrate.Controller.integral(first_step=0.5, max_steps=50)
+    path = train.save_checkpoint(tmp_path / "ck.pt", net)
+    again = train.model_from_checkpoint(train.load_checkpoint(path)).eval()
+    a, b = contnet.block.blocks_of(again)
+    assert (a.scheme, a.rtol, a.atol, a.per_sample) == ("bosh3", 1e-3, 1e-6, True)
+    assert a.controller == first.controller and b.controller is None
+    assert b.rtol is None and b.scheme == second.scheme
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), net(x), rtol=0, atol=0)
+    # loading into a model built with a tolerance gives it the saved manifestation (none)
+    first.rtol = None
+    path = train.save_checkpoint(tmp_path / "fixed.pt", net)
+    built = contnet.ContinuousNet(1, 10, widths=(4, 8), n_basis=2)
+    contnet.block.blocks_of(built)[0].rtol = 1e-2
+    train.load_model_state(train.load_checkpoint(path), built)
+    assert contnet.block.blocks_of(built)[0].rtol is None
+
+
+def test_a_tolerance_the_controller_cannot_meet_fails_its_candidate_only(tmp_path):
+    """What a user's audit found: one adaptive candidate past max_steps stopped compress
+    with a traceback and no report."""
+    from contnet.integrate import Controller
+
+    model, val = _model(), _data(16, 1)
+    for b in contnet.block.blocks_of(model):
+        b.controller = Controller(max_steps=3)
+    r = compression.compress(model, val, max_drop=100, rtols=[1e-9], n_basis=[2], **FAST)
+    failed = [c for c in r["candidates"] if "failed" in c]
+    assert failed and all(c["rtol"] == 1e-9 and "max_steps=3" in c["failed"] for c in failed)
+    assert r["choice"] is not None and "failed" not in r["choice"]
+    assert len(r["candidates"]) > len(failed) + 1
+    from contnet.cli.tables import compress_table
+
+    assert "failed" in compress_table(r)

@@ -204,6 +204,8 @@ def test_cli_train_eval_compress(tmp_path, capsys):
                 "--schemes",
                 "euler",
                 "midpoint",
+                "--rtols",
+                "1e-2",
                 "--save",
                 str(saved),
             ]
@@ -211,8 +213,11 @@ def test_cli_train_eval_compress(tmp_path, capsys):
         == 0
     )
     comp = json.loads((out / "compress.json").read_text())
-    # the original (rk4 as trained) and 2 node counts x 2 schemes x 2 step counts
-    assert comp["choice"] is not None and len(comp["candidates"]) == 1 + 2 * 2 * 2
+    # the original (rk4 as trained), 2 node counts x 2 schemes x 2 step counts, and 2 node
+    # counts run to rtol 1e-2 (dopri5)
+    assert comp["choice"] is not None and len(comp["candidates"]) == 1 + 2 * 2 * 2 + 2
+    adaptive = [c for c in comp["candidates"] if c["rtol"] is not None]
+    assert [(c["rtol"], c["scheme"]) for c in adaptive] == [(1e-2, "dopri5")] * 2
     assert comp["candidates"][0] == comp["original"] and comp["original"]["scheme"] == "rk4"
     model = train.model_from_checkpoint(train.load_checkpoint(saved))
     # reloaded in the manifestation compress chose, not the one it was trained in (rk4)

@@ -40,7 +40,9 @@ class ContinuousBlock(nn.Module):
 
     ``rtol`` (and ``atol``, default ``rtol``), settable like ``scheme``: adaptive steps to
     that tolerance with an embedded pair as ``scheme`` (``dopri5``, ``tsit5``, ``bosh3``,
-    ``heun_euler``) instead of ``n_steps`` fixed ones; steps land on the basis's cell
+    ``heun_euler``) instead of ``n_steps`` fixed ones (given both, the constructor refuses;
+    while ``rtol`` is set the scheme must stay a pair: :meth:`manifest` changes both at
+    once); steps land on the basis's cell
     edges (jumps of ``piecewise_constant`` and ``piecewise_linear`` weights, kinks of
     ``fem_linear``'s) and never cross one. ``controller``: a
     :class:`contnet.integrate.Controller`. A pass with gradients takes the accepted steps
@@ -79,6 +81,8 @@ class ContinuousBlock(nn.Module):
         if isinstance(schemes.get(scheme), schemes.LMResNet):
             basis = unit.basis if is_unit else None
             self.lm = TimeScalar(basis.n_basis, basis.family) if basis is not None else TimeScalar()
+        if rtol is not None and n_steps is not None:
+            raise ValueError("give n_steps (fixed steps) or rtol (adaptive steps), not both")
         self.scheme = scheme
         if n_steps is None:
             if not is_unit:
@@ -89,11 +93,27 @@ class ContinuousBlock(nn.Module):
             n_steps = unit.n_basis
         self.n_steps = n_steps
         self.backprop = backprop
+        if rtol is not None:
+            adaptive.pair_of(self.scheme)
         self.rtol, self.atol, self.controller = rtol, atol, controller
         self.per_sample = per_sample
         self.last_stats: dict | None = None
+
+    def manifest(self, scheme, n_steps: int, rtol=None, atol=None) -> None:
+        """Run with ``scheme`` and ``n_steps`` (fixed steps; the tolerance cleared), or, with
+        ``rtol`` (and ``atol``), with the embedded pair ``scheme`` to that tolerance
+        (``n_steps`` kept for when it is cleared): the scheme and the tolerance change
+        together, every value checked before any changes."""
+        sch = schemes.get(scheme)
+        schemes.check_n_steps(n_steps)
         if rtol is not None:
-            adaptive.pair_of(self.scheme)
+            adaptive.pair_of(sch)
+            adaptive.check_tolerances(rtol, atol)
+        elif atol is not None:
+            raise ValueError(f"atol={atol} without rtol: give rtol for adaptive steps")
+        self._rtol = None
+        self.scheme, self.n_steps = scheme, n_steps
+        self.rtol, self.atol = rtol, atol
 
     @property
     def scheme(self):
@@ -102,6 +122,12 @@ class ContinuousBlock(nn.Module):
     @scheme.setter
     def scheme(self, value):
         sch = schemes.get(value)
+        if getattr(self, "_rtol", None) is not None and not getattr(sch, "embedded", False):
+            raise ValueError(
+                f"block.rtol is {self._rtol}: adaptive steps need an embedded pair as scheme "
+                f"({', '.join(schemes.PAIRS)}), got {sch.name!r}; for fixed steps clear the "
+                "tolerance first (block.rtol = None), or use block.manifest(scheme, n_steps)"
+            )
         if isinstance(sch, schemes.LMResNet) and getattr(self, "lm", None) is None:
             raise ValueError(
                 "scheme 'lm' has a learnable k(t): build the block with scheme='lm' so that it owns one"
@@ -197,8 +223,9 @@ class ContinuousBlock(nn.Module):
         )
 
     def _integrate(self, x, kwargs, layout):
-        if self.rtol is None and self.atol is not None:
-            raise ValueError(f"atol={self.atol} is set without rtol: set rtol for adaptive steps")
+        if self.rtol is None and (self.atol is not None or self.per_sample):
+            what = f"atol={self.atol}" if self.atol is not None else "per_sample=True"
+            raise ValueError(f"{what} is set without rtol: set rtol for adaptive steps")
         rate = self._rate(x, kwargs, layout)
         kw = {}
         if isinstance(schemes.get(self.scheme), schemes.LMResNet):

@@ -263,6 +263,8 @@ def run_compress(
     train_cfg=None,
     val_fraction=None,
     max_rel_drop=None,
+    rtols=None,
+    adaptive_scheme="dopri5",
 ) -> dict:
 
     val, test = split_for_compression(dataset, train_cfg or {}, val_fraction, log)
@@ -276,6 +278,8 @@ def run_compress(
         n_basis=n_basis,
         schemes=schemes_,
         steps=steps,
+        rtols=rtols,
+        adaptive_scheme=adaptive_scheme,
         log=log,
         device=device,
     )
@@ -293,7 +297,7 @@ def run_compress(
         )
         log(
             f"fastest within {max_drop} point(s) on validation: K={c['n_basis']} {c['scheme']} "
-            f"n_steps={c['n_steps']}: {c['latency_ms']:.2f} ms vs {o['latency_ms']:.2f} ms "
+            f"{_steps_or_tolerance(c)}: {c['latency_ms']:.2f} ms vs {o['latency_ms']:.2f} ms "
             f"({speed}), validation accuracy {100 * c['val']:.2f}% "
             f"({c['drop_points']:+.2f} points)"
         )
@@ -306,6 +310,10 @@ def run_compress(
     write_json(out / "compress.json", result)
     log(f"-> {out}/compress.json")
     return result
+
+
+def _steps_or_tolerance(c) -> str:
+    return f"n_steps={c['n_steps']}" if c.get("rtol") is None else f"rtol={c['rtol']}"
 
 
 def cmd_compress(args) -> int:
@@ -329,6 +337,8 @@ def cmd_compress(args) -> int:
             train_cfg=payload["meta"].get("train") or {},
             val_fraction=args.val_fraction,
             max_rel_drop=args.max_rel_drop,
+            rtols=args.rtols,
+            adaptive_scheme=args.adaptive_scheme,
         )
     except ValueError as e:  # a scheme the model cannot take (lm without its learned k)
         raise SystemExit(f"contnet compress: {e}") from None

@@ -155,6 +155,20 @@ def _compress(sub) -> None:
         help="step counts to try (default: n_steps, /2, /4, /8)",
     )
     c.add_argument(
+        "--rtols",
+        type=positive_float,
+        nargs="+",
+        default=None,
+        help="also try adaptive steps to each of these tolerances (atol = rtol / 100), with "
+        "--adaptive-scheme (default: fixed steps only)",
+    )
+    c.add_argument(
+        "--adaptive-scheme",
+        choices=list(schemes.PAIRS),
+        default="dopri5",
+        help="the embedded pair of the adaptive candidates (default dopri5)",
+    )
+    c.add_argument(
         "--save",
         type=checkpoint_path,
         default=None,

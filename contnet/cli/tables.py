@@ -47,7 +47,8 @@ def compress_table(result) -> str:
         return [
             c["n_basis"],
             c["scheme"],
-            c["n_steps"],
+            c["n_steps"] if c.get("rtol") is None else "",
+            "" if c.get("rtol") is None else c["rtol"],
             f"{c['parameters']:,}",
             f"{100 * c['val']:.2f}",
             "" if c is result["original"] else f"{c['drop_points']:+.2f}",
@@ -60,10 +61,12 @@ def compress_table(result) -> str:
         marks = ["original"] if c is result["original"] else []
         if c is result["choice"]:
             marks.append("<- choice")
+        elif "failed" in c:
+            marks.append("failed")
         elif c["drop_points"] > (result["max_drop_points"] or float("inf")):
             marks.append("too lossy")
         rows.append(row(c, ", ".join(marks)))
-    header = ["K", "scheme", "n_steps", "params", f"val {result['metric']} %", "drop pts"]
+    header = ["K", "scheme", "n_steps", "rtol", "params", f"val {result['metric']} %", "drop pts"]
     return format_table(rows, header + [f"ms/{result['latency_batch']}", ""])
 
 

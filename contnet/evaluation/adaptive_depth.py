@@ -51,18 +51,14 @@ def adaptive_table(
     model.eval()
     try:
         for b in blocks:
-            b.rtol, b.scheme, b.n_steps = None, reference[0], reference[1]
+            b.manifest(*reference)
         ref = _run(model, blocks, x, batch_size, device)[0]
         rows = []
         for rtol in rtols:
             for mode in ("shared", "per_input"):
                 for b in blocks:
-                    b.scheme, b.rtol, b.atol, b.per_sample = (
-                        scheme,
-                        rtol,
-                        rtol / 100,
-                        mode != "shared",
-                    )
+                    b.manifest(scheme, b.n_steps, rtol, rtol / 100)
+                    b.per_sample = mode != "shared"
                 t0 = time.perf_counter()
                 out, evals = _run(model, blocks, x, batch_size, device)
                 row = {
@@ -79,8 +75,8 @@ def adaptive_table(
         return {"scheme": scheme, "reference": list(reference), "rows": rows}
     finally:
         for b, s in zip(blocks, saved):
-            for k, v in s.items():
-                setattr(b, k, v)
+            b.manifest(s["scheme"], s["n_steps"], s["rtol"], s["atol"])
+            b.per_sample = s["per_sample"]
         model.train(was)
 
 

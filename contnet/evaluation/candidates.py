@@ -1,19 +1,23 @@
 """The manifestations compression tries: for every block of a model, a node count (a
-projection), a scheme and a step count. Each block keeps its own settings unless a
-candidate says otherwise, so the model as given is always the first candidate; a setting
-can be given for all blocks at once or one per block."""
+projection), a scheme and a step count, or an embedded pair run to a tolerance (adaptive
+steps, ``atol = rtol / 100``). Each block keeps its own settings unless a candidate says
+otherwise, so the model as given is always the first candidate; a setting can be given
+for all blocks at once or one per block."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+import torch
 from torch import nn
 
 from .. import basis as basis_lib
 from .. import schemes as schemes_lib
 from ..block import ContinuousBlock
+from ..integrate.adaptive import check_tolerances, pair_of
+from ..models import project
 
-__all__ = ["named_blocks", "plan", "describe", "scheme_name"]
+__all__ = ["apply_manifestation", "named_blocks", "plan", "describe", "scheme_name"]
 
 #: the default schemes tried beside each block's own
 DEFAULT_SCHEMES = ("euler", "midpoint", "rk4")
@@ -146,26 +150,51 @@ def _basis_options(blocks, n_basis) -> list[list[int]]:
     return [own] + [[min(k, n) for n in own] for k in counts]
 
 
-def plan(blocks, schemes, n_basis, steps) -> list[tuple[tuple, ...]]:
-    """The candidates, each a tuple of ``(n_basis, scheme, n_steps)`` per block, the model
-    as given first and no candidate twice; every argument checked before anything runs."""
-    own = tuple((b.unit.basis.n_basis, b.scheme, b.n_steps) for _, b in blocks)
+def _tolerances(rtols, adaptive_scheme) -> list[float]:
+    """The adaptive candidates' rtols (checked, each once) with their pair checked."""
+    _named("adaptive_scheme", pair_of, adaptive_scheme)
+    if rtols is None:
+        return []
+    out = []
+    for r in _listed(rtols, "rtols"):
+        r = _named("rtols", lambda v: check_tolerances(v, None)[0], r)
+        if r not in out:
+            out.append(r)
+    return out
+
+
+def plan(blocks, schemes, n_basis, steps, rtols=None, adaptive_scheme="dopri5"):
+    """The candidates, each a tuple of ``(n_basis, scheme, n_steps, rtol, atol)`` per block
+    (``rtol`` None: fixed steps), the model as given first and no candidate twice; every
+    argument checked before anything runs. Each of ``rtols`` adds, for every node count,
+    every block run with ``adaptive_scheme`` to that tolerance."""
+    own = tuple((b.unit.basis.n_basis, b.scheme, b.n_steps, b.rtol, b.atol) for _, b in blocks)
     out, seen = [own], {_candidate_key(own)}
     scheme_rows = _scheme_options(blocks, schemes)
     step_rows = _step_options(blocks, steps)
+    tolerances = _tolerances(rtols, adaptive_scheme)
     for ks in _basis_options(blocks, n_basis):
-        for ss in scheme_rows:
-            for ns in step_rows:
-                cand = tuple(zip(ks, ss, ns))
-                key = _candidate_key(cand)
-                if key not in seen:
-                    seen.add(key)
-                    out.append(cand)
+        rows = [
+            tuple(zip(ks, ss, ns, [None] * len(ks), [None] * len(ks)))
+            for ss in scheme_rows
+            for ns in step_rows
+        ]
+        own_steps = [b.n_steps for _, b in blocks]
+        rows += [
+            tuple((k, adaptive_scheme, n, r, r / 100) for k, n in zip(ks, own_steps))
+            for r in tolerances
+        ]
+        for cand in rows:
+            key = _candidate_key(cand)
+            if key not in seen:
+                seen.add(key)
+                out.append(cand)
     return out
 
 
 def _candidate_key(cand) -> tuple:
-    return tuple((k, _key(s), n) for k, s, n in cand)
+    # an adaptive block's step count is not used: not part of what it is
+    return tuple((k, _key(s), None if r is not None else n, r, a) for k, s, n, r, a in cand)
 
 
 def describe(blocks, cand) -> dict:
@@ -178,8 +207,10 @@ def describe(blocks, cand) -> dict:
             "n_basis": k,
             "scheme": scheme_name(s),
             "n_steps": n,
+            "rtol": r,
+            "atol": a,
         }
-        for (name, b), (k, s, n) in zip(blocks, cand)
+        for (name, b), (k, s, n, r, a) in zip(blocks, cand)
     ]
 
     def shared(field):
@@ -190,5 +221,60 @@ def describe(blocks, cand) -> dict:
         "n_basis": shared("n_basis"),
         "scheme": shared("scheme"),
         "n_steps": shared("n_steps"),
+        "rtol": shared("rtol"),
         "blocks": per_block,
     }
+
+
+def apply_manifestation(model: nn.Module, choice: dict) -> nn.Module:
+    """Give ``model`` (as it was when compressed) the manifestation of a candidate of
+    :func:`compress` (its ``blocks`` entry): each block projected onto its node count and
+    run with its scheme and step count. Every entry is checked before any block changes.
+    Returns ``model``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    entries = choice.get("blocks") if isinstance(choice, dict) else None
+    if not isinstance(entries, list):
+        raise TypeError("choice must be a candidate of compress (a dict with 'blocks')")
+    blocks, plan = dict(named_blocks(model)), []
+    for entry in entries:
+        try:
+            name, k, scheme, n = (entry[f] for f in ("block", "n_basis", "scheme", "n_steps"))
+        except (KeyError, TypeError):
+            raise ValueError(
+                f"choice's blocks entries must give block, n_basis, scheme and n_steps, got "
+                f"{entry!r}"
+            ) from None
+        rtol, atol = entry.get("rtol"), entry.get("atol")
+        b = blocks.get(name)
+        if b is None:
+            raise ValueError(f"choice names block {name!r}, which model does not hold")
+        if rtol is not None:  # adaptive steps: an embedded pair to a tolerance
+            pair_of(scheme)
+            rtol, atol = check_tolerances(rtol, atol)
+        tab = schemes_lib.get(scheme)
+        if isinstance(tab, schemes_lib.LMResNet) and b.lm is None:
+            raise ValueError(
+                f"choice gives block {name!r} scheme 'lm', which it was not built with"
+            )
+        schemes_lib.check_n_steps(n)
+        basis_lib.get(b.unit.basis.family, k)
+        plan.append((b, k, (scheme, n, rtol, atol)))
+    for b, k, manifestation in plan:
+        if b.unit.basis.n_basis != k:
+            project(b, k, steps=False)
+        b.manifest(*manifestation)
+    return model
+
+
+def rate_evals(m_blocks, cand, batch: int) -> float:
+    """Rate evaluations of one forward pass per input: a fixed block's ``stages * n_steps``,
+    an adaptive one's as its last pass counted them (the latency runs)."""
+    total = 0.0
+    for b, (_, s, n, r, _) in zip(m_blocks, cand):
+        if r is None:
+            total += schemes_lib.get(s).stages * n
+        else:
+            ev = b.last_stats["evaluations"]
+            total += float(ev.sum()) / batch if isinstance(ev, torch.Tensor) else ev
+    return total

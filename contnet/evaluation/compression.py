@@ -15,10 +15,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from .. import basis as basis_lib
-from .. import schemes as schemes_lib
 from ..models import project
-from .candidates import describe, named_blocks, plan
+from .candidates import apply_manifestation, describe, named_blocks, plan, rate_evals
 
 __all__ = ["accuracy", "apply_manifestation", "compress", "measure_latency", "metric_on"]
 
@@ -148,7 +146,9 @@ def _drops(original: float, value: float, higher_is_better: bool) -> tuple[float
     return 100 * worse, rel
 
 
-def _checked(model, val, test, metric, higher_is_better, schemes, n_basis, steps, x, batch):
+def _checked(
+    model, val, test, metric, higher_is_better, schemes, n_basis, steps, x, batch, tolerances
+):
     """Every argument of :func:`compress` checked before anything is evaluated: its
     blocks, the candidates (schemes, node and step counts) and the latency input."""
     if not isinstance(model, nn.Module):
@@ -165,7 +165,7 @@ def _checked(model, val, test, metric, higher_is_better, schemes, n_basis, steps
             f"higher_is_better must be True or False (the metric's direction is not "
             f"guessed), got {higher_is_better!r}"
         )
-    cands = plan(blocks, schemes, n_basis, steps)
+    cands = plan(blocks, schemes, n_basis, steps, *tolerances)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"latency_batch must be an int >= 1, got {batch!r}")
     val_batches = _batches(val, batch, "val")
@@ -184,8 +184,17 @@ def _checked(model, val, test, metric, higher_is_better, schemes, n_basis, steps
     return blocks, cands, x
 
 
+def _failed(entry: dict, model, error) -> dict:
+    """An adaptive candidate whose solve stopped (``error``): no metric, never chosen."""
+    nan = math.nan
+    entry.update(parameters=sum(p.numel() for p in model.parameters()), latency_ms=nan, val=nan,
+                 rate_evals=nan, drop_points=nan, rel_drop=nan, failed=str(error))  # fmt: skip
+    return entry
+
+
 def _within(c: dict, max_drop, max_rel_drop) -> bool:
-    """Whether candidate ``c`` is within the budget (a NaN metric never is)."""
+    """Whether candidate ``c`` is within the budget (a NaN metric, or a failed candidate's,
+    never is)."""
     ok = max_drop is None or c["drop_points"] <= max_drop
     return ok and (max_rel_drop is None or c["rel_drop"] <= max_rel_drop)
 
@@ -202,43 +211,6 @@ def _choose(candidates, max_drop, max_rel_drop):
     return min(ties, key=lambda i: (candidates[i]["parameters"], candidates[i]["latency_ms"]))
 
 
-def apply_manifestation(model: nn.Module, choice: dict) -> nn.Module:
-    """Give ``model`` (as it was when compressed) the manifestation of a candidate of
-    :func:`compress` (its ``blocks`` entry): each block projected onto its node count and
-    run with its scheme and step count. Every entry is checked before any block changes.
-    Returns ``model``."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    entries = choice.get("blocks") if isinstance(choice, dict) else None
-    if not isinstance(entries, list):
-        raise TypeError("choice must be a candidate of compress (a dict with 'blocks')")
-    blocks, plan = dict(named_blocks(model)), []
-    for entry in entries:
-        try:
-            name, k, scheme, n = (entry[f] for f in ("block", "n_basis", "scheme", "n_steps"))
-        except (KeyError, TypeError):
-            raise ValueError(
-                f"choice's blocks entries must give block, n_basis, scheme and n_steps, got "
-                f"{entry!r}"
-            ) from None
-        b = blocks.get(name)
-        if b is None:
-            raise ValueError(f"choice names block {name!r}, which model does not hold")
-        tab = schemes_lib.get(scheme)
-        if isinstance(tab, schemes_lib.LMResNet) and b.lm is None:
-            raise ValueError(
-                f"choice gives block {name!r} scheme 'lm', which it was not built with"
-            )
-        schemes_lib.check_n_steps(n)
-        basis_lib.get(b.unit.basis.family, k)
-        plan.append((b, k, scheme, n))
-    for b, k, scheme, n in plan:
-        if b.unit.basis.n_basis != k:
-            project(b, k, steps=False)
-        b.scheme, b.n_steps = scheme, n
-    return model
-
-
 def compress(
     model: nn.Module,
     val,
@@ -251,6 +223,8 @@ def compress(
     schemes=None,
     n_basis=None,
     steps=None,
+    rtols=None,
+    adaptive_scheme: str = "dopri5",
     latency_input: torch.Tensor | None = None,
     latency_batch: int = 256,
     device="cpu",
@@ -265,7 +239,10 @@ def compress(
     block's own, then euler, midpoint and rk4) and each of ``steps`` (default: each
     block's own ``n_steps`` divided by 1, 2, 4, 8). An entry of ``schemes`` or ``steps``
     is one value for every block or a list of one per block (None in it: that block's
-    own). The model as given is always the first candidate, with a drop of 0. For each:
+    own). Each of ``rtols`` adds, for every node count, every block run with the embedded
+    pair ``adaptive_scheme`` to that tolerance (``atol = rtol / 100``; each block's own
+    ``per_sample``; default: none). The model as given is always the first candidate,
+    with a drop of 0. For each:
     parameters, measured inference latency (on ``latency_input``, default the first
     ``latency_batch`` validation inputs) and ``metric`` on ``val``.
 
@@ -283,9 +260,10 @@ def compress(
     Returns ``{"original", "candidates", "choice", "metric", "higher_is_better",
     "max_drop_points", "max_rel_drop", "latency_batch"}``; each entry has ``n_basis``,
     ``scheme``, ``n_steps`` (one value where the blocks share it, else a list),
-    ``blocks`` (every block's manifestation by name), ``parameters``, ``latency_ms``,
-    ``val``, ``drop_points``, ``rel_drop``, ``rate_evals`` (and the original and the
-    choice ``test``).
+    ``rtol`` (None: fixed steps), ``blocks`` (every block's manifestation by name),
+    ``parameters``, ``latency_ms``, ``val``, ``drop_points``, ``rel_drop``, ``rate_evals``
+    (per input: measured on the latency input for adaptive blocks) (and the original and
+    the choice ``test``).
     """
     max_drop, max_rel_drop = _budget(max_drop, max_rel_drop)
     if isinstance(min_run_time, bool) or not isinstance(min_run_time, (int, float)):
@@ -303,6 +281,7 @@ def compress(
         steps,
         latency_input,
         latency_batch,
+        (rtols, adaptive_scheme),
     )
     xb = xb.to(device)
 
@@ -310,7 +289,7 @@ def compress(
         entry = {**describe(blocks, cand), "parameters": sum(p.numel() for p in m.parameters())}
         entry["latency_ms"] = measure_latency(m, xb, min_run_time) * 1e3
         entry["val"] = metric_on(m, val, metric, device=device, name="val")
-        entry["rate_evals"] = sum(schemes_lib.get(s).stages * n for _, s, n in cand)
+        entry["rate_evals"] = rate_evals([b for _, b in named_blocks(m)], cand, len(xb))
         if base is None:  # the original
             entry["drop_points"], entry["rel_drop"] = 0.0, 0.0
         else:
@@ -319,7 +298,7 @@ def compress(
 
     candidates, copies = [], {}
     for cand in cands:
-        ks = tuple(k for k, _, _ in cand)
+        ks = tuple(k for k, *_ in cand)
         if not candidates:
             m = model
         elif ks not in copies:
@@ -329,20 +308,28 @@ def compress(
                     project(b, k, steps=False)
         else:
             m = copies[ks]
-        saved = [(b.scheme, b.n_steps) for _, b in named_blocks(m)]
-        for (_, b), (_, s, n) in zip(named_blocks(m), cand):
-            b.scheme, b.n_steps = s, n
+        saved = [(b.scheme, b.n_steps, b.rtol, b.atol) for _, b in named_blocks(m)]
+        for (_, b), (_, *manifestation) in zip(named_blocks(m), cand):
+            b.manifest(*manifestation)
         try:
             c = measure(m, cand, candidates[0]["val"] if candidates else None)
+        except RuntimeError as e:  # a tolerance its controller could not meet (max_steps)
+            if not candidates or all(r is None for *_, r, _ in cand):
+                raise
+            c = _failed(describe(blocks, cand), m, e)
         finally:
-            for (_, b), (s, n) in zip(named_blocks(m), saved):
-                b.scheme, b.n_steps = s, n
+            for (_, b), manifestation in zip(named_blocks(m), saved):
+                b.manifest(*manifestation)
         candidates.append(c)
-        log(
-            f"  K={c['n_basis']!s:<6} {c['scheme']!s:<9} n_steps={c['n_steps']!s:<6} "
-            f"params {c['parameters']:>9,d}  val {c['val']:.4f}  "
-            f"latency {c['latency_ms']:.2f} ms"
+        steps_or_tol = (
+            f"n_steps={c['n_steps']!s:<6}" if c["rtol"] is None else f"rtol={c['rtol']!s:<9}"
         )
+        log(
+            f"  K={c['n_basis']!s:<6} {c['scheme']!s:<9} {steps_or_tol} "
+            f"params {c['parameters']:>9,d}  "
+            + (f"failed: {c['failed']}" if "failed" in c else
+               f"val {c['val']:.4f}  latency {c['latency_ms']:.2f} ms")
+        )  # fmt: skip
     original = candidates[0]
     best = _choose(candidates, max_drop, max_rel_drop)
     choice = None if best is None else candidates[best]

@@ -36,10 +36,10 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512, device="cp
 
 def set_manifestation(blocks, scheme, n_steps) -> None:
     """Run every block of ``blocks`` with ``scheme`` and ``n_steps`` (a list gives each
-    block its own)."""
+    block its own): fixed steps, a block's tolerance cleared."""
     counts = n_steps if isinstance(n_steps, (list, tuple)) else [n_steps] * len(blocks)
     for b, n in zip(blocks, counts, strict=True):
-        b.scheme, b.n_steps = scheme, n
+        b.manifest(scheme, n)
 
 
 def schemes_to_try(model: nn.Module) -> list:
@@ -74,7 +74,7 @@ def manifestation_table(
     blocks = blocks_of(model)
     if not blocks:
         raise ValueError("model holds no ContinuousBlock")
-    saved = [(b.scheme, b.n_steps) for b in blocks]
+    saved = [(b.scheme, b.n_steps, b.rtol, b.atol) for b in blocks]
     try:
         set_manifestation(blocks, *reference)
         ref = predict(model, x, device=device)
@@ -96,8 +96,8 @@ def manifestation_table(
             }
         return {"reference": list(reference), "rows": rows}
     finally:
-        for b, (s, n) in zip(blocks, saved):
-            b.scheme, b.n_steps = s, n
+        for b, manifestation in zip(blocks, saved):
+            b.manifest(*manifestation)
 
 
 def manifestation_drift(model, x, schemes, steps, reference=("rk4", 64)):

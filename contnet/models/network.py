@@ -24,12 +24,13 @@ class Network(nn.Module):
         return cls(*[kw.pop(name) for name in cls._positional], **kw)
 
     def set_manifestation(self, scheme=None, n_steps: int | None = None) -> None:
-        """Set ``scheme`` and/or ``n_steps`` of every block."""
+        """Set ``scheme`` and/or ``n_steps`` of every block: fixed steps (a block's
+        tolerance cleared; :meth:`ContinuousBlock.manifest` sets one)."""
         for block in self.blocks():
-            if scheme is not None:
-                block.scheme = scheme
-            if n_steps is not None:
-                block.n_steps = n_steps
+            block.manifest(
+                block.scheme if scheme is None else scheme,
+                block.n_steps if n_steps is None else n_steps,
+            )
 
     def blocks(self) -> list[ContinuousBlock]:
         return list(self.stages)

@@ -13,6 +13,7 @@ the reason."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import pathlib
 
 import torch
@@ -21,6 +22,7 @@ from torch import nn
 from .. import basis as basis_lib
 from .. import schemes as schemes_lib
 from ..block import ContinuousBlock, blocks_of
+from ..integrate import Controller
 from ..models import NETWORKS, ContinuousNet, project, refine
 from ..nn import TimeDependent, map_bases
 from .checkpoint_file import (
@@ -68,7 +70,19 @@ def model_state(model: nn.Module) -> dict:
             for name, m in model.named_modules()
             if isinstance(m, ContinuousBlock)
         },
+        # the blocks that run to a tolerance: [rtol, atol, per_sample, controller settings or
+        # None] (the others: fixed steps)
+        "tolerances": {
+            name: [m.rtol, m.atol, m.per_sample, _controller(m)]
+            for name, m in model.named_modules()
+            if isinstance(m, ContinuousBlock) and m.rtol is not None
+        },
     }
+
+
+def _controller(block) -> dict | None:
+    """A block's controller as its settings (None: the default)."""
+    return None if block.controller is None else dataclasses.asdict(block.controller)
 
 
 def save_checkpoint(
@@ -245,13 +259,20 @@ def _load(model: nn.Module, payload: dict, where: str, built: bool = False) -> N
         if not manifest:  # an older checkpoint: the blocks in order
             names = [n for n, m in blocks.items() if isinstance(m, ContinuousBlock)]
             manifest = {n: [s, k] for n, s, k in zip(names, state["scheme"], state["n_steps"])}
+        tolerances = state.get("tolerances")  # (older checkpoints have none: as built)
         for name, (scheme, n_steps) in manifest.items():
             block = blocks.get(name)
             if not isinstance(block, ContinuousBlock):
                 continue
-            if schemes_lib.name_of(block.scheme) != scheme:  # (a user's tableau: kept by name)
-                block.scheme = scheme
-            block.n_steps = n_steps
+            if schemes_lib.name_of(block.scheme) == scheme:  # (a user's tableau: kept by name)
+                scheme = block.scheme
+            if tolerances is None:
+                block.manifest(scheme, n_steps, block.rtol, block.atol)
+                continue
+            rtol, atol, per_sample, *controller = tolerances.get(name, (None, None, False))
+            block.manifest(scheme, n_steps, rtol, atol)
+            block.per_sample = per_sample
+            block.controller = Controller(**controller[0]) if controller and controller[0] else None
         model.load_state_dict(payload["model"])
     except CheckpointError:
         raise

@@ -130,6 +130,21 @@ def _check_meta(meta, path) -> None:
             path,
             f"has a state {key!r} that is not a map of pairs",
         )
+    tolerances = state.get("tolerances", {})
+    _require(
+        isinstance(tolerances, dict)
+        and all(
+            isinstance(v, list)
+            and len(v) in (3, 4)
+            and isinstance(v[0], (int, float))
+            and (v[1] is None or isinstance(v[1], (int, float)))
+            and isinstance(v[2], bool)
+            and (len(v) == 3 or v[3] is None or isinstance(v[3], dict))
+            for v in tolerances.values()
+        ),
+        path,
+        "has a state 'tolerances' that is not a map of [rtol, atol, per_sample, controller]",
+    )
     epoch = meta.get("epoch", 0)
     _require(isinstance(epoch, int) and epoch >= 0, path, f"has a bad epoch {epoch!r}")
     history = meta.get("history", [])

@@ -180,10 +180,10 @@ def rate_of(f, t: float, x: torch.Tensor) -> torch.Tensor:
 
 def embedded_step(f, x, times, h: float, tab, first=None, t_end=None):
     """One step of an embedded pair from ``x``: ``(x_next, ks)``, with ``ks`` the rates its
-    error estimate reads (None where its weight is zero) and, for a first-same-as-last pair,
-    the rate at ``x_next`` at ``t_end`` last (``ks[0]`` is always there); ``x_next`` is None where the error op is to
-    compute it (a pair that is not first-same-as-last, with a rate that does not split).
-    ``first``: ``k_1`` if known."""
+    error estimate reads (None where its weight is zero; ``ks[0]`` always there) and, for a
+    first-same-as-last pair, the rate at ``x_next`` at ``t_end`` last. ``x_next`` is None
+    where the error op is to compute it (a pair that is not first-same-as-last, with a rate
+    that does not split). ``first``: ``k_1`` if known."""
     e = tab.error_weights
     split = split_of(f)
     if split is None:

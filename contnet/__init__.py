@@ -14,6 +14,7 @@ from .models import (
     GraphedInference,
     Stitch,
     cuda_graph,
+    from_branches,
     from_resnet,
     project,
     refine,
@@ -53,6 +54,7 @@ __all__ = [
     "refine",
     "project",
     "from_resnet",
+    "from_branches",
     "cuda_graph",
     "GraphedInference",
 ]

@@ -56,6 +56,10 @@ class TimeModule(TimeDependent):
     on it as on contnet's own layers.
     """
 
+    #: the output's factor (a stage of ``N`` branches integrated over unit depth has rate
+    #: ``N f``; see :func:`contnet.from_branches`)
+    scale: float = 1.0
+
     def __init__(self, module: nn.Module, basis: basis_lib.Basis, *, residual_check=True):
         super().__init__(basis)
         _check_module(module)
@@ -167,7 +171,7 @@ class TimeModule(TimeDependent):
         out = functional_call(self.module, values, args, kwargs, tie_weights=True)
         if self.residual_check:
             self._check_residual(args, out)
-        return out
+        return out if self.scale == 1.0 else out * self.scale
 
     def _check_residual(self, args, out) -> None:
         """Once, on the first call that can tell: warn if the output is so close in
@@ -204,7 +208,8 @@ class TimeModule(TimeDependent):
 
     def extra_repr(self) -> str:
         stats = f", statistics={len(self._stats)}" if self._stats else ""
-        return f"parameters={len(self._names)}{stats}, " + super().extra_repr()
+        scale = f", scale={self.scale:g}" if self.scale != 1.0 else ""
+        return f"parameters={len(self._names)}{stats}{scale}, " + super().extra_repr()
 
 
 def _tracks_stats(m: nn.Module) -> bool:

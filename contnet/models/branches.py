@@ -20,7 +20,7 @@ from torch import nn
 
 from ..block import ContinuousBlock
 from ..nn import TimeModule, time_dependent
-from .convert import _tolerance
+from .convert import first_disagreement
 
 __all__ = ["from_branches"]
 
@@ -117,19 +117,15 @@ def _probe(branches, block: ContinuousBlock, example, kwargs) -> None:
         unit, N = block.unit, len(branches)
         path = odeint(lambda t, x: unit(t, x, **kwargs), example, scheme="euler", n_steps=N,
                       trajectory=True)  # fmt: skip
-        state = example
-        for i, b in enumerate(branches):
-            state = state + b(state, **kwargs)
-            ref, got = state.double(), path[i + 1].double()
-            err = (got - ref).abs().max().item()
-            scale = ref.abs().max().item()
-            if not err <= _tolerance(example.dtype, i + 1) * (1.0 + scale):
-                raise ValueError(
-                    f"the converted block differs from the stage after branches[{i}] by "
-                    f"{err:.3g} on the example (eval mode, states of size {scale:.3g}): the "
-                    "branches compute something a time-dependent copy does not (a forward "
-                    "that reads its module's identity or state beyond its tensors)"
-                )
+        found = first_disagreement(branches, lambda b, x: x + b(x, **kwargs), example, path)
+        if found is not None:
+            i, err, scale = found
+            raise ValueError(
+                f"the converted block differs from the stage after branches[{i}] by {err:.3g} "
+                f"on the example (eval mode, states of size {scale:.3g}): the branches "
+                "compute something a time-dependent copy does not (a forward that reads its "
+                "module's identity or state beyond its tensors)"
+            )
     finally:
         for m, mode in modes:
             m.training = mode

@@ -229,6 +229,21 @@ def _build(parts) -> ContinuousBlock:
     return ContinuousBlock(unit, scheme="euler", n_steps=len(parts))
 
 
+def first_disagreement(blocks, apply, x, path):
+    """``(i, err, scale)`` of the first block after which the stage (``apply(block, state)``
+    for each block in turn from ``x``) and ``path`` (the converted block's states, ``x``
+    first) disagree beyond rounding (:func:`_tolerance`), or None."""
+    state = x
+    for i, b in enumerate(blocks):
+        state = apply(b, state)
+        ref, got = state.double(), path[i + 1].double()
+        err = (got - ref).abs().max().item()
+        scale = ref.abs().max().item()
+        if not err <= _tolerance(x.dtype, i + 1) * (1.0 + scale):
+            return i, err, scale
+    return None
+
+
 def _tolerance(dtype: torch.dtype, n_blocks: int) -> float:
     """What rounding may make of ``n_blocks`` blocks, relative to ``1 + |state|``: both
     sides run the same convolutions and norms; the block's update rounds twice more (the
@@ -257,21 +272,17 @@ def _probe(blocks, block: ContinuousBlock, parts) -> None:
         x = torch.randn(4, channels, size, size, generator=gen, device=w.device).to(w.dtype)
         N = len(blocks)
         path = odeint(block.unit, x, scheme="euler", n_steps=N, trajectory=True)
-        state = x
-        for i, b in enumerate(blocks):
-            state = b(state)
-            ref, got = state.double(), path[i + 1].double()
-            err = (got - ref).abs().max().item()
-            scale = ref.abs().max().item()
-            if not err <= _tolerance(w.dtype, i + 1) * (1.0 + scale):
-                raise ValueError(
-                    f"stage[{i}] ({_describe(b)}) does not compute the pre-activation residual "
-                    f"{_FORMULA[len(parts[i])]} of its layers: on a probe batch "
-                    f"(eval mode, {w.dtype}) the converted block differs from it by {err:.3g} "
-                    f"after it (states of size {scale:.3g}). A post-activation block "
-                    "(relu(bn2(conv2(relu(bn1(conv1(x))))) + x)) or a forward that does "
-                    "something else cannot be converted"
-                )
+        found = first_disagreement(blocks, lambda b, state: b(state), x, path)
+        if found is not None:
+            i, err, scale = found
+            raise ValueError(
+                f"stage[{i}] ({_describe(blocks[i])}) does not compute the pre-activation "
+                f"residual {_FORMULA[len(parts[i])]} of its layers: on a probe batch "
+                f"(eval mode, {w.dtype}) the converted block differs from it by {err:.3g} "
+                f"after it (states of size {scale:.3g}). A post-activation block "
+                "(relu(bn2(conv2(relu(bn1(conv1(x))))) + x)) or a forward that does "
+                "something else cannot be converted"
+            )
     finally:
         for m, mode in modes:
             m.training = mode

@@ -7,7 +7,7 @@ from torch import nn
 from torch._C._functorch import is_functorch_wrapped_tensor
 
 from .. import ops, schemes
-from ..integrate import BACKPROP_MODES, adaptive, fixed_stats, odeint, rate_times
+from ..integrate import adaptive, fixed_stats, odeint, rate_times
 from ..nn import (
     TimeScalar,
     Unit,
@@ -18,12 +18,14 @@ from ..nn import (
     reads_weights_ahead,
 )
 from .arguments import check_replayable, keyword_tensors
+from .settings import Manifestation
 from .stage_rate import StageRate
+from .stochastic_depth import StochasticDepth
 
-__all__ = ["ContinuousBlock", "blocks_of"]
+__all__ = ["ContinuousBlock", "StochasticDepth", "blocks_of"]
 
 
-class ContinuousBlock(nn.Module):
+class ContinuousBlock(Manifestation, nn.Module):
     """Integrates a rate module ``unit(t, x)`` from ``t = 0`` to ``1``.
 
     ``scheme`` (name or tableau), ``n_steps`` and ``backprop`` are plain attributes that
@@ -37,6 +39,13 @@ class ContinuousBlock(nn.Module):
 
     ``scheme="lm"`` (LM-ResNet) gives the block a learnable ``k(t)`` (``block.lm``, in the
     unit's basis, refined and projected with it).
+
+    ``stochastic_depth=p`` (``stochastic_depth_mode`` ``"row"`` or ``"batch"``,
+    ``stochastic_depth_schedule`` ``"linear"``, ``p t``, or ``"constant"``): in training,
+    each step's update of a sample dropped with probability ``p(t_n)`` and kept ones
+    scaled by ``1 / (1 - p(t_n))`` (LM-ResNet: its rate term only); in eval nothing
+    changes (:mod:`contnet.block.stochastic_depth`). ``block.stochastic_depth`` holds the
+    settings (a :class:`StochasticDepth`, settable).
 
     ``rtol`` (and ``atol``, default ``rtol``), settable like ``scheme``: adaptive steps to
     that tolerance with an embedded pair as ``scheme`` (``dopri5``, ``tsit5``, ``bosh3``,
@@ -71,6 +80,9 @@ class ContinuousBlock(nn.Module):
         atol=None,
         controller=None,
         per_sample=False,
+        stochastic_depth: float = 0.0,
+        stochastic_depth_mode: str = "row",
+        stochastic_depth_schedule: str = "linear",
     ):
         super().__init__()
         if not callable(unit):
@@ -97,97 +109,10 @@ class ContinuousBlock(nn.Module):
             adaptive.pair_of(self.scheme)
         self.rtol, self.atol, self.controller = rtol, atol, controller
         self.per_sample = per_sample
+        self.stochastic_depth = StochasticDepth(
+            stochastic_depth, stochastic_depth_mode, stochastic_depth_schedule
+        )
         self.last_stats: dict | None = None
-
-    def manifest(self, scheme, n_steps: int, rtol=None, atol=None) -> None:
-        """Run with ``scheme`` and ``n_steps`` (fixed steps; the tolerance cleared), or, with
-        ``rtol`` (and ``atol``), with the embedded pair ``scheme`` to that tolerance
-        (``n_steps`` kept for when it is cleared): the scheme and the tolerance change
-        together, every value checked before any changes."""
-        sch = schemes.get(scheme)
-        schemes.check_n_steps(n_steps)
-        if rtol is not None:
-            adaptive.pair_of(sch)
-            adaptive.check_tolerances(rtol, atol)
-        elif atol is not None:
-            raise ValueError(f"atol={atol} without rtol: give rtol for adaptive steps")
-        self._rtol = None
-        self.scheme, self.n_steps = scheme, n_steps
-        self.rtol, self.atol = rtol, atol
-
-    @property
-    def scheme(self):
-        return self._scheme
-
-    @scheme.setter
-    def scheme(self, value):
-        sch = schemes.get(value)
-        if getattr(self, "_rtol", None) is not None and not getattr(sch, "embedded", False):
-            raise ValueError(
-                f"block.rtol is {self._rtol}: adaptive steps need an embedded pair as scheme "
-                f"({', '.join(schemes.PAIRS)}), got {sch.name!r}; for fixed steps clear the "
-                "tolerance first (block.rtol = None), or use block.manifest(scheme, n_steps)"
-            )
-        if isinstance(sch, schemes.LMResNet) and getattr(self, "lm", None) is None:
-            raise ValueError(
-                "scheme 'lm' has a learnable k(t): build the block with scheme='lm' so that it owns one"
-            )
-        self._scheme = value if isinstance(value, str) else sch
-
-    @property
-    def n_steps(self) -> int:
-        return self._n_steps
-
-    @n_steps.setter
-    def n_steps(self, value: int):
-        self._n_steps = schemes.check_n_steps(value)
-
-    @property
-    def rtol(self) -> float | None:
-        return self._rtol
-
-    @rtol.setter
-    def rtol(self, value):
-        self._rtol = None if value is None else adaptive.check_tolerances(value, None)[0]
-
-    @property
-    def atol(self) -> float | None:
-        """``atol`` as set (None: ``rtol``'s value)."""
-        return self._atol
-
-    @atol.setter
-    def atol(self, value):
-        self._atol = None if value is None else adaptive.check_tolerances(1.0, value)[1]
-
-    @property
-    def per_sample(self) -> bool:
-        return self._per_sample
-
-    @per_sample.setter
-    def per_sample(self, value):
-        if not isinstance(value, bool):
-            raise TypeError(f"per_sample must be a bool, got {value!r}")
-        self._per_sample = value
-
-    @property
-    def controller(self):
-        return self._controller
-
-    @controller.setter
-    def controller(self, value):
-        if value is not None and not isinstance(value, adaptive.Controller):
-            raise TypeError(f"controller must be a Controller or None, got {type(value).__name__}")
-        self._controller = value
-
-    @property
-    def backprop(self) -> str:
-        return self._backprop
-
-    @backprop.setter
-    def backprop(self, value: str):
-        if value not in BACKPROP_MODES:
-            raise ValueError(f"unknown backprop {value!r}; expected one of {list(BACKPROP_MODES)}")
-        self._backprop = value
 
     def forward(self, x, *args, **kwargs):
         """``x(1)`` from ``x(0) = x``. Keyword arguments go to every call of the unit, held
@@ -244,8 +169,17 @@ class ContinuousBlock(nn.Module):
                 params += keyword_tensors(kwargs, params)
             kw["params"] = params
             kw["recompute"] = lambda: frozen_batch_stats(self.unit)
+        dropping = self.training and self.stochastic_depth.active
         if self.rtol is not None:
+            if dropping:
+                raise ValueError(
+                    "stochastic depth drops the updates of fixed steps: in training, clear "
+                    "the block's tolerance (block.rtol = None) or its stochastic depth"
+                )
             return self._adaptive(rate, x, kw, kwargs)
+        if dropping:  # each step's factor drawn now: a recomputed step reuses it
+            starts = [n / self.n_steps for n in range(self.n_steps)]
+            kw["update_factors"] = self.stochastic_depth.factors(x, starts)
         self.last_stats = fixed_stats(self.scheme, self.n_steps)
         return odeint(
             rate, x, scheme=self.scheme, n_steps=self.n_steps, backprop=self.backprop, **kw
@@ -375,7 +309,9 @@ class ContinuousBlock(nn.Module):
 
     def extra_repr(self) -> str:
         steps = f"rtol={self.rtol}, atol={self.atol}" if self.rtol else f"n_steps={self.n_steps}"
-        return f"scheme={schemes.name_of(self.scheme)}, {steps}, backprop={self.backprop}"
+        sd = self.stochastic_depth
+        drop = f", stochastic_depth={sd.p} ({sd.mode}, {sd.schedule})" if sd.active else ""
+        return f"scheme={schemes.name_of(self.scheme)}, {steps}, backprop={self.backprop}{drop}"
 
 
 def _stacks(groups) -> list:

@@ -65,6 +65,7 @@ def odeint(
     stats=None,
     per_sample=False,
     cells=None,
+    update_factors=None,
 ) -> torch.Tensor:
     """Integrate ``dx/dt = f(t, x)`` from ``x(t0) = x0`` to ``t1`` in ``n_steps`` equal steps,
     or, with ``rtol``, in steps chosen to meet a tolerance.
@@ -135,6 +136,11 @@ def odeint(
             constant in ``t`` (weights ``piecewise_constant`` in depth, the rate's only
             dependence on time): samples whose stage times share a cell share one rate
             call. Without it, samples share a call only at equal times.
+        update_factors: fixed steps only: per step, None or the factor of that step's
+            update, a tensor that broadcasts against the state (stochastic depth: 0 for a
+            sample whose update is dropped, ``1 / (1 - p)`` for one kept; LM-ResNet scales
+            its rate term only). Constants: ``checkpoint`` recomputes each step with the
+            same factors; ``adjoint`` refuses them (a scaled step has no back step).
 
     A stage at a step's right end (``c_i = 1``) receives the float just inside the step
     (the open-interval rule; see :func:`contnet.schemes.stage_times`).
@@ -159,6 +165,8 @@ def odeint(
     if cells is not None and not per_sample:
         raise ValueError("cells is an option of per_sample=True")
     if rtol is not None or atol is not None:
+        if update_factors is not None:
+            raise ValueError("update_factors need fixed steps (n_steps), not rtol")
         jump_t, kink_t = _times("jump_t", jump_t), _times("kink_t", kink_t)
         if rtol is None:
             raise ValueError("atol needs rtol: adaptive steps are asked for by rtol")
@@ -187,6 +195,7 @@ def odeint(
         sch = schemes.get(scheme)
         n_steps = schemes.check_n_steps(n_steps)
         stepper = stepper_for(f, sch, n_steps, t0, t1, lm_k)
+        stepper.factors = _factors(update_factors, n_steps, backprop)
         if stats is not None:
             stats.update(fixed_stats(sch, n_steps))
     # torch.func transforms and forward-mode AD differentiate (or batch) the steps
@@ -222,6 +231,26 @@ def odeint(
     if isinstance(stepper, LMStepper) and stepper.coeffs.requires_grad:
         params.append(stepper.coeffs)
     return Stepwise.apply(stepper, backprop, recompute or contextlib.nullcontext, x0, *params)
+
+
+def _factors(factors, n_steps: int, backprop: str):
+    """``update_factors`` checked: None, or one entry per step, each None or a tensor."""
+    if factors is None:
+        return None
+    factors = list(factors)
+    if len(factors) != n_steps:
+        raise ValueError(
+            f"update_factors must hold one entry per step ({n_steps}), got {len(factors)}"
+        )
+    for n, s in enumerate(factors):
+        if s is not None and not isinstance(s, torch.Tensor):
+            raise TypeError(f"update_factors[{n}] must be None or a tensor, got {type(s).__name__}")
+    if backprop == "adjoint" and torch.is_grad_enabled() and any(s is not None for s in factors):
+        raise ValueError(
+            "backprop='adjoint' cannot step back through scaled updates (update_factors: "
+            "stochastic depth in training); use backprop='checkpoint'"
+        )
+    return factors
 
 
 def fixed_stats(scheme, n_steps: int) -> dict:

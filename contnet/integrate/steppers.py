@@ -23,11 +23,23 @@ class Stepper:
 
     #: whether the step can be taken back (``backprop="adjoint"``)
     reversible = False
+    #: per step, None or the factor of the step's update (stochastic depth: 0 where a
+    #: sample's update is dropped, ``1 / (1 - p)`` where it is kept), a tensor that
+    #: broadcasts against the state; None: every update as the scheme makes it
+    factors = None
 
     def __init__(self, f, scheme, n_steps: int, t0: float, t1: float):
         self.f, self.scheme, self.n_steps = f, scheme, n_steps
         self.h = (t1 - t0) / n_steps
         self.times = self.times_of(scheme, n_steps, t0, t1)
+
+    def factor(self, n: int):
+        return None if self.factors is None else self.factors[n]
+
+    def scaled(self, n: int, x: torch.Tensor, x_new: torch.Tensor) -> torch.Tensor:
+        """``x_new`` with step ``n``'s update scaled by its factor, if it has one."""
+        s = self.factor(n)
+        return x_new if s is None else x + s * (x_new - x)
 
     @classmethod
     def times_of(cls, scheme, n_steps, t0, t1) -> list[list[float]]:
@@ -56,7 +68,9 @@ class RKStepper(Stepper):
         return times + schemes.stage_times(scheme, n_steps, t1, t0) if adjoint else times
 
     def step(self, n, state):
-        return (rk_step(self.f, state[0], self.times[n], self.h, self.scheme),)
+        return (
+            self.scaled(n, state[0], rk_step(self.f, state[0], self.times[n], self.h, self.scheme)),
+        )
 
     def back(self, n, state):
         """The state before step ``n`` from the state after it: the same scheme stepped
@@ -86,8 +100,8 @@ class AB2Stepper(Stepper):
         if f_prev is None:
             x1 = ops.combine_unchecked(x, [fn], h, [1.0])
             k2 = check_rate(self.f(times[1], x1), x, times[1])
-            return ops.combine_unchecked(x, [fn, k2], h, list(self.HEUN.b)), fn
-        return ops.combine_unchecked(x, [fn, f_prev], h, [1.5, -0.5]), fn
+            return self.scaled(n, x, ops.combine_unchecked(x, [fn, k2], h, list(self.HEUN.b))), fn
+        return self.scaled(n, x, ops.combine_unchecked(x, [fn, f_prev], h, [1.5, -0.5])), fn
 
 
 class LMStepper(Stepper):
@@ -105,12 +119,16 @@ class LMStepper(Stepper):
         return (x0, None)
 
     def step(self, n, state):
+        """With a factor ``eta_n`` (stochastic depth), only the rate term is scaled, as Lu
+        et al. drop it: ``(1 - k_n) x_n + k_n x_{n-1} + eta_n h f(t_n, x_n)``."""
         x, x_prev = state
         t = self.times[n][0]
         fn = check_rate(self.f(t, x), x, t)
         if x_prev is None:
-            return ops.combine_unchecked(x, [fn], self.h, [1.0]), x
-        return ops.combine_learned_unchecked(x, [x_prev, x, fn], 1.0, self.coeffs[n]), x
+            return self.scaled(n, x, ops.combine_unchecked(x, [fn], self.h, [1.0])), x
+        out = ops.combine_learned_unchecked(x, [x_prev, x, fn], 1.0, self.coeffs[n])
+        eta = self.factor(n)
+        return (out if eta is None else out + (eta - 1) * (self.h * fn)), x
 
 
 def _lm_coefficients(lm_k, n_steps, times):

@@ -1,0 +1,65 @@
+"""Stochastic depth for a block's steps (Huang et al. 2016; in the continuous reading of
+LM-ResNet, Lu et al. 2018: a stochastic dynamic system): in training, each step's update of
+a sample is dropped with probability ``p(t_n)`` and kept ones are scaled by
+``1 / (1 - p(t_n))``, so that the expected update is the step's; in eval, nothing changes.
+
+``t_n`` is the step's start in unit depth, so the probability belongs to a depth, not to
+a step's index: refined or with more steps, each step keeps the probability of its time
+(more steps, each as likely to drop, drop a larger number of smaller updates: the noise of
+a depth interval falls as its steps shrink)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+MODES = ("row", "batch")
+SCHEDULES = ("linear", "constant")
+
+
+@dataclass(frozen=True)
+class StochasticDepth:
+    """``p``: the drop probability, at depth 1 for the ``linear`` schedule (``p t``, as
+    drop-path rates rise over a timm model's blocks) or at every depth (``constant``);
+    ``mode``: ``row`` drops each sample's update on its own, ``batch`` the whole batch's
+    (as ``torchvision.ops.stochastic_depth``'s modes)."""
+
+    p: float = 0.0
+    mode: str = "row"
+    schedule: str = "linear"
+
+    def __post_init__(self):
+        p = self.p
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0 <= p < 1):
+            raise ValueError(f"stochastic_depth must be a probability in [0, 1), got {p!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"stochastic_depth_mode must be one of {MODES}, got {self.mode!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(
+                f"stochastic_depth_schedule must be one of {SCHEDULES}, got {self.schedule!r}"
+            )
+
+    def probability(self, t: float) -> float:
+        """The drop probability of a step starting at depth ``t`` (in [0, 1])."""
+        return self.p * t if self.schedule == "linear" else self.p
+
+    def factors(self, x: torch.Tensor, starts) -> list:
+        """One factor per step starting at ``starts``: None where nothing drops, else a
+        tensor of ``x``'s dtype and device, 0 or ``1 / (1 - p)``, of shape ``(B, 1, ...)``
+        (row) or ``()`` (batch), drawn from the default generator of ``x``'s device."""
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1) if self.mode == "row" and x.dim() else ()
+        out = []
+        for t in starts:
+            p = self.probability(t)
+            if p == 0.0:
+                out.append(None)
+                continue
+            keep = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(1.0 - p)
+            out.append(keep.div_(1.0 - p))
+        return out
+
+    @property
+    def active(self) -> bool:
+        return self.p > 0 and not math.isnan(self.p)

@@ -92,10 +92,6 @@ def test_a_slice_of_an_eval_model_converts_to_an_eval_block_without_touching_sta
 @pytest.mark.parametrize(
     "kw, match",
     [
-        (
-            {"drop_path_rate": 0.1},
-            r"stage\[0\] \(PreActBottleneck\) has a submodule 'drop_path' \(DropPath\)",
-        ),
         ({"conv_layer": None}, r"stage\[0\]\.conv1 must be a plain nn\.Conv2d, got StdConv2d"),
         (
             {"norm_layer": functools.partial(timm.layers.GroupNormAct, num_groups=8)},
@@ -128,3 +124,37 @@ def test_a_bottleneck_whose_forward_does_something_else_fails_the_probe():
         match=r"stage\[0\] \(PostAct\) does not compute the pre-activation residual x \+ conv3",
     ):
         contnet.from_resnet(stage.eval())
+
+
+def test_timm_drop_path_becomes_the_blocks_stochastic_depth():
+    """Each block's drop-path rate on its cell: eval exact; in training the same drop
+    probability per sample, kept updates rescaled as timm's DropPath rescales them."""
+    kw = {"conv_layer": create_conv2d, "norm_layer": BatchNormAct2d}
+    rates = [0.0, 0.1, 0.3]
+    stage = nn.Sequential(*[PreActBottleneck(32, 32, drop_path_rate=r, **kw) for r in rates])
+    stage = stage.double()
+    randomise_norms(stage)
+    stage.eval()
+    block = contnet.from_resnet(stage)
+    sd = block.stochastic_depth
+    assert (sd.schedule, sd.mode, sd.cells) == ("cells", "row", tuple(rates))
+    starts = [row[0] for row in contnet.schemes.stage_times("euler", 3, 0.0, 1.0)]
+    assert [sd.probability(t) for t in starts] == rates
+    x = torch.randn(2, 32, 6, 6, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(block.eval()(x), stage(x), rtol=1e-10, atol=1e-10)
+    # the drops: per sample, as often as timm's, the same scale where kept
+    ones = torch.ones(200000, 1, dtype=torch.float64)
+    torch.manual_seed(0)
+    ours = sd.factors(ones, starts)
+    for r, b, f in zip(rates, stage, ours):
+        torch.manual_seed(1)
+        theirs = b.drop_path.train()(ones)
+        if r == 0:
+            assert f is None
+            continue
+        assert set(f.unique().tolist()) == set(theirs.unique().tolist()) == {0.0, 1 / (1 - r)}
+        assert abs((f == 0).double().mean().item() - (theirs == 0).double().mean().item()) < 0.005
+    stage[1].drop_path.scale_by_keep = False
+    with pytest.raises(ValueError, match=r"stage\[1\]\.drop_path has scale_by_keep=False"):
+        contnet.from_resnet(stage)

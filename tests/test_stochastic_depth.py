@@ -122,6 +122,10 @@ def test_what_cannot_take_it_refuses_by_name():
         ({"p": -0.1}, "stochastic_depth must be a probability"),
         ({"p": 0.1, "mode": "sample"}, "stochastic_depth_mode"),
         ({"p": 0.1, "schedule": "cosine"}, "stochastic_depth_schedule"),
+        ({"schedule": "cells"}, "goes with cells"),
+        ({"cells": (0.1, 0.2)}, "goes with cells"),
+        ({"schedule": "cells", "cells": (0.1, 1.0)}, r"cells\[1\] must be a probability"),
+        ({"schedule": "cells", "cells": ()}, "one drop probability per cell"),
     ):
         with pytest.raises(ValueError, match=message):
             StochasticDepth(**bad)

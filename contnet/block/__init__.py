@@ -178,7 +178,7 @@ class ContinuousBlock(Manifestation, nn.Module):
                 )
             return self._adaptive(rate, x, kw, kwargs)
         if dropping:  # each step's factor drawn now: a recomputed step reuses it
-            starts = [n / self.n_steps for n in range(self.n_steps)]
+            starts = [row[0] for row in schemes.stage_times(self.scheme, self.n_steps, 0.0, 1.0)]
             kw["update_factors"] = self.stochastic_depth.factors(x, starts)
         self.last_stats = fixed_stats(self.scheme, self.n_steps)
         return odeint(

@@ -111,5 +111,6 @@ class Manifestation:
         """A :class:`StochasticDepth`, or a probability (the mode and schedule kept)."""
         if not isinstance(value, StochasticDepth):
             old = getattr(self, "_stochastic_depth", StochasticDepth())
-            value = StochasticDepth(value, old.mode, old.schedule)
+            schedule = "linear" if old.schedule == "cells" else old.schedule
+            value = StochasticDepth(value, old.mode, schedule)
         self._stochastic_depth = value

@@ -15,25 +15,38 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import basis as basis_lib
+
 MODES = ("row", "batch")
-SCHEDULES = ("linear", "constant")
+SCHEDULES = ("linear", "constant", "cells")
 
 
 @dataclass(frozen=True)
 class StochasticDepth:
     """``p``: the drop probability, at depth 1 for the ``linear`` schedule (``p t``, as
     drop-path rates rise over a timm model's blocks) or at every depth (``constant``);
-    ``mode``: ``row`` drops each sample's update on its own, ``batch`` the whole batch's
-    (as ``torchvision.ops.stochastic_depth``'s modes)."""
+    ``cells``: for the ``cells`` schedule, one probability per equal cell of depth (a
+    converted stage's blocks' drop-path rates, cell ``k`` block ``k``'s; ``p`` is then
+    their largest); ``mode``: ``row`` drops each sample's update on its own, ``batch`` the
+    whole batch's (as ``torchvision.ops.stochastic_depth``'s modes)."""
 
     p: float = 0.0
     mode: str = "row"
     schedule: str = "linear"
+    cells: tuple[float, ...] | None = None
 
     def __post_init__(self):
-        p = self.p
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0 <= p < 1):
-            raise ValueError(f"stochastic_depth must be a probability in [0, 1), got {p!r}")
+        if (self.schedule == "cells") != (self.cells is not None):
+            raise ValueError("stochastic_depth_schedule 'cells' goes with cells (and only it)")
+        if self.cells is not None:
+            cells = tuple(self.cells)
+            if not cells:
+                raise ValueError("cells must hold one drop probability per cell, got none")
+            for k, c in enumerate(cells):
+                _check_probability(c, f"cells[{k}]")
+            object.__setattr__(self, "cells", cells)
+            object.__setattr__(self, "p", max(cells))
+        _check_probability(self.p, "stochastic_depth")
         if self.mode not in MODES:
             raise ValueError(f"stochastic_depth_mode must be one of {MODES}, got {self.mode!r}")
         if self.schedule not in SCHEDULES:
@@ -42,7 +55,12 @@ class StochasticDepth:
             )
 
     def probability(self, t: float) -> float:
-        """The drop probability of a step starting at depth ``t`` (in [0, 1])."""
+        """The drop probability of a step starting at depth ``t`` (in [0, 1]); for
+        ``cells``, that of the cell a ``piecewise_constant`` basis reads at ``t`` (the
+        cell whose weights the step's first stage takes)."""
+        if self.schedule == "cells":
+            ((cell, _),) = basis_lib.get("piecewise_constant", len(self.cells)).coefficients(t)
+            return self.cells[cell]
         return self.p * t if self.schedule == "linear" else self.p
 
     def factors(self, x: torch.Tensor, starts) -> list:
@@ -63,3 +81,8 @@ class StochasticDepth:
     @property
     def active(self) -> bool:
         return self.p > 0 and not math.isnan(self.p)
+
+
+def _check_probability(p, name: str) -> None:
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0 <= p < 1):
+        raise ValueError(f"{name} must be a probability in [0, 1), got {p!r}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..block import ContinuousBlock
+from ..block import ContinuousBlock, StochasticDepth
 from ..nn import BottleneckUnit, ConvUnit
 
 __all__ = ["from_resnet"]
@@ -94,12 +94,31 @@ def _check_conv(i, name, conv, kernel_size, groups) -> None:
         )
 
 
+def _drop_rate(m, i) -> float | None:
+    """The drop probability of a timm ``DropPath`` (per sample, kept updates rescaled),
+    0 for an identity, None for anything else; a ``DropPath`` that does not rescale is
+    refused (its expected update is not the block's)."""
+    if _is_identity(m):
+        return 0.0
+    p, rescales = getattr(m, "drop_prob", None), getattr(m, "scale_by_keep", None)
+    if type(m).__name__ != "DropPath" or not isinstance(p, (int, float)) or rescales is None:
+        return None
+    if not rescales and p > 0:
+        raise ValueError(
+            f"stage[{i}].drop_path has scale_by_keep=False: its kept updates are not "
+            "rescaled, which a block's stochastic depth does (expected update unchanged)"
+        )
+    return float(p)
+
+
 def _check_children(block, i, mapped) -> None:
     """Nothing but the mapped layers, identity shortcuts and modules that compute nothing
     (identities, relu): anything else a converted block would drop."""
     for name, m in block.named_children():
         if name in mapped:
             continue
+        if name == "drop_path" and _drop_rate(m, i) is not None:
+            continue  # drop-path: the block's stochastic depth (see from_resnet)
         if name in _SHORTCUTS and not _is_identity(m):
             raise ValueError(
                 f"stage[{i}].{name} is not an identity shortcut ({_describe(m)}); "
@@ -301,9 +320,13 @@ def from_resnet(stage) -> ContinuousBlock:
     rate scaled by ``N``: block ``i`` becomes cell ``i``, so the output equals the stage's
     (batch norm in eval mode; in training mode the statistics are those of each cell).
 
+    A block's timm ``DropPath`` (``drop_path``, per sample, kept updates rescaled) becomes
+    the block's stochastic depth on its cell (schedule ``cells``, ``row``): the same drop
+    probability for that block's update, in training; nothing in eval.
+
     Checked, or refused with a ``ValueError`` naming the block and what it found: a block
     holding a parameter, buffer or submodule the conversion does not map (a layer scale,
-    dropout, drop-path, squeeze-excitation) is refused, and the stage and the block are
+    dropout, squeeze-excitation, a drop-path that does not rescale) is refused, and the stage and the block are
     run on a probe batch (eval mode, the stage's dtype and device) and must agree to
     rounding, which refuses blocks whose forward computes something else (post-activation
     blocks). The block takes the training mode of the blocks (and its norms that of
@@ -321,6 +344,9 @@ def from_resnet(stage) -> ContinuousBlock:
     _check_stage(parts)
     modes = _modes(blocks, parts)
     block = _build(parts)
+    rates = [_drop_rate(getattr(b, "drop_path", None), i) for i, b in enumerate(blocks)]
+    if any(rates):  # timm's drop-path, per sample, block i's on cell i
+        block.stochastic_depth = StochasticDepth(mode="row", schedule="cells", cells=rates)
     _probe(blocks, block, parts)
     block.train(modes[0])
     for j, mode in enumerate(modes[1:], start=1):

@@ -146,3 +146,23 @@ def test_a_compiled_block_draws_the_same_drops():
     torch.manual_seed(1)
     want = block(x)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_checkpoint_keeps_each_blocks_stochastic_depth(tmp_path):
+    from contnet import training as train
+
+    torch.manual_seed(0)
+    net = contnet.ContinuousNet(1, 10, widths=(4, 8), n_basis=2)
+    first, second = net.blocks()
+    first.stochastic_depth = StochasticDepth(0.3, "batch", "constant")
+    second.stochastic_depth = StochasticDepth(mode="row", schedule="cells", cells=(0.1, 0.2))
+    path = train.save_checkpoint(tmp_path / "ck.pt", net)
+    again = train.model_from_checkpoint(train.load_checkpoint(path))
+    assert [b.stochastic_depth for b in again.blocks()] == [
+        b.stochastic_depth for b in net.blocks()
+    ]
+    first.stochastic_depth = 0.0  # saved without: loading clears a built block's
+    path = train.save_checkpoint(tmp_path / "none.pt", net)
+    train.load_model_state(train.load_checkpoint(path), again)
+    assert not again.blocks()[0].stochastic_depth.active
+    assert again.blocks()[1].stochastic_depth.cells == (0.1, 0.2)

@@ -21,7 +21,7 @@ from torch import nn
 
 from .. import basis as basis_lib
 from .. import schemes as schemes_lib
-from ..block import ContinuousBlock, blocks_of
+from ..block import ContinuousBlock, StochasticDepth, blocks_of
 from ..integrate import Controller
 from ..models import NETWORKS, ContinuousNet, project, refine
 from ..nn import TimeDependent, map_bases
@@ -76,6 +76,12 @@ def model_state(model: nn.Module) -> dict:
             name: [m.rtol, m.atol, m.per_sample, _controller(m)]
             for name, m in model.named_modules()
             if isinstance(m, ContinuousBlock) and m.rtol is not None
+        },
+        # the blocks that drop steps in training: their StochasticDepth's settings
+        "stochastic_depth": {
+            name: dataclasses.asdict(m.stochastic_depth)
+            for name, m in model.named_modules()
+            if isinstance(m, ContinuousBlock) and m.stochastic_depth.active
         },
     }
 
@@ -273,6 +279,11 @@ def _load(model: nn.Module, payload: dict, where: str, built: bool = False) -> N
             block.manifest(scheme, n_steps, rtol, atol)
             block.per_sample = per_sample
             block.controller = Controller(**controller[0]) if controller and controller[0] else None
+        if "stochastic_depth" in state:  # (older checkpoints have none: as built)
+            for name, block in blocks.items():
+                if isinstance(block, ContinuousBlock):
+                    settings = state["stochastic_depth"].get(name)
+                    block.stochastic_depth = StochasticDepth(**settings) if settings else 0.0
         model.load_state_dict(payload["model"])
     except CheckpointError:
         raise

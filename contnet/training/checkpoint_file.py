@@ -145,6 +145,12 @@ def _check_meta(meta, path) -> None:
         path,
         "has a state 'tolerances' that is not a map of [rtol, atol, per_sample, controller]",
     )
+    drops = state.get("stochastic_depth", {})
+    _require(
+        isinstance(drops, dict) and all(isinstance(v, dict) for v in drops.values()),
+        path,
+        "has a state 'stochastic_depth' that is not a map of settings",
+    )
     epoch = meta.get("epoch", 0)
     _require(isinstance(epoch, int) and epoch >= 0, path, f"has a bad epoch {epoch!r}")
     history = meta.get("history", [])

@@ -140,7 +140,8 @@ def odeint(
             update, a tensor that broadcasts against the state (stochastic depth: 0 for a
             sample whose update is dropped, ``1 / (1 - p)`` for one kept; LM-ResNet scales
             its rate term only). Constants: ``checkpoint`` recomputes each step with the
-            same factors; ``adjoint`` refuses them (a scaled step has no back step).
+            same factors; ``adjoint`` undoes a scaled step by its back step scaled alike
+            (exact for a dropped update).
 
     A stage at a step's right end (``c_i = 1``) receives the float just inside the step
     (the open-interval rule; see :func:`contnet.schemes.stage_times`).
@@ -195,7 +196,7 @@ def odeint(
         sch = schemes.get(scheme)
         n_steps = schemes.check_n_steps(n_steps)
         stepper = stepper_for(f, sch, n_steps, t0, t1, lm_k)
-        stepper.factors = _factors(update_factors, n_steps, backprop)
+        stepper.factors = _factors(update_factors, n_steps)
         if stats is not None:
             stats.update(fixed_stats(sch, n_steps))
     # torch.func transforms and forward-mode AD differentiate (or batch) the steps
@@ -233,7 +234,7 @@ def odeint(
     return Stepwise.apply(stepper, backprop, recompute or contextlib.nullcontext, x0, *params)
 
 
-def _factors(factors, n_steps: int, backprop: str):
+def _factors(factors, n_steps: int):
     """``update_factors`` checked: None, or one entry per step, each None or a tensor."""
     if factors is None:
         return None
@@ -245,11 +246,6 @@ def _factors(factors, n_steps: int, backprop: str):
     for n, s in enumerate(factors):
         if s is not None and not isinstance(s, torch.Tensor):
             raise TypeError(f"update_factors[{n}] must be None or a tensor, got {type(s).__name__}")
-    if backprop == "adjoint" and torch.is_grad_enabled() and any(s is not None for s in factors):
-        raise ValueError(
-            "backprop='adjoint' cannot step back through scaled updates (update_factors: "
-            "stochastic depth in training); use backprop='checkpoint'"
-        )
     return factors
 
 

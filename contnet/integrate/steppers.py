@@ -74,9 +74,13 @@ class RKStepper(Stepper):
 
     def back(self, n, state):
         """The state before step ``n`` from the state after it: the same scheme stepped
-        with ``-h`` over the same interval (exact up to the scheme's local error)."""
+        with ``-h`` over the same interval (exact up to the scheme's local error). A step
+        whose update was scaled by ``s`` (stochastic depth) is undone by the back step's
+        update scaled by ``s``: exact where ``s = 0`` (a dropped update), to the same order
+        otherwise."""
         times = self.back_times[self.n_steps - 1 - n]
-        return (rk_step(self.f, state[0], times, -self.h, self.scheme),)
+        y = state[0]
+        return (self.scaled(n, y, rk_step(self.f, y, times, -self.h, self.scheme)),)
 
 
 class AB2Stepper(Stepper):

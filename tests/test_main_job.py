@@ -64,10 +64,16 @@ class _Interrupt(Exception):
     pass
 
 
-def test_resume_is_bitwise_identical(tmp_path):
+@pytest.mark.parametrize(
+    "extra", [{}, {"stochastic_depth": 0.3, "scheme": "lm", "backprop": "checkpoint"}],
+    ids=["rk4", "lm-stochastic-depth"],
+)  # fmt: skip
+def test_resume_is_bitwise_identical(tmp_path, extra):
     ds = data.load_digits()
     ds.x_train, ds.y_train = ds.x_train[:256], ds.y_train[:256]
-    cfg = train.TrainConfig(widths=(4, 8), epochs=4, refine_at=(2,), batch_size=32, progress=False)
+    cfg = train.TrainConfig(
+        widths=(4, 8), epochs=4, refine_at=(2,), batch_size=32, progress=False, **extra
+    )
     full = train.train(cfg, tmp_path / "full", ds, log=lambda *a: None)
 
     def stop_after_two(msg):
@@ -81,11 +87,16 @@ def test_resume_is_bitwise_identical(tmp_path):
         full["model"].state_dict().items(), resumed["model"].state_dict().items()
     ):
         assert torch.equal(a, b), k
+    sd = full["model"].stages[0].stochastic_depth
+    assert (
+        sd.p == extra.get("stochastic_depth", 0.0)
+        and sd == resumed["model"].stages[0].stochastic_depth
+    )
     drop = lambda h: [{k: v for k, v in e.items() if k != "epoch_time_s"} for e in h]  # noqa: E731
     assert drop(full["history"]) == drop(resumed["history"])
     with pytest.raises(train.CheckpointError, match="trained with epochs=4"):
         train.train(
-            train.TrainConfig(widths=(4, 8), epochs=5, refine_at=(2,), progress=False),
+            train.TrainConfig(widths=(4, 8), epochs=5, refine_at=(2,), progress=False, **extra),
             tmp_path / "cut",
             ds,
             resume=True,

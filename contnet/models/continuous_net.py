@@ -43,7 +43,8 @@ class ContinuousNet(Network):
     :class:`ConvUnit` (``preact`` residual unit, ``norm``, ``act``, weights in ``basis``
     with ``n_basis`` nodes), joined by downsampling :class:`Stitch` blocks -> norm, act,
     global average pooling -> linear head. Input ``(N, in_channels, H, W)``; output logits
-    ``(N, num_classes)``. Every block's ``scheme``/``n_steps`` can be changed afterwards
+    ``(N, num_classes)``; ``stochastic_depth``: every block's (linear in depth, per
+    sample). Every block's ``scheme``/``n_steps`` can be changed afterwards
     (see :meth:`set_manifestation`). ``config`` holds the constructor arguments.
     """
 
@@ -63,6 +64,7 @@ class ContinuousNet(Network):
         norm: str | None = "batch",
         preact: bool = True,
         backprop: str = "direct",
+        stochastic_depth: float = 0.0,
     ):
         super().__init__()
         if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence):
@@ -86,12 +88,19 @@ class ContinuousNet(Network):
             "norm": norm,
             "preact": preact,
             "backprop": backprop,
+            "stochastic_depth": stochastic_depth,
         }
         self.act = ACTIVATIONS.get(act)
         self.stem = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=norm is None)
         unit = {"n_basis": n_basis, "basis": basis, "act": act, "norm": norm, "preact": preact}
         self.stages = nn.ModuleList(
-            ContinuousBlock(ConvUnit(w, **unit), scheme=scheme, n_steps=n_steps, backprop=backprop)
+            ContinuousBlock(
+                ConvUnit(w, **unit),
+                scheme=scheme,
+                n_steps=n_steps,
+                backprop=backprop,
+                stochastic_depth=stochastic_depth,
+            )  # fmt: skip
             for w in widths
         )
         self.stitches = nn.ModuleList(

@@ -23,7 +23,8 @@ class ContinuousTransformer(Network):
     :class:`contnet.TransformerUnit` (``dim``, ``heads``, ``mlp_ratio``, weights in
     ``basis`` with ``n_basis`` nodes, ``scheme``, ``n_steps``); a layer norm, the mean over
     tokens and a linear head give logits ``(N, num_classes)``. ``forward(x, mask=None)``
-    passes an attention ``mask`` to every stage. ``config`` holds the constructor
+    passes an attention ``mask`` to every stage; ``stochastic_depth``: every block's
+    (linear in depth, per sample). ``config`` holds the constructor
     arguments (:meth:`from_config` rebuilds the model).
     """
 
@@ -48,6 +49,7 @@ class ContinuousTransformer(Network):
         n_steps: int | None = None,
         backprop: str = "direct",
         dropout: float = 0.0,
+        stochastic_depth: float = 0.0,
     ):
         super().__init__()
         self.config = {
@@ -67,6 +69,7 @@ class ContinuousTransformer(Network):
             "n_steps": n_steps,
             "backprop": backprop,
             "dropout": dropout,
+            "stochastic_depth": stochastic_depth,
         }
         self.embed, length = self._embedding()
         self.pos = nn.Parameter(torch.zeros(1, length, dim))
@@ -78,6 +81,7 @@ class ContinuousTransformer(Network):
                 scheme=scheme,
                 n_steps=n_steps,
                 backprop=backprop,
+                stochastic_depth=stochastic_depth,
             )
             for _ in range(stages)
         )

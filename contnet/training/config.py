@@ -109,6 +109,16 @@ class TrainConfig:
         default="direct",
         metadata=option("model", "how gradients flow through the blocks", choices=BACKPROP_MODES),
     )
+    stochastic_depth: float = field(
+        default=0.0,
+        metadata=option(
+            "model",
+            "stochastic depth: in training, each step's update dropped with probability "
+            "p t (t: the step's depth in [0, 1)), kept ones rescaled; LM-ResNet drops its "
+            "rate term only",
+            "fraction",
+        ),
+    )
     optimizer: str = field(
         default="sgd",
         metadata=option(
@@ -241,7 +251,9 @@ class TrainConfig:
         """The network's constructor arguments for data of ``in_channels`` channels,
         ``num_classes`` classes and images of ``image_size`` (the transformer's)."""
         depth = {"n_basis": self.n_basis, "basis": self.basis, "scheme": self.scheme}
-        depth.update(n_steps=self.n_steps, backprop=self.backprop)
+        depth.update(
+            n_steps=self.n_steps, backprop=self.backprop, stochastic_depth=self.stochastic_depth
+        )
         common = {"in_channels": in_channels, "num_classes": num_classes}
         if self.model == "transformer":
             if image_size is None:
@@ -290,6 +302,7 @@ LEGACY = {
     **{k: _DEFAULTS[k] for k in ("model", "dim", "heads", "mlp_ratio", "patch_size", "stages")},
     "optimizer": "sgd",
     "lr_milestones": [],
+    "stochastic_depth": 0.0,
 }
 
 

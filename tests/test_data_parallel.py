@@ -14,7 +14,12 @@ from contnet import training as train
 
 
 @pytest.mark.slow
-def test_data_parallel_training_with_refinement(tmp_path):
+@pytest.mark.parametrize(
+    "extra", [[], ["--stochastic-depth", "0.3"]], ids=["plain", "stochastic-depth"]
+)
+def test_data_parallel_training_with_refinement(tmp_path, extra):
+    """The ranks stay in step (each draws its own drops with stochastic depth; the gradients
+    are averaged)."""
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which(
         "torchrun"
     )
@@ -38,6 +43,7 @@ def test_data_parallel_training_with_refinement(tmp_path):
         "--out",
         str(tmp_path),
         "--no-progress",
+        *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
@@ -52,6 +58,7 @@ def test_data_parallel_training_with_refinement(tmp_path):
     assert summary["history"][-1]["train_loss"] < summary["history"][0]["train_loss"]
     payload = train.load_checkpoint(tmp_path / "checkpoint.pt")
     assert len(payload["rng"]["loader_ranks"]) == 2
+    assert payload["meta"]["train"]["stochastic_depth"] == (0.3 if extra else 0.0)
 
 
 def test_nccl_with_more_processes_than_gpus_is_refused(monkeypatch):

@@ -4,6 +4,7 @@ stacked into one block that computes them exactly, with every manifestation afte
 refusals, each naming what differs."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -70,7 +71,8 @@ def _randomise_norms(model):
 
 def _check_stage(stage, branches, x, **kwargs):
     """The block computes the stage in float64 to 1e-12, and other manifestations run."""
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # branches are not mistaken for whole blocks
         want = stage(x)
         block = contnet.from_branches(branches, x, **kwargs)
         got = block(x, **kwargs)
@@ -217,3 +219,59 @@ def test_other_refusals_name_what_they_found():
         contnet.from_branches([nn.Linear(4, 4), "linear"], x)
     with pytest.raises(TypeError, match="example must be a floating-point tensor"):
         contnet.from_branches([nn.Linear(4, 4)], None)
+
+
+def test_a_post_norm_hugging_face_encoder_whose_layers_index_their_caches():
+    """BERT's layers differ in layer_idx (the index of a key-value cache, read only with
+    one): stacked all the same; the update of a post-norm layer is layer(x) - x."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+        intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.BertModel(config).to(F64).eval()
+    layers = model.encoder.layer
+    assert len({getattr(layer.attention.self, "layer_idx", 0) for layer in layers}) > 1
+    x = torch.randn(2, 5, 32, dtype=F64, generator=torch.Generator().manual_seed(6))
+
+    def stage(h):
+        for layer in layers:
+            out = layer(h)
+            h = out[0] if isinstance(out, tuple) else out
+        return h
+
+    _check_stage(stage, [Update(layer) for layer in layers], x)
+
+
+def test_whole_blocks_given_for_branches_are_warned_about():
+    """What a user's audit found: whole blocks x + f(x) were stacked without a word, and the
+    block added x twice."""
+    tv = pytest.importorskip("torchvision")
+    stage = tv.models.mobilenet_v2(weights=None).to(F64).eval().features[8:11]
+    x = torch.randn(2, 64, 5, 5, dtype=F64, generator=torch.Generator().manual_seed(2))
+    with pytest.warns(UserWarning, match="whole residual block x \\+ f\\(x\\)"):
+        contnet.from_branches(list(stage), x)
+
+
+class _Pair(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.lin(x), x
+
+
+def test_unclear_messages_the_audit_found_are_clear():
+    x = torch.randn(3, 4)
+    short = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
+    long = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Tanh())
+    with pytest.raises(
+        ValueError, match="branches\\[1\\] differs from branches\\[0\\]: it has module 2 where"
+    ):
+        contnet.from_branches([short, long], x)
+    with pytest.raises(
+        TypeError, match="branches\\[0\\] must return the update f\\(x\\).*got tuple"
+    ):
+        contnet.from_branches([_Pair(), _Pair()], x)

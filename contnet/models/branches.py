@@ -15,11 +15,15 @@ example input (eval mode) and must agree to rounding after every branch."""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..block import ContinuousBlock
 from ..nn import TimeModule, time_dependent
+from ..nn.time_module import RESIDUAL_COSINE
 from .convert import first_disagreement
 
 __all__ = ["from_branches"]
@@ -33,6 +37,11 @@ def _plain(v) -> bool:
     return isinstance(v, _PLAIN)
 
 
+#: plain attributes that differ between a model's layers without changing what they
+#: compute here: Hugging Face's index of a layer's key-value cache (read only with a cache)
+_INDEXES = {"layer_idx"}
+
+
 def _settings(m: nn.Module) -> tuple:
     """A module's own settings: its class, ``extra_repr`` and plain attributes (those a
     forward reads besides its tensors: strides, epsilons, head counts, flags)."""
@@ -40,7 +49,7 @@ def _settings(m: nn.Module) -> tuple:
         sorted(
             (k, v)
             for k, v in vars(m).items()
-            if not k.startswith("_") and k != "training" and _plain(v)
+            if not k.startswith("_") and k != "training" and k not in _INDEXES and _plain(v)
         )
     )
     return type(m).__module__ + "." + type(m).__qualname__, m.extra_repr(), attrs
@@ -66,10 +75,11 @@ def _check_structures(branches) -> None:
     for i, b in enumerate(branches[1:], start=1):
         other = _structure(b)
         for (where, a), (where_i, v) in zip(first, other):
-            if where != where_i:
+            if where != where_i:  # other modules, or other parameters or buffers
+                got, want = where_i.split(" mode")[0], where.split(" mode")[0]
                 raise ValueError(
-                    f"branches[{i}] differs from branches[0]: it has {where_i} where branches[0] "
-                    f"has {where}; {why}"
+                    f"branches[{i}] differs from branches[0]: it has {got} where branches[0] "
+                    f"has {want}; {why}"
                 )
             if a != v:
                 raise ValueError(
@@ -103,6 +113,29 @@ def _fill(unit: TimeModule, branches) -> None:
                 )
 
 
+def _check_update(branch, example, kwargs) -> None:
+    """The branch gives an update: a tensor of the example's shape, not pointing along its
+    input as a whole residual block's output ``x + f(x)`` does (then warned)."""
+    out = branch(example, **kwargs)
+    if not isinstance(out, torch.Tensor) or out.shape != example.shape:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise TypeError(
+            f"branches[0] must return the update f(x), a tensor of the example's shape "
+            f"{tuple(example.shape)}, got {got}: wrap a layer that returns more (a tuple) to "
+            "return its update"
+        )
+    cos = F.cosine_similarity(out.flatten().double(), example.flatten().double(), 0).item()
+    if cos > RESIDUAL_COSINE:
+        warnings.warn(
+            f"from_branches: branches[0]'s output is close to its input (cosine {cos:.3f} on "
+            "the example), as a whole residual block x + f(x)'s is; the block computes "
+            "x + f_i(x) for each branch, so a whole block would add x twice. Pass the "
+            "branches f_i (a wrapper returning block(x) - x will do)",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
 @torch.no_grad()
 def _probe(branches, block: ContinuousBlock, example, kwargs) -> None:
     """Run the stage and the block's Euler steps on ``example`` in eval mode and raise
@@ -114,6 +147,7 @@ def _probe(branches, block: ContinuousBlock, example, kwargs) -> None:
     try:
         for b in (*branches, block):
             b.eval()
+        _check_update(branches[0], example, kwargs)
         unit, N = block.unit, len(branches)
         path = odeint(lambda t, x: unit(t, x, **kwargs), example, scheme="euler", n_steps=N,
                       trajectory=True)  # fmt: skip
@@ -148,8 +182,11 @@ def from_branches(branches, example: torch.Tensor, **kwargs) -> ContinuousBlock:
     every branch takes (an attention mask), given to the block's calls the same way
     (``block(x, **kwargs)``). Refused with a ``ValueError``: branches that differ in
     structure (modules, their settings or modes, parameter or buffer shapes, tied
-    parameters; the first difference named), a buffer other than a norm's running
-    statistics whose values differ between branches, and a probe that does not agree.
+    parameters; the first difference named; Hugging Face's ``layer_idx``, a cache index,
+    may differ), a buffer other than a norm's running statistics whose values differ
+    between branches, a branch that does not return a tensor of the example's shape, and a
+    probe that does not agree. A first branch whose output points along its input (a
+    whole block ``x + f(x)`` given by mistake) is warned about.
     """
     if isinstance(branches, nn.Module) and not isinstance(branches, (nn.Sequential, nn.ModuleList)):
         raise TypeError("branches must be a sequence of modules (the f_i), got one module")

@@ -372,3 +372,36 @@ def test_odd_devices_modes_and_layouts_after_refinement():
     contnet.refine(conv)
     contnet.project(conv, 2)
     assert all(w.is_contiguous(memory_format=torch.channels_last) for w in conv.module.weight)
+
+
+class _TwoUses(nn.Module):
+    """One Linear under two names (a submodule reused), applied twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(6, 6)
+        self.again = self.lin
+
+    def forward(self, x):
+        return torch.tanh(self.again(torch.tanh(self.lin(x))))
+
+
+def test_a_submodule_used_under_two_names_keeps_its_stacks_across_calls():
+    """What a user's audit found: a call left such a module holding one node's weights in
+    place of its stacks (torch's tie_weights swapped the shared parameter under both names
+    and restored it wrongly); the next call failed."""
+    torch.manual_seed(0)
+    module = _TwoUses().double()
+    td = contnet.time_dependent(module, n_basis=3)
+    x = torch.randn(4, 6, dtype=torch.float64)
+    first = td(0.5, x)
+    assert [tuple(p.shape) for p in td.parameters()] == [(3, 6, 6), (3, 6)]
+    assert td.module.lin is td.module.again and td.module.lin.weight.shape == (3, 6, 6)
+    torch.testing.assert_close(td(0.5, x), first, rtol=0, atol=0)
+    torch.testing.assert_close(first, module(x), rtol=0, atol=0)
+    branches = [_TwoUses().double() for _ in range(3)]
+    block = contnet.from_branches(branches, x)
+    y = x
+    for b in branches:
+        y = y + b(y)
+    torch.testing.assert_close(block(x), y, rtol=1e-12, atol=1e-12)

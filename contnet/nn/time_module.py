@@ -75,6 +75,13 @@ class TimeModule(TimeDependent):
             params[id(p)] = p
         self._aliases = {names[0]: tuple(names) for names in groups.values()}
         self._names = tuple(self._aliases)
+        # the distinct places each parameter sits in (a submodule used under two names is
+        # one place): a call swaps each place once, so that restoring leaves the stacks
+        self._places = {
+            name: tuple({(id(module.get_submodule(a.rpartition(".")[0])), a.rpartition(".")[2]): a
+                         for a in aliases}.values())
+            for name, aliases in self._aliases.items()
+        }  # fmt: skip
         cells = self.cells
         self._stats = tuple(
             f"{path}.{stat}" if path else stat
@@ -164,11 +171,17 @@ class TimeModule(TimeDependent):
         """``module(*args, **kwargs)`` with its parameters at ``t`` (``weights``: their
         values, in :meth:`basis_tensors`' order, if a block looked them up) and its norms'
         statistics of ``t``'s cell."""
-        values = dict(zip(self._names, self._weights(t, weights)))
+        values = {
+            place: value
+            for name, value in zip(self._names, self._weights(t, weights))
+            for place in self._places[name]
+        }
         if self._stats:
             ((cell, _),) = self.cells.coefficients(t)
             values.update((name, stack[cell]) for name, stack in self._stat_tensors())
-        out = functional_call(self.module, values, args, kwargs, tie_weights=True)
+        # every place given its value, each once: torch's tie_weights would also swap a
+        # submodule's parameter under each of its names, and restore it wrongly
+        out = functional_call(self.module, values, args, kwargs, tie_weights=False, strict=False)
         if self.residual_check:
             self._check_residual(args, out)
         return out if self.scale == 1.0 else out * self.scale

@@ -28,6 +28,10 @@ class Manifestation:
         self.scheme, self.n_steps = scheme, n_steps
         self.rtol, self.atol = rtol, atol
 
+    def manifestation(self) -> tuple:
+        """``(scheme, n_steps, rtol, atol)``: what :meth:`manifest` takes, to restore it."""
+        return self.scheme, self.n_steps, self.rtol, self.atol
+
     @property
     def scheme(self):
         return self._scheme

@@ -10,7 +10,6 @@ a depth interval falls as its steps shrink)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -80,7 +79,7 @@ class StochasticDepth:
 
     @property
     def active(self) -> bool:
-        return self.p > 0 and not math.isnan(self.p)
+        return self.p > 0
 
 
 def _check_probability(p, name: str) -> None:

@@ -45,8 +45,7 @@ def adaptive_table(
     blocks = blocks_of(model)
     if not blocks:
         raise ValueError("model holds no ContinuousBlock")
-    keys = ("scheme", "n_steps", "rtol", "atol", "per_sample")
-    saved = [{k: getattr(b, k) for k in keys} for b in blocks]
+    saved = [(b.manifestation(), b.per_sample) for b in blocks]
     was = model.training
     model.eval()
     try:
@@ -74,9 +73,9 @@ def adaptive_table(
                 rows.append(row)
         return {"scheme": scheme, "reference": list(reference), "rows": rows}
     finally:
-        for b, s in zip(blocks, saved):
-            b.manifest(s["scheme"], s["n_steps"], s["rtol"], s["atol"])
-            b.per_sample = s["per_sample"]
+        for b, (manifestation, per_sample) in zip(blocks, saved):
+            b.manifest(*manifestation)
+            b.per_sample = per_sample
         model.train(was)
 
 

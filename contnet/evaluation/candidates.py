@@ -168,7 +168,7 @@ def plan(blocks, schemes, n_basis, steps, rtols=None, adaptive_scheme="dopri5"):
     (``rtol`` None: fixed steps), the model as given first and no candidate twice; every
     argument checked before anything runs. Each of ``rtols`` adds, for every node count,
     every block run with ``adaptive_scheme`` to that tolerance."""
-    own = tuple((b.unit.basis.n_basis, b.scheme, b.n_steps, b.rtol, b.atol) for _, b in blocks)
+    own = tuple((b.unit.basis.n_basis, *b.manifestation()) for _, b in blocks)
     out, seen = [own], {_candidate_key(own)}
     scheme_rows = _scheme_options(blocks, schemes)
     step_rows = _step_options(blocks, steps)

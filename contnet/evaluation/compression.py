@@ -308,7 +308,7 @@ def compress(
                     project(b, k, steps=False)
         else:
             m = copies[ks]
-        saved = [(b.scheme, b.n_steps, b.rtol, b.atol) for _, b in named_blocks(m)]
+        saved = [b.manifestation() for _, b in named_blocks(m)]
         for (_, b), (_, *manifestation) in zip(named_blocks(m), cand):
             b.manifest(*manifestation)
         try:

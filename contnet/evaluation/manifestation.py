@@ -74,7 +74,7 @@ def manifestation_table(
     blocks = blocks_of(model)
     if not blocks:
         raise ValueError("model holds no ContinuousBlock")
-    saved = [(b.scheme, b.n_steps, b.rtol, b.atol) for b in blocks]
+    saved = [b.manifestation() for b in blocks]
     try:
         set_manifestation(blocks, *reference)
         ref = predict(model, x, device=device)

@@ -144,7 +144,7 @@ def stage_time(c: float, t, t_next, h):
 
 
 def _stage_times(c, t: float, t_next: float, h: float) -> list[float]:
-    return [float(stage_time(ci, t, t_next, h)) for ci in c]
+    return stage_time(np.asarray(c, dtype=np.float64), t, t_next, h).tolist()
 
 
 def scaled(v, scale, dims=None) -> torch.Tensor:
@@ -163,10 +163,8 @@ def error_norm(x, x_next, ks, h: float, tab, rtol: float, atol: float):
     where the error weight is zero): the new state (computed here when ``x_next`` is None)
     and each sample's mean squared scaled error, in one pass."""
     e = tab.error_weights
-    if x_next is None:
-        return ops.error_unchecked(
-            x, ks, h, tab.b + (0.0,) * (len(ks) - tab.stages), e[: len(ks)], rtol, atol
-        )
+    if x_next is None:  # a pair that is not first-same-as-last: one weight of each per stage
+        return ops.error_unchecked(x, ks, h, tab.b, e, rtol, atol)
     used = [(k, w) for k, w in zip(ks, e) if w != 0.0]
     return ops.error_unchecked(
         x, [k for k, _ in used], h, None, [w for _, w in used], rtol, atol, x_next

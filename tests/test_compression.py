@@ -343,3 +343,12 @@ def test_a_tolerance_the_controller_cannot_meet_fails_its_candidate_only(tmp_pat
     from contnet.cli.tables import compress_table
 
     assert "failed" in compress_table(r)
+
+
+def test_a_candidates_rate_evaluations_count_ab2s_heun_start():
+    """The fixed steps' count is odeint's (fixed_stats): ab2 evaluates once per step, and
+    once more in its first step, which is Heun's."""
+    from contnet.evaluation.candidates import rate_evals
+
+    cand = [(2, "ab2", 4, None, None), (2, "rk4", 3, None, None)]
+    assert rate_evals([None, None], cand, 8) == (4 + 1) + 4 * 3

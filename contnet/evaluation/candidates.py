@@ -14,6 +14,7 @@ from torch import nn
 from .. import basis as basis_lib
 from .. import schemes as schemes_lib
 from ..block import ContinuousBlock
+from ..integrate import fixed_stats
 from ..integrate.adaptive import check_tolerances, pair_of
 from ..models import project
 
@@ -268,12 +269,13 @@ def apply_manifestation(model: nn.Module, choice: dict) -> nn.Module:
 
 
 def rate_evals(m_blocks, cand, batch: int) -> float:
-    """Rate evaluations of one forward pass per input: a fixed block's ``stages * n_steps``,
-    an adaptive one's as its last pass counted them (the latency runs)."""
+    """Rate evaluations of one forward pass per input: a fixed block's
+    (:func:`contnet.integrate.fixed_stats`), an adaptive one's as its last pass counted
+    them (the latency runs)."""
     total = 0.0
     for b, (_, s, n, r, _) in zip(m_blocks, cand):
         if r is None:
-            total += schemes_lib.get(s).stages * n
+            total += fixed_stats(s, n)["evaluations"]
         else:
             ev = b.last_stats["evaluations"]
             total += float(ev.sum()) / batch if isinstance(ev, torch.Tensor) else ev

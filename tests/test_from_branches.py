@@ -61,6 +61,19 @@ class Update(nn.Module):
         return (out[0] if isinstance(out, tuple) else out) - x
 
 
+def _layers(layers):
+    """A Hugging Face encoder's stage: its layers in turn (each returns the new state, or a
+    tuple that starts with it)."""
+
+    def stage(h):
+        for layer in layers:
+            out = layer(h)
+            h = out[0] if isinstance(out, tuple) else out
+        return h
+
+    return stage
+
+
 def _randomise_norms(model):
     g = torch.Generator().manual_seed(3)
     for m in model.modules():
@@ -135,13 +148,7 @@ def test_a_hugging_face_pre_norm_encoder():
     layers = model.layers if hasattr(model, "layers") else model.encoder.layer
     x = torch.randn(2, 5, 32, dtype=F64, generator=torch.Generator().manual_seed(4))
 
-    def stage(h):
-        for layer in layers:
-            out = layer(h)
-            h = out[0] if isinstance(out, tuple) else out
-        return h
-
-    _check_stage(stage, [Update(layer) for layer in layers], x)
+    _check_stage(_layers(layers), [Update(layer) for layer in layers], x)
 
 
 def test_the_block_trains_refines_and_keeps_the_stages_modes():
@@ -235,13 +242,7 @@ def test_a_post_norm_hugging_face_encoder_whose_layers_index_their_caches():
     assert len({getattr(layer.attention.self, "layer_idx", 0) for layer in layers}) > 1
     x = torch.randn(2, 5, 32, dtype=F64, generator=torch.Generator().manual_seed(6))
 
-    def stage(h):
-        for layer in layers:
-            out = layer(h)
-            h = out[0] if isinstance(out, tuple) else out
-        return h
-
-    _check_stage(stage, [Update(layer) for layer in layers], x)
+    _check_stage(_layers(layers), [Update(layer) for layer in layers], x)
 
 
 def test_whole_blocks_given_for_branches_are_warned_about():

@@ -40,6 +40,7 @@ from .tables import (
     corruption_tables,
     history_table,
     manifestation_tables,
+    steps_or_tolerance,
 )
 
 
@@ -297,7 +298,7 @@ def run_compress(
         )
         log(
             f"fastest within {max_drop} point(s) on validation: K={c['n_basis']} {c['scheme']} "
-            f"{_steps_or_tolerance(c)}: {c['latency_ms']:.2f} ms vs {o['latency_ms']:.2f} ms "
+            f"{steps_or_tolerance(c)}: {c['latency_ms']:.2f} ms vs {o['latency_ms']:.2f} ms "
             f"({speed}), validation accuracy {100 * c['val']:.2f}% "
             f"({c['drop_points']:+.2f} points)"
         )
@@ -310,10 +311,6 @@ def run_compress(
     write_json(out / "compress.json", result)
     log(f"-> {out}/compress.json")
     return result
-
-
-def _steps_or_tolerance(c) -> str:
-    return f"n_steps={c['n_steps']}" if c.get("rtol") is None else f"rtol={c['rtol']}"
 
 
 def cmd_compress(args) -> int:

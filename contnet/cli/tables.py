@@ -42,6 +42,11 @@ def manifestation_tables(table) -> str:
     return "\n\n".join(out)
 
 
+def steps_or_tolerance(c) -> str:
+    """A compression candidate's steps: its step count, or its tolerance."""
+    return f"n_steps={c['n_steps']}" if c.get("rtol") is None else f"rtol={c['rtol']}"
+
+
 def compress_table(result) -> str:
     def row(c, mark):
         return [
